@@ -1,0 +1,446 @@
+"""Every setting of `nmt`, as typed frozen dataclasses: one per concern, defaults written once.
+
+YAML keys, `--set section.key=value` overrides and the named CLI flags all use these field names.
+Loading checks types and names: an unknown key is a `ConfigError` that names the closest valid key.
+Cross-field rules live in each class's `validate()`. `to_dict()` output is what checkpoints and
+prepared directories store, and `from_dict()` rebuilds the same object from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from nmt.errors import ConfigError
+
+# Special token ids. `nmt prepare` trains SentencePiece with exactly these ids, so models, batching
+# and decoding can rely on them without carrying a vocabulary object around.
+PAD_ID = 0
+UNK_ID = 1
+BOS_ID = 2
+EOS_ID = 3
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How `nmt prepare` cleans a corpus and trains SentencePiece."""
+
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    # Cleaning. Lengths are counted in whitespace-separated words before subword segmentation;
+    # Japanese/Chinese text has few spaces, so length filters count characters / 4 for those lines
+    # when `length_unit` is "auto".
+    normalize: bool = True  # Unicode NFKC
+    lowercase: bool = False
+    min_len: int = 1
+    max_len: int = 250
+    max_ratio: float = 9.0  # longer/shorter side, in the same unit; 0 turns the filter off
+    length_unit: Literal["auto", "words", "chars"] = "auto"
+    dedup: bool = False
+    errors: Literal["strict", "replace"] = "strict"  # invalid UTF-8: stop, or use U+FFFD
+    # SentencePiece.
+    vocab_size: int = 8000
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    joint_vocab: bool = True
+    character_coverage: float = 1.0
+    user_defined_symbols: tuple[str, ...] = ()
+    byte_fallback: bool = False
+    spm_model: str | None = None  # reuse an existing model (joint) instead of training one
+    spm_tgt_model: str | None = None  # with joint_vocab false: the target side's model to reuse
+    spm_max_sentences: int = 2_000_000  # SentencePiece input_sentence_size (sampled above this)
+    seed: int = 1234
+    num_proc: int = 1  # processes for encoding with `datasets`
+
+    def validate(self) -> None:
+        if self.src_lang == self.tgt_lang:
+            raise ConfigError(f"src_lang and tgt_lang are both {self.src_lang!r}; they must differ")
+        if self.vocab_size < 8:
+            raise ConfigError(f"vocab_size must be at least 8, got {self.vocab_size}")
+        if not 0 < self.character_coverage <= 1:
+            raise ConfigError("character_coverage must be in (0, 1]")
+        if self.min_len < 0 or self.max_len < max(1, self.min_len):
+            raise ConfigError(f"need 0 <= min_len <= max_len, got {self.min_len} and {self.max_len}")
+        if self.max_ratio < 0:
+            raise ConfigError("max_ratio must be >= 0 (0 turns the ratio filter off)")
+        if self.num_proc < 1:
+            raise ConfigError("num_proc must be >= 1")
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    """RNN encoder-decoder with attention (Bahdanau et al. 2015; Luong et al. 2015)."""
+
+    cell: Literal["gru", "lstm"] = "gru"
+    emb_dim: int = 256
+    hidden_size: int = 512  # decoder size; each encoder direction has hidden_size // 2
+    enc_layers: int = 1
+    dec_layers: int = 1
+    attention: Literal["bahdanau", "luong-dot", "luong-general", "local"] = "bahdanau"
+    attn_dim: int = 512  # size of the additive attention's hidden layer
+    local_window: int = 10  # D of Luong's local-p attention: window [p - D, p + D], sigma = D / 2
+    input_feeding: bool = True
+    dropout: float = 0.3
+
+    def validate(self) -> None:
+        if self.hidden_size % 2:
+            raise ConfigError("model.rnn.hidden_size must be even (two encoder directions)")
+        if min(self.enc_layers, self.dec_layers, self.emb_dim, self.attn_dim) < 1:
+            raise ConfigError("model.rnn sizes and layer counts must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("model.rnn.dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Transformer encoder-decoder (Vaswani et al. 2017)."""
+
+    d_model: int = 256
+    heads: int = 4
+    enc_layers: int = 3
+    dec_layers: int = 3
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    activation: Literal["relu", "gelu"] = "relu"
+    pre_norm: bool = True
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = 1024
+
+    def validate(self) -> None:
+        if self.d_model % self.heads:
+            raise ConfigError(
+                f"model.transformer.d_model ({self.d_model}) must be divisible by "
+                f"model.transformer.heads ({self.heads})"
+            )
+        if not (0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1):
+            raise ConfigError("model.transformer dropouts must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["rnn", "transformer"] = "transformer"
+    # Tie target embeddings with the output layer; with a joint vocabulary also the source embeddings.
+    tie_embeddings: bool = True
+    rnn: RNNConfig = field(default_factory=RNNConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+
+    def validate(self) -> None:
+        self.rnn.validate()
+        self.transformer.validate()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 100_000  # optimizer updates
+    max_epochs: int = 0  # 0: no epoch limit
+    max_minutes: float = 0.0  # wall-clock budget; 0: none. When it runs out: validate, save, stop.
+    batch_tokens: int = 4096  # padded source + target tokens per batch (per GPU)
+    update_freq: int = 1  # gradient accumulation: batches per update
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.0
+    schedule: Literal["inverse-sqrt", "noam", "plateau", "constant"] = "inverse-sqrt"
+    warmup_steps: int = 4000
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2  # validations without improvement before the LR is cut
+    min_lr: float = 1e-6
+    clip_norm: float = 1.0  # 0: no clipping
+    label_smoothing: float = 0.1
+    seed: int = 1
+    log_every: int = 50
+    valid_every: int = 1000
+    save_every: int = 1000
+    keep_last: int = 5  # periodic checkpoints kept (for `nmt average`)
+    valid_metric: Literal["bleu", "loss"] = "bleu"
+    valid_beam: int = 1  # 1: greedy decoding for validation BLEU
+    valid_max_sentences: int = 0  # 0: the whole validation set
+    patience: int = 0  # early stopping after this many validations without improvement; 0: off
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on capable GPUs
+    compile: bool = False  # torch.compile the model
+    max_nan_steps: int = 10  # consecutive non-finite losses before the run stops
+    deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are bitwise repeatable)
+    num_threads: int = 0  # torch CPU threads; 0: torch's default
+
+    def validate(self) -> None:
+        if self.max_steps < 1:
+            raise ConfigError("train.max_steps must be >= 1")
+        if self.batch_tokens < 16:
+            raise ConfigError(f"train.batch_tokens must be >= 16, got {self.batch_tokens}")
+        if self.update_freq < 1:
+            raise ConfigError("train.update_freq must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError("train.lr must be > 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("train.label_smoothing must be in [0, 1)")
+        if min(self.log_every, self.valid_every, self.save_every) < 1:
+            raise ConfigError("train.log_every, valid_every and save_every must be >= 1")
+        if self.max_minutes < 0:
+            raise ConfigError("train.max_minutes must be >= 0")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam_size: int = 5
+    nbest: int = 1
+    # Length normalisation of finished hypotheses: "gnmt" divides by ((5 + len) / 6) ** len_penalty
+    # (Wu et al. 2016), "avg" by the length, "none" keeps the summed log-probability.
+    length_norm: Literal["gnmt", "avg", "none"] = "gnmt"
+    len_penalty: float = 1.0
+    max_len_a: float = 1.5  # max target length = a * source length + b
+    max_len_b: int = 10
+    min_len: int = 0
+    no_repeat_ngram: int = 0
+    suppress_unk: bool = False
+    # Sampling instead of beam search when `sample` is true.
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 1
+    batch_tokens: int = 8000  # source tokens per decoding batch
+    # Transformer attention export: which decoder layer and head(s) make the alignment matrix.
+    # layer: index (negative counts from the end) or "mean"; head: index or "mean".
+    attention_layer: str = "-1"
+    attention_head: str = "mean"
+    too_long: Literal["truncate", "error"] = "truncate"
+
+    def validate(self) -> None:
+        if self.beam_size < 1 or self.nbest < 1 or self.nbest > self.beam_size:
+            raise ConfigError("need 1 <= decode.nbest <= decode.beam_size")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ConfigError("need decode.temperature > 0, 0 < decode.top_p <= 1, decode.top_k >= 0")
+        for name in ("attention_layer", "attention_head"):
+            value = getattr(self, name)
+            if value != "mean" and not value.lstrip("-").isdigit():
+                raise ConfigError(f"decode.{name} must be an integer or 'mean', got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs; stored in every checkpoint and run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+        self.decode.validate()
+
+
+# Fields that may differ between a stored run and a resumed one: they change when or how long the
+# run goes on, not what a step computes.
+RESUME_SAFE_FIELDS = frozenset(
+    {
+        "train.max_steps",
+        "train.max_epochs",
+        "train.max_minutes",
+        "train.log_every",
+        "train.valid_every",
+        "train.save_every",
+        "train.keep_last",
+        "train.patience",
+        "train.device",
+        "train.num_threads",
+        "train.valid_max_sentences",
+        "train.valid_beam",
+    }
+)
+RESUME_SAFE_SECTIONS = ("decode.",)
+
+C = TypeVar("C")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a config dataclass (tuples become lists, so YAML and JSON can hold it)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
+    """Build `cls` from a (possibly partial) dict, checking names and types; then validate."""
+    obj = _build(cls, data or {}, where)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def _build(cls: Any, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {dotted!r}{_suggest(key, names, where)}")
+        kwargs[key] = _coerce(hints[key], value, dotted)
+    return cls(**kwargs)
+
+
+def _suggest(key: str, names: list[str], where: str) -> str:
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean {(where + '.' if where else '') + close[0]!r}?"
+    return f"; valid keys here: {', '.join(names)}"
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"config key {key!r}: got {value!r}, expected one of {choices}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"config key {key!r}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict (an empty file is an empty dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn `["train.lr=3e-4", "model.arch=rnn"]` into a nested dict. Values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is both a value and a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: values of `update` win; sections are merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    cls: type[C], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> C:
+    """Defaults <- YAML file <- `--set` overrides, checked and validated."""
+    data = load_yaml(path) if path else {}
+    return from_dict(cls, merge(data, parse_overrides(overrides)))
+
+
+def replace(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
+    """A copy of `cfg` with `--set`-style overrides applied (checked and validated)."""
+    return from_dict(type(cfg), merge(to_dict(cfg), parse_overrides(overrides)))
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two configs (or their dicts)."""
+    da = to_dict(a) if dataclasses.is_dataclass(a) else a
+    db = to_dict(b) if dataclasses.is_dataclass(b) else b
+    out: list[str] = []
+    for key in sorted(set(da) | set(db)):
+        va, vb = da.get(key), db.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(diff(va, vb, name + "."))
+        elif va != vb:
+            out.append(name)
+    return out
+
+
+def resume_conflicts(stored: RunConfig, requested: RunConfig) -> list[str]:
+    """Fields that differ and may not change when resuming a run."""
+    return [
+        name
+        for name in diff(stored, requested)
+        if name not in RESUME_SAFE_FIELDS and not name.startswith(RESUME_SAFE_SECTIONS)
+    ]

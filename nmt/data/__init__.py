@@ -1,0 +1,1 @@
+"""Reading corpora, SentencePiece, Arrow storage and token-budget batching."""

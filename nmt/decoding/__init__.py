@@ -1,0 +1,1 @@
+"""Greedy, beam and sampling search; attention alignment export and plots."""
