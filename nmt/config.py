@@ -45,6 +45,10 @@ class PrepareConfig:
     length_unit: Literal["auto", "words", "chars"] = "auto"
     dedup: bool = False
     errors: Literal["strict", "replace"] = "strict"  # invalid UTF-8: stop, or use U+FFFD
+    # Table columns (TSV/CSV header names, JSONL/Parquet keys) when they are not the language codes;
+    # a 0-based number selects a column of a header-less TSV/CSV. Empty: use src_lang / tgt_lang.
+    src_column: str = ""
+    tgt_column: str = ""
     # SentencePiece.
     vocab_size: int = 8000
     model_type: Literal["unigram", "bpe"] = "unigram"
@@ -55,6 +59,10 @@ class PrepareConfig:
     spm_model: str | None = None  # reuse an existing model (joint) instead of training one
     spm_tgt_model: str | None = None  # with joint_vocab false: the target side's model to reuse
     spm_max_sentences: int = 2_000_000  # SentencePiece input_sentence_size (sampled above this)
+    # false: vocab_size is an upper bound (a small corpus gets fewer pieces instead of an error).
+    hard_vocab_limit: bool = True
+    # SentencePiece training threads. Part of the recipe: the learned vocabulary depends on it.
+    spm_threads: int = 2
     seed: int = 1234
     num_proc: int = 1  # processes for encoding with `datasets`
 
@@ -71,6 +79,12 @@ class PrepareConfig:
             raise ConfigError("max_ratio must be >= 0 (0 turns the ratio filter off)")
         if self.num_proc < 1:
             raise ConfigError("num_proc must be >= 1")
+        if self.spm_threads < 1:
+            raise ConfigError("spm_threads must be >= 1")
+        if self.joint_vocab and self.spm_tgt_model:
+            raise ConfigError("spm_tgt_model needs joint_vocab: false (a joint model is spm_model)")
+        if bool(self.src_column) != bool(self.tgt_column):
+            raise ConfigError("set both src_column and tgt_column, or neither")
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,9 @@ class RNNConfig:
     attention: Literal["bahdanau", "luong-dot", "luong-general", "local"] = "bahdanau"
     attn_dim: int = 512  # size of the additive attention's hidden layer
     local_window: int = 10  # D of Luong's local-p attention: window [p - D, p + D], sigma = D / 2
+    # The attention result enters the decoder recurrence: the context c_t for Bahdanau (the paper's
+    # model), the previous readout for the Luong variants (their "input feeding"). False lets
+    # teacher forcing run the decoder RNN over the whole target in one call.
     input_feeding: bool = True
     dropout: float = 0.3
 
@@ -93,6 +110,8 @@ class RNNConfig:
             raise ConfigError("model.rnn.hidden_size must be even (two encoder directions)")
         if min(self.enc_layers, self.dec_layers, self.emb_dim, self.attn_dim) < 1:
             raise ConfigError("model.rnn sizes and layer counts must be >= 1")
+        if self.attention == "local" and self.local_window < 1:
+            raise ConfigError(f"model.rnn.local_window must be >= 1, got {self.local_window}")
         if not 0 <= self.dropout < 1:
             raise ConfigError("model.rnn.dropout must be in [0, 1)")
 
@@ -189,16 +208,20 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    beam_size: int = 5
-    nbest: int = 1
+    """How `nmt translate` / `evaluate` search (nmt/decoding/beam.py) and export attention."""
+
+    beam_size: int = 5  # 1: greedy search
+    nbest: int = 1  # hypotheses per sentence (beam search), or samples per sentence (sampling)
     # Length normalisation of finished hypotheses: "gnmt" divides by ((5 + len) / 6) ** len_penalty
-    # (Wu et al. 2016), "avg" by the length, "none" keeps the summed log-probability.
+    # (Wu et al. 2016), "avg" by the length, "none" keeps the summed log-probability. Lengths
+    # count the EOS.
     length_norm: Literal["gnmt", "avg", "none"] = "gnmt"
     len_penalty: float = 1.0
-    max_len_a: float = 1.5  # max target length = a * source length + b
+    # max target length = floor(a * S + b), S = source tokens + EOS; EOS is forced there
+    max_len_a: float = 1.5
     max_len_b: int = 10
-    min_len: int = 0
-    no_repeat_ngram: int = 0
+    min_len: int = 0  # EOS is banned before this many tokens
+    no_repeat_ngram: int = 0  # n > 0: no n-gram may occur twice in an output
     suppress_unk: bool = False
     # Sampling instead of beam search when `sample` is true.
     sample: bool = False
@@ -206,22 +229,42 @@ class DecodeConfig:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 1
-    batch_tokens: int = 8000  # source tokens per decoding batch
+    # Padded source tokens per decoding batch. On a CPU 1-2k is fastest (the (B*K, V) score
+    # matrices of a step stay in cache); a GPU likes more.
+    batch_tokens: int = 2000
     # Transformer attention export: which decoder layer and head(s) make the alignment matrix.
-    # layer: index (negative counts from the end) or "mean"; head: index or "mean".
+    # layer: index (negative counts from the end), "mean" or "all"; head: index, "mean" or "all".
+    # With "all" the exported matrix keeps that axis: (layers, heads, tgt, src).
     attention_layer: str = "-1"
     attention_head: str = "mean"
+    # Hard alignments (--alignments-out): 0 links each target word to its most attended source
+    # word; a value in (0, 1] links every pair whose word-level attention reaches it. (issue 5)
+    align_threshold: float = 0.0
+    # A source line longer than the model can take (Transformer max_positions - 1 subwords):
+    # "truncate" (with a warning naming the line) or "error".
     too_long: Literal["truncate", "error"] = "truncate"
 
     def validate(self) -> None:
-        if self.beam_size < 1 or self.nbest < 1 or self.nbest > self.beam_size:
-            raise ConfigError("need 1 <= decode.nbest <= decode.beam_size")
+        if self.beam_size < 1 or self.nbest < 1:
+            raise ConfigError("need decode.beam_size >= 1 and decode.nbest >= 1")
+        if not self.sample and self.nbest > self.beam_size:
+            raise ConfigError(
+                f"decode.nbest ({self.nbest}) cannot exceed decode.beam_size ({self.beam_size})"
+            )
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ConfigError("need decode.temperature > 0, 0 < decode.top_p <= 1, decode.top_k >= 0")
+        if self.max_len_a < 0 or self.max_len_b < 0 or self.min_len < 0:
+            raise ConfigError("decode.max_len_a, max_len_b and min_len must be >= 0")
+        if self.no_repeat_ngram < 0 or self.batch_tokens < 1:
+            raise ConfigError("need decode.no_repeat_ngram >= 0 and decode.batch_tokens >= 1")
+        if not 0 <= self.align_threshold <= 1:
+            raise ConfigError("decode.align_threshold must be in [0, 1] (0: argmax per word)")
         for name in ("attention_layer", "attention_head"):
             value = getattr(self, name)
-            if value != "mean" and not value.lstrip("-").isdigit():
-                raise ConfigError(f"decode.{name} must be an integer or 'mean', got {value!r}")
+            if value not in ("mean", "all") and not value.lstrip("-").isdigit():
+                raise ConfigError(
+                    f"decode.{name} must be an integer, 'mean' or 'all', got {value!r}"
+                )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umask_mode(base: int) -> int:
+    """`base` (0o666 for files, 0o777 for folders) less the process umask, as `open` would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory entry so that a rename inside it survives a power cut (POSIX only)."""
     try:
@@ -32,7 +39,9 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"
+) -> Iterator[IO]:
     """Open a temp file beside `path`; on success fsync it and rename it over `path`.
 
     On an exception the temp file is removed and `path` is left untouched.
@@ -40,6 +49,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _umask_mode(0o666))  # mkstemp makes 0600; give the usual permissions
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
@@ -97,6 +107,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes 0700; give the usual permissions
     try:
         yield tmp
         if path.exists():

@@ -1,0 +1,536 @@
+"""Read a parallel corpus of any supported kind into (src, tgt) text pairs, and clean it.
+
+A corpus SPEC is one of:
+- `PREFIX`: `PREFIX.<src_lang>` and `PREFIX.<tgt_lang>`, one sentence per line (either may be .gz);
+- `SRC_FILE,TGT_FILE`: two such files named one by one;
+- a `.tsv`, `.csv`, `.jsonl` (each optionally `.gz`) or `.parquet` file: columns / keys named by the
+  language codes (or `src_column` / `tgt_column`), the hub's `{"translation": {"de": .., "en": ..}}`
+  shape, or, for a header-less two-column TSV/CSV, source first and target second;
+- a folder written by `datasets`' `save_to_disk` (a Dataset, or a DatasetDict: `FOLDER@SPLIT` or
+  the split that the role implies);
+- `hf:NAME[:CONFIG][@SPLIT]`: `datasets.load_dataset(NAME, CONFIG)`; NAME may be a local folder.
+
+Without an explicit split, the role picks one: train -> `train`; valid -> `validation`, `valid`,
+`dev` or `val`; a test set called NAME -> `NAME`, else `test`.
+
+Every problem with the input is a `DataError` that names the file (and line where there is one).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import unicodedata
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from nmt.config import PrepareConfig
+from nmt.errors import DataError
+
+Kind = Literal["files", "table", "disk", "hf"]
+
+# Table formats by file suffix (after an optional `.gz`).
+TABLE_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+VALID_SPLIT_NAMES = ("validation", "valid", "dev", "val")
+DROP_REASONS = ("empty", "too_short", "too_long", "ratio", "duplicate")
+
+# Scripts written without spaces between words: with length_unit "auto", a line that contains them
+# is measured in characters / 4 (about one word per 4 characters) instead of in words.
+_UNSPACED = re.compile(
+    "[\u0e00-\u0eff"  # Thai, Lao
+    "\u1000-\u109f"  # Myanmar
+    "\u1780-\u17ff"  # Khmer
+    "\u3040-\u30ff"  # Hiragana, Katakana
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"  # CJK ideographs
+)
+# A cell that looks like a language code ("de", "en", "pt_BR", "zh-Hans"): a first row made of such
+# cells is a header, even when it does not name the languages asked for.
+_LANG_CODE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z]{2,4})?$")
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A parsed corpus SPEC: what to read and which local files lie behind it (for hashing)."""
+
+    text: str  # the SPEC as the user wrote it
+    kind: Kind
+    paths: tuple[Path, ...] = ()  # files (src, tgt), one table file, or a folder
+    fmt: str = ""  # table format: tsv, csv, jsonl, parquet
+    name: str = ""  # hf: dataset name or local folder
+    config: str | None = None  # hf: dataset config
+    split: str | None = None  # explicit @SPLIT
+
+
+@dataclass
+class Pairs:
+    """Parallel text: `src[i]` translates to `tgt[i]`. `where` names the origin for messages."""
+
+    src: list[str]
+    tgt: list[str]
+    where: str
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> pairs (after `clean_pairs`)
+    read: int = 0  # pairs before cleaning
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+# ---- SPEC parsing -------------------------------------------------------------------------------
+
+
+def parse_spec(text: str, src_lang: str, tgt_lang: str) -> CorpusSpec:
+    """Turn a SPEC into a `CorpusSpec`, checking that the local files it names exist."""
+    spec = text.strip()
+    if not spec:
+        raise DataError(
+            "empty corpus SPEC; expected a file prefix, SRC,TGT files, a table or hf:NAME"
+        )
+    if spec.startswith("hf:"):
+        body, split = spec[3:], None
+        if "@" in body:
+            body, split = body.rsplit("@", 1)
+        name, _, config = body.partition(":")
+        if not name:
+            raise DataError(f"{spec}: expected hf:NAME[:CONFIG][@SPLIT]")
+        local = Path(name).expanduser()
+        return CorpusSpec(
+            spec,
+            "hf",
+            (local,) if local.exists() else (),
+            name=name,
+            config=config or None,
+            split=split or None,
+        )
+    if "," in spec:
+        parts = [p.strip() for p in spec.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise DataError(f"{spec}: expected two files SRC_FILE,TGT_FILE")
+        paths = tuple(Path(p).expanduser() for p in parts)
+        for path in paths:
+            if not path.is_file():
+                raise DataError(f"{path}: file not found")
+        return CorpusSpec(spec, "files", paths)
+
+    path, split = Path(spec).expanduser(), None
+    if not path.exists() and "@" in spec:
+        head, _, tail = spec.rpartition("@")
+        if Path(head).expanduser().is_dir():
+            path, split = Path(head).expanduser(), tail
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return CorpusSpec(spec, "disk", (path,), split=split)
+        raise DataError(
+            f"{path}: a folder, but not one written by datasets' save_to_disk (no "
+            "dataset_dict.json or state.json); for a local dataset folder use hf:PATH"
+        )
+    fmt = _table_format(path)
+    if path.is_file():
+        if fmt is None:
+            raise DataError(
+                f"{path}: unknown corpus file type; expected .tsv, .csv, .jsonl (optionally .gz) "
+                f"or .parquet, a prefix of {path.name}.{src_lang} + .{tgt_lang}, or SRC,TGT files"
+            )
+        return CorpusSpec(spec, "table", (path,), fmt=fmt)
+    if fmt is not None:
+        raise DataError(f"{path}: file not found")
+    return CorpusSpec(spec, "files", (_find_side(path, src_lang), _find_side(path, tgt_lang)))
+
+
+def _table_format(path: Path) -> str | None:
+    suffixes = path.suffixes
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+        if suffixes and suffixes[-1] == ".parquet":
+            return None  # parquet compresses itself
+    return TABLE_FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def _find_side(prefix: Path, lang: str) -> Path:
+    plain = prefix.with_name(f"{prefix.name}.{lang}")
+    packed = prefix.with_name(f"{prefix.name}.{lang}.gz")
+    for candidate in (plain, packed):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"{plain}: file not found (nor {packed.name}); a SPEC is a prefix, SRC,TGT files, "
+        ".tsv/.csv/.jsonl/.parquet, a save_to_disk folder or hf:NAME"
+    )
+
+
+def default_split_name(text: str) -> str:
+    """A test set's name when `--test` gives no `NAME=`: the file or split name without suffixes.
+
+    `data/raw/newstest2014` -> `newstest2014`; `a/t.de,a/t.en` -> `t`;
+    `hf:wmt14:de-en@test` -> `test`.
+    """
+    spec = text.strip()
+    if spec.startswith("hf:"):
+        body = spec[3:]
+        if "@" in body:
+            return body.rsplit("@", 1)[1]
+        return "test"
+    if "@" in spec and not Path(spec).exists():
+        return spec.rsplit("@", 1)[1]
+    first = spec.split(",")[0].rstrip("/")
+    name = Path(first).name
+    if name.endswith(".gz"):
+        name = name[:-3]
+    if "," in spec or Path(name).suffix in TABLE_FORMATS:
+        name = Path(name).stem
+    return name or "test"
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+
+def read_pairs(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> Pairs:
+    """Read every pair of `spec`, raw (before cleaning). `role` is train, valid or a test name."""
+    if spec.kind == "files":
+        src_path, tgt_path = spec.paths
+        src = read_lines(src_path, cfg.errors)
+        tgt = read_lines(tgt_path, cfg.errors)
+        if len(src) != len(tgt):
+            raise DataError(
+                f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; a parallel corpus "
+                "needs one sentence per line on both sides"
+            )
+        where = f"{src_path},{tgt_path}"
+    elif spec.kind == "table":
+        (path,) = spec.paths
+        if spec.fmt == "parquet":
+            src, tgt = _read_parquet(path, cfg)
+        elif spec.fmt == "jsonl":
+            src, tgt = _read_jsonl(path, cfg)
+        else:
+            src, tgt = _read_delimited(path, cfg, spec.fmt)
+        where = str(path)
+    elif spec.kind == "disk":
+        src, tgt = _read_saved(spec, cfg, role)
+        where = str(spec.paths[0])
+    else:
+        src, tgt = _read_hub(spec, cfg, role)
+        where = spec.text
+    return Pairs(src, tgt, where, read=len(src))
+
+
+def read_text(path: Path, errors: str = "strict") -> str:
+    """The whole file (gunzipped when it ends in .gz) as text; a leading BOM is dropped.
+
+    Invalid UTF-8 under `errors="strict"` is a `DataError` naming the line, byte and the way out.
+    """
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                data = handle.read()
+        else:
+            data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    try:
+        text = data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at byte column "
+            f"{column}); fix the file, or pass --errors replace to read such bytes as U+FFFD"
+        ) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def read_lines(path: Path, errors: str = "strict") -> list[str]:
+    """One entry per line. Only "\\n" (and a "\\r" before it) ends a line: `str.splitlines` would
+    also split on U+2028, U+0085 and friends, which occur inside sentences and would shift the
+    pairing."""
+    text = read_text(path, errors)
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line does not start another
+    if "\r" in text:
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return lines
+
+
+def _wanted(cfg: PrepareConfig) -> tuple[str, str]:
+    return (cfg.src_column or cfg.src_lang, cfg.tgt_column or cfg.tgt_lang)
+
+
+def _read_delimited(path: Path, cfg: PrepareConfig, fmt: str) -> tuple[list[str], list[str]]:
+    """TSV (split on tabs, no quoting) or CSV (RFC 4180 quoting, via the csv module)."""
+    text = read_text(path, cfg.errors)
+    kind = "tab-separated" if fmt == "tsv" else "comma-separated"
+    if fmt == "tsv":
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        rows: list[tuple[int, list[str]]] = [
+            (n, line.rstrip("\r").split("\t")) for n, line in enumerate(lines, start=1)
+        ]
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        rows = []
+        try:
+            for row in reader:
+                rows.append((reader.line_num, row))
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+    if not rows:
+        return [], []
+
+    want_src, want_tgt = _wanted(cfg)
+    first = [cell.strip() for cell in rows[0][1]]
+    if want_src.isdigit() and want_tgt.isdigit():
+        cols, width, body = (int(want_src), int(want_tgt)), None, rows
+    elif want_src in first and want_tgt in first:
+        cols, width, body = (first.index(want_src), first.index(want_tgt)), len(first), rows[1:]
+    elif cfg.src_column or want_src in first or want_tgt in first or _looks_like_header(first):
+        missing = [c for c in (want_src, want_tgt) if c not in first]
+        raise DataError(
+            f"{path}:1: no column named {' or '.join(repr(m) for m in missing)} in the header; "
+            f"found: {', '.join(first)} (set src_column/tgt_column to pick others)"
+        )
+    elif len(first) == 2:
+        cols, width, body = (0, 1), 2, rows  # positional: no header
+    else:
+        raise DataError(
+            f"{path}:1: cannot tell which columns hold {want_src} and {want_tgt}: the first line "
+            f"has {len(first)} columns and no header naming them (found: {', '.join(first[:8])}); "
+            "add a header, or set src_column/tgt_column (names, or 0-based numbers)"
+        )
+
+    src, tgt = [], []
+    need = max(cols) + 1
+    for line_no, row in body:
+        if row == [] or row == [""]:
+            src.append("")  # an empty line is an empty pair, dropped by cleaning
+            tgt.append("")
+            continue
+        if (width is not None and len(row) != width) or len(row) < need:
+            expected = width if width is not None else f"at least {need}"
+            raise DataError(
+                f"{path}:{line_no}: expected {expected} {kind} columns, found {len(row)}"
+            )
+        src.append(row[cols[0]])
+        tgt.append(row[cols[1]])
+    return src, tgt
+
+
+def _looks_like_header(cells: Sequence[str]) -> bool:
+    return len(cells) >= 2 and all(_LANG_CODE.match(cell) for cell in cells)
+
+
+def _read_jsonl(path: Path, cfg: PrepareConfig) -> tuple[list[str], list[str]]:
+    want_src, want_tgt = _wanted(cfg)
+    src, tgt = [], []
+    nested: bool | None = None
+    for line_no, line in enumerate(read_text(path, cfg.errors).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"
+            )
+        if nested is None:  # the first record decides the shape
+            nested = not (want_src in record and want_tgt in record) and isinstance(
+                record.get("translation"), dict
+            )
+        fields = (
+            record["translation"]
+            if nested and isinstance(record.get("translation"), dict)
+            else record
+        )
+        if want_src not in fields or want_tgt not in fields:
+            found = ", ".join(map(str, fields)) or "none"
+            inside = " inside 'translation'" if nested else ""
+            raise DataError(
+                f"{path}:{line_no}: no key {want_src!r} and {want_tgt!r}{inside}; found: {found} "
+                '(expected {"src": .., "tgt": ..} keyed by the language codes, or '
+                '{"translation": {..}}; set src_column/tgt_column for other keys)'
+            )
+        src.append(_as_text(fields[want_src], f"{path}:{line_no}"))
+        tgt.append(_as_text(fields[want_tgt], f"{path}:{line_no}"))
+    return src, tgt
+
+
+def _as_text(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(f"{where}: expected a string, found {type(value).__name__}")
+
+
+def _read_parquet(path: Path, cfg: PrepareConfig) -> tuple[list[str], list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    return _pairs_from_table(table, cfg, str(path))
+
+
+def _pairs_from_table(table: Any, cfg: PrepareConfig, where: str) -> tuple[list[str], list[str]]:
+    """Source and target columns of an Arrow table: flat language columns or a `translation`
+    struct column (the hub's shape)."""
+    import pyarrow as pa
+
+    want_src, want_tgt = _wanted(cfg)
+    names = table.column_names
+    if want_src in names and want_tgt in names:
+        columns = [table.column(want_src), table.column(want_tgt)]
+    elif "translation" in names and pa.types.is_struct(table.schema.field("translation").type):
+        struct = table.column("translation").combine_chunks()
+        fields = [struct.type.field(i).name for i in range(struct.type.num_fields)]
+        if want_src not in fields or want_tgt not in fields:
+            raise DataError(
+                f"{where}: no language {want_src!r} and {want_tgt!r} in column 'translation'; "
+                f"found: {', '.join(fields)}"
+            )
+        columns = [struct.field(want_src), struct.field(want_tgt)]
+    else:
+        raise DataError(
+            f"{where}: no columns named {want_src!r} and {want_tgt!r} (nor a 'translation' "
+            f"column); found: {', '.join(names)} (set src_column/tgt_column to pick others)"
+        )
+    out = []
+    for column in columns:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise DataError(f"{where}: expected text columns, found type {column.type}")
+        out.append(["" if v is None else v for v in column.to_pylist()])
+    return out[0], out[1]
+
+
+def _pick_split(splits: dict[str, Any], role: str, requested: str | None, where: str) -> Any:
+    names = list(splits)
+    if requested is not None:
+        if requested not in splits:
+            raise DataError(f"{where}: no split {requested!r}; found: {', '.join(names)}")
+        return splits[requested]
+    if role == "train":
+        candidates: tuple[str, ...] = ("train",)
+    elif role == "valid":
+        candidates = VALID_SPLIT_NAMES
+    else:
+        candidates = (role, "test")
+    for name in candidates:
+        if name in splits:
+            return splits[name]
+    raise DataError(
+        f"{where}: no split for {role} (looked for {', '.join(candidates)}); found: "
+        f"{', '.join(names)}; name one with @SPLIT"
+    )
+
+
+def _dataset_table(dataset: Any) -> Any:
+    """A `datasets.Dataset` as one Arrow table, with any index mapping applied."""
+    return dataset.with_format("arrow")[:]
+
+
+def _read_saved(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> tuple[list[str], list[str]]:
+    import datasets
+
+    (path,) = spec.paths
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot load with datasets.load_from_disk ({exc})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = _pick_split(dict(loaded), role, spec.split, str(path))
+    elif spec.split is not None:
+        raise DataError(f"{path}: holds a single Dataset, not a DatasetDict; drop @{spec.split}")
+    return _pairs_from_table(_dataset_table(loaded), cfg, str(path))
+
+
+def _read_hub(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> tuple[list[str], list[str]]:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(spec.name, spec.config, split=spec.split)
+    except Exception as exc:  # noqa: BLE001 - anything the hub or a builder raises is about the input
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{spec.text}: datasets.load_dataset failed ({first}); without network only datasets "
+            "already in the HF cache or local folders load"
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = _pick_split(dict(loaded), role, None, spec.text)
+    return _pairs_from_table(_dataset_table(loaded), cfg, spec.text)
+
+
+# ---- cleaning -----------------------------------------------------------------------------------
+
+
+def clean_text(text: str, cfg: PrepareConfig) -> str:
+    """The normalisation every sentence gets (training data, references, and text to translate):
+    NFKC when `cfg.normalize`, whitespace runs collapsed to one space and trimmed, lowercasing when
+    `cfg.lowercase`."""
+    if cfg.normalize:
+        text = unicodedata.normalize("NFKC", text)
+    text = " ".join(text.split())  # str.split() also splits on tabs, NBSP-like and line separators
+    return text.lower() if cfg.lowercase else text
+
+
+def text_length(text: str, unit: str) -> int:
+    """Length of a cleaned line for the length filters: words, or characters / 4 (rounded up) for
+    `unit="chars"` and, under `unit="auto"`, for lines in scripts written without spaces."""
+    if not text:
+        return 0
+    words = text.count(" ") + 1  # cleaned text has single spaces
+    if unit == "words":
+        return words
+    chars = -(-len(text) // 4)
+    if unit == "chars":
+        return chars
+    return max(words, chars) if _UNSPACED.search(text) else words
+
+
+def clean_pairs(pairs: Pairs, cfg: PrepareConfig, filter_pairs: bool = True) -> Pairs:
+    """Clean every sentence; with `filter_pairs` also drop pairs by the configured filters.
+
+    Each dropped pair counts under the first reason that applies, in `DROP_REASONS` order:
+    `empty` (a side is empty), `too_short` / `too_long` (a side outside [min_len, max_len]), `ratio`
+    (longer / shorter side above max_ratio), `duplicate` (an identical cleaned pair came before).
+    Valid and test sets are cleaned but not filtered, so their references stay complete.
+    """
+    src = [clean_text(s, cfg) for s in pairs.src]
+    tgt = [clean_text(t, cfg) for t in pairs.tgt]
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    if not filter_pairs:
+        return Pairs(src, tgt, pairs.where, {}, pairs.read)
+    keep_src, keep_tgt = [], []
+    seen: set[tuple[str, str]] = set()
+    for s, t in zip(src, tgt, strict=True):
+        if not s or not t:
+            dropped["empty"] += 1
+            continue
+        ls, lt = text_length(s, cfg.length_unit), text_length(t, cfg.length_unit)
+        if min(ls, lt) < cfg.min_len:
+            dropped["too_short"] += 1
+        elif max(ls, lt) > cfg.max_len:
+            dropped["too_long"] += 1
+        elif cfg.max_ratio and max(ls, lt) > cfg.max_ratio * max(min(ls, lt), 1):
+            dropped["ratio"] += 1
+        elif cfg.dedup and (s, t) in seen:
+            dropped["duplicate"] += 1
+        else:
+            if cfg.dedup:
+                seen.add((s, t))
+            keep_src.append(s)
+            keep_tgt.append(t)
+    return Pairs(keep_src, keep_tgt, pairs.where, dropped, pairs.read)

@@ -1,0 +1,203 @@
+"""SentencePiece (Kudo & Richardson 2018): train, load, encode and decode subword vocabularies.
+
+Every model `nmt` uses has the special ids of `nmt.config`: PAD 0 `<pad>`, UNK 1 `<unk>`,
+BOS 2 `<s>`, EOS 3 `</s>`. Training goes through the library's Python API from an in-memory
+sentence iterator; the random generator is seeded and the thread count fixed, so the same input
+gives the same model bytes. Encoding never adds BOS/EOS: `nmt.data.batching` adds them when it
+builds a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sentencepiece as sp
+
+from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, PrepareConfig
+from nmt.errors import DataError
+from nmt.io import atomic_open
+
+SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
+_DROPPED_ON_DECODE = frozenset({PAD_ID, BOS_ID, EOS_ID})
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
+class Tokenizer:
+    """A loaded SentencePiece model. Ids never include BOS/EOS; `decode` skips PAD/BOS/EOS.
+
+    Picklable (it pickles the model bytes), so `datasets.map(num_proc=...)` can ship it to workers.
+    """
+
+    def __init__(self, model: bytes, path: Path | None = None) -> None:
+        self.model_bytes = model
+        self.path = path
+        self.sha256 = hashlib.sha256(model).hexdigest()
+        self._sp = sp.SentencePieceProcessor(model_proto=model)
+        found = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
+        if found != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise DataError(
+                f"{path or 'SentencePiece model'}: special ids pad/unk/bos/eos are {found}; nmt "
+                f"needs {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)} (train with pad_id=0 unk_id=1 bos_id=2 "
+                "eos_id=3, or let nmt prepare train it)"
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        try:
+            model = path.read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"{path}: SentencePiece model not found") from None
+        try:
+            return cls(model, path)
+        except RuntimeError as exc:  # the library's parse error
+            raise DataError(f"{path}: not a SentencePiece model ({exc})") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Many sentences at once; the library spreads them over threads (same ids as `encode`)."""
+        return self._sp.encode(list(texts), out_type=int)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`, skipping PAD, BOS and EOS (UNK is rendered as the library's ` ⁇ `)."""
+        return self._sp.decode([int(i) for i in ids if int(i) not in _DROPPED_ON_DECODE])
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """The subword string of each id (special ids included), for plots and debugging."""
+        return [self._sp.id_to_piece(int(i)) for i in ids]
+
+    def write_vocab(self, path: str | Path) -> None:
+        """A human-readable `piece<TAB>score` list, one line per id (like `spm_train`'s .vocab)."""
+        with atomic_open(path) as handle:
+            for i in range(self.vocab_size):
+                handle.write(f"{self._sp.id_to_piece(i)}\t{self._sp.get_score(i):g}\n")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model": self.model_bytes, "path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["model"], state["path"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.path or '<memory>'}, vocab_size={self.vocab_size})"
+
+
+def train_tokenizer(
+    sentences: Iterable[str], cfg: PrepareConfig, path: str | Path, where: str
+) -> Tokenizer:
+    """Train a model on `sentences` with `cfg`'s SentencePiece options and write it to `path`.
+
+    `where` names the corpus in error messages. A vocabulary size the corpus cannot support is a
+    `DataError` that gives the largest size SentencePiece would accept.
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    options: dict[str, Any] = {
+        "sentence_iterator": iter(sentences),
+        "model_writer": buffer,
+        "vocab_size": cfg.vocab_size,
+        "model_type": cfg.model_type,
+        "character_coverage": cfg.character_coverage,
+        "byte_fallback": cfg.byte_fallback,
+        "hard_vocab_limit": cfg.hard_vocab_limit,
+        "input_sentence_size": cfg.spm_max_sentences,
+        "shuffle_input_sentence": True,
+        "num_threads": cfg.spm_threads,
+        "pad_id": PAD_ID,
+        "unk_id": UNK_ID,
+        "bos_id": BOS_ID,
+        "eos_id": EOS_ID,
+        "pad_piece": SPECIAL_PIECES["pad"],
+        "unk_piece": SPECIAL_PIECES["unk"],
+        "bos_piece": SPECIAL_PIECES["bos"],
+        "eos_piece": SPECIAL_PIECES["eos"],
+        # Our cleaning already applied NFKC when asked; with it off, SentencePiece must not
+        # normalise behind our back either, or decoded text would differ from the input.
+        "normalization_rule_name": "nmt_nfkc" if cfg.normalize else "identity",
+        "minloglevel": 2,  # the library's progress log is long; errors still raise
+    }
+    if cfg.user_defined_symbols:
+        options["user_defined_symbols"] = list(cfg.user_defined_symbols)
+    # The seed drives the sampling of input_sentence_size sentences and unigram's EM order.
+    sp.set_random_generator_seed(cfg.seed)
+    try:
+        sp.SentencePieceTrainer.train(**options)
+    except RuntimeError as exc:
+        raise _training_error(str(exc), cfg, where) from None
+    model = buffer.getvalue()
+    with atomic_open(path, "wb", encoding=None) as handle:
+        handle.write(model)
+    return Tokenizer(model, path)
+
+
+def _training_error(message: str, cfg: PrepareConfig, where: str) -> DataError:
+    high = _TOO_HIGH.search(message)
+    if high:
+        most = int(high.group(2))
+        return DataError(
+            f"{where}: vocab size {cfg.vocab_size} is larger than this corpus allows: "
+            f"SentencePiece accepts at most {most}; pass --vocab-size {most} or less (or --set "
+            "hard_vocab_limit=false to take the size as an upper bound)"
+        )
+    low = _TOO_LOW.search(message)
+    if low:
+        return DataError(
+            f"{where}: vocab size {cfg.vocab_size} is too small: the corpus needs {low.group(2)} "
+            "pieces for its characters and special tokens; raise --vocab-size or lower "
+            "character_coverage"
+        )
+    return DataError(f"{where}: SentencePiece training failed: {message.strip().splitlines()[-1]}")
+
+
+def make_tokenizers(
+    cfg: PrepareConfig, src_texts: Sequence[str], tgt_texts: Sequence[str], root: Path, where: str
+) -> dict[str, tuple[str, Tokenizer, str | None]]:
+    """The source and target tokenizers of a prepared directory, written into `root`.
+
+    Returns side -> (file name in `root`, tokenizer, path it was reused from or None). A joint
+    vocabulary (`cfg.joint_vocab`) is one `spm.model` trained on both sides of the training data;
+    otherwise each side gets `spm.<lang>.model` trained on its own text. `cfg.spm_model` /
+    `cfg.spm_tgt_model` reuse existing models (copied in, so the directory stands on its own).
+    """
+    if cfg.joint_vocab:
+        joint = [s for pair in zip(src_texts, tgt_texts, strict=True) for s in pair]
+        tok, reused = _one_tokenizer(cfg, cfg.spm_model, joint, root / "spm.model", where)
+        return {"src": ("spm.model", tok, reused), "tgt": ("spm.model", tok, reused)}
+    out = {}
+    sides = (
+        ("src", cfg.src_lang, cfg.spm_model, src_texts),
+        ("tgt", cfg.tgt_lang, cfg.spm_tgt_model, tgt_texts),
+    )
+    for side, lang, model, texts in sides:
+        file = f"spm.{lang}.model"
+        tok, reused = _one_tokenizer(cfg, model, texts, root / file, f"{where} ({lang} side)")
+        out[side] = (file, tok, reused)
+    return out
+
+
+def _one_tokenizer(
+    cfg: PrepareConfig, model: str | None, texts: Sequence[str], path: Path, where: str
+) -> tuple[Tokenizer, str | None]:
+    if model:
+        tok = Tokenizer.load(model)
+        with atomic_open(path, "wb", encoding=None) as handle:
+            handle.write(tok.model_bytes)
+        tok = Tokenizer(tok.model_bytes, path)
+        reused: str | None = str(Path(model).resolve())
+    else:
+        tok = train_tokenizer(texts, cfg, path, where)
+        reused = None
+    tok.write_vocab(path.with_suffix(".vocab"))
+    return tok, reused

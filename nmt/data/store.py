@@ -1,0 +1,439 @@
+"""The prepared-data directory that `nmt prepare` writes and training / decoding read.
+
+Layout of `DIR/`:
+    manifest.json         languages, split sizes, vocab sizes, special ids, config, inputs with
+                          their SHA-256, versions, the cache key and the data hash
+    config.yaml           the resolved `PrepareConfig`
+    stats.json            per split: pairs, tokens, UNKs, length percentiles, dropped pairs by
+                          reason; for train also the batch sampler's padding at 4,096 tokens
+    spm.model, spm.vocab  the joint SentencePiece model (or spm.<lang>.model/.vocab per side)
+    splits/<name>/        one `datasets` Arrow folder per split (train, valid, test names), columns
+                          src, tgt (cleaned text), src_ids, tgt_ids (int32, no BOS/EOS)
+
+The directory is built under a temporary name and renamed into place (`nmt.io.atomic_dir`), so a
+directory with a manifest is always complete. The cache key hashes what determines the contents
+(format version, the config, the inputs' SHA-256); a re-run with the same key reuses the directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmt import __version__
+from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, PrepareConfig, diff, from_dict, to_dict
+from nmt.data.corpus import CorpusSpec, Pairs
+from nmt.data.spm import Tokenizer
+from nmt.errors import DataError
+from nmt.io import read_json, write_json
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STATS = "stats.json"
+CONFIG = "config.yaml"
+SPLITS_DIR = "splits"
+PERCENTILES = (50, 90, 95, 99)
+# Config fields that change how fast prepare runs, not what it writes: left out of the cache key.
+CACHE_NEUTRAL_FIELDS = ("num_proc",)
+# Splits at least this large get datasets' progress bar while encoding; smaller ones take seconds.
+PROGRESS_BAR_PAIRS = 200_000
+
+
+@dataclass
+class PreparedData:
+    """A prepared directory, opened. Splits load lazily as memory-mapped `datasets.Dataset`s."""
+
+    path: Path
+    manifest: dict[str, Any]
+    _splits: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def hash(self) -> str:
+        """Identifies the data: the cache key (config + inputs) and the SentencePiece models."""
+        return data_hash(self.manifest)
+
+    @property
+    def src_lang(self) -> str:
+        return self.manifest["src_lang"]
+
+    @property
+    def tgt_lang(self) -> str:
+        return self.manifest["tgt_lang"]
+
+    @property
+    def shared_vocab(self) -> bool:
+        return bool(self.manifest["shared_vocab"])
+
+    @property
+    def src_vocab_size(self) -> int:
+        return int(self.manifest["tokenizers"]["src"]["vocab_size"])
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return int(self.manifest["tokenizers"]["tgt"]["vocab_size"])
+
+    @property
+    def src_spm_path(self) -> Path:
+        return self.path / self.manifest["tokenizers"]["src"]["file"]
+
+    @property
+    def tgt_spm_path(self) -> Path:
+        return self.path / self.manifest["tokenizers"]["tgt"]["file"]
+
+    @property
+    def split_names(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    @property
+    def config(self) -> PrepareConfig:
+        return from_dict(PrepareConfig, self.manifest["config"])
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return read_json(self.path / STATS)
+
+    def src_tokenizer(self) -> Tokenizer:
+        return Tokenizer.load(self.src_spm_path)
+
+    def tgt_tokenizer(self) -> Tokenizer:
+        return Tokenizer.load(self.tgt_spm_path)
+
+    def split(self, name: str) -> Any:
+        """The split `name` ("train", "valid" or a test name) as a memory-mapped `datasets.Dataset`
+        with columns src, tgt (str) and src_ids, tgt_ids (lists of int32 without BOS/EOS)."""
+        if name not in self.manifest["splits"]:
+            raise DataError(f"{self.path}: no split {name!r}; it has {', '.join(self.split_names)}")
+        if name not in self._splits:
+            import datasets
+
+            self._splits[name] = datasets.load_from_disk(str(self.path / SPLITS_DIR / name))
+        return self._splits[name]
+
+    def lengths(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token counts (no BOS/EOS) of every sentence of a split, `(src_lens, tgt_lens)`, read from
+        the Arrow list offsets without materialising the ids (cheap even for millions of rows)."""
+        return split_lengths(self.split(name))
+
+
+def split_lengths(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(src_lens, tgt_lens)` of an encoded split (see `PreparedData.lengths`)."""
+    table = dataset.data
+    return _list_lengths(table.column("src_ids")), _list_lengths(table.column("tgt_ids"))
+
+
+def _list_lengths(column: Any) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def load_prepared(path: str | Path) -> PreparedData:
+    """Open a directory written by `nmt prepare`; a missing or foreign one is a `DataError`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(
+            f"{path}: prepared data not found; create it with `nmt prepare ... --out {path}`"
+        )
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(
+            f"{path}: not a prepared data directory (no {MANIFEST}); create it with `nmt prepare`"
+        )
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{manifest_path}: unreadable ({exc})") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int):
+        raise DataError(f"{manifest_path}: not an nmt manifest (no format_version)")
+    if version > FORMAT_VERSION:
+        raise DataError(
+            f"{path}: written by a newer nmt (format {version}, this one reads {FORMAT_VERSION}); "
+            "upgrade nmt or prepare the data again"
+        )
+    data = PreparedData(path, manifest)
+    for side in ("src", "tgt"):
+        model = path / manifest["tokenizers"][side]["file"]
+        if not model.is_file():
+            raise DataError(f"{model}: SentencePiece model missing from the prepared directory")
+    for name in data.split_names:
+        if not (path / SPLITS_DIR / name).is_dir():
+            raise DataError(f"{path / SPLITS_DIR / name}: split folder missing")
+    return data
+
+
+# ---- identity: input hashes, cache key, data hash -----------------------------------------------
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_entries(paths: tuple[Path, ...]) -> list[dict[str, Any]]:
+    """Every file behind the paths (folders walked in sorted order) with its size and SHA-256."""
+    entries = []
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            entries.append(
+                {
+                    "path": str(file.resolve()),
+                    "bytes": file.stat().st_size,
+                    "sha256": sha256_file(file),
+                }
+            )
+    return entries
+
+
+def describe_inputs(specs: Mapping[str, CorpusSpec]) -> dict[str, dict[str, Any]]:
+    """Per split: the SPEC, its kind and the local files it reads with their SHA-256.
+
+    A hub dataset has no local files: it is identified by name, config and split (the hub versions
+    datasets under their names), so a re-run does not need the network to know it is unchanged.
+    """
+    out = {}
+    for role, spec in specs.items():
+        entry: dict[str, Any] = {
+            "spec": spec.text,
+            "kind": spec.kind,
+            "files": _file_entries(spec.paths),
+        }
+        if spec.fmt:
+            entry["format"] = spec.fmt
+        if spec.kind in ("hf", "disk"):
+            entry["split"] = spec.split
+        if spec.kind == "hf":
+            entry["hf"] = {"name": spec.name, "config": spec.config, "local": bool(spec.paths)}
+        out[role] = entry
+    return out
+
+
+def _input_identity(entry: Mapping[str, Any]) -> dict[str, Any]:
+    # Paths are left out on purpose: the same bytes under another name are the same data.
+    ident = {k: entry.get(k) for k in ("kind", "format", "split")}
+    ident["sha256"] = [f["sha256"] for f in entry.get("files", [])]
+    hub = entry.get("hf")
+    if hub and not hub.get("local"):
+        ident["hf"] = [hub["name"], hub["config"]]
+    return ident
+
+
+def cache_key(cfg: PrepareConfig, inputs: Mapping[str, Mapping[str, Any]]) -> str:
+    """SHA-256 of everything that decides a prepared directory's contents."""
+    config = to_dict(cfg)
+    for name in CACHE_NEUTRAL_FIELDS:
+        config.pop(name, None)
+    # Reused models count by content, not by path.
+    for name in ("spm_model", "spm_tgt_model"):
+        if config.get(name):
+            config[name] = sha256_file(Path(config[name]))
+    identity = {
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "inputs": {role: _input_identity(entry) for role, entry in inputs.items()},
+    }
+    return _digest(identity)
+
+
+def data_hash(manifest: Mapping[str, Any]) -> str:
+    tokenizers = manifest["tokenizers"]
+    return _digest(
+        {
+            "cache_key": manifest["cache_key"],
+            "src": tokenizers["src"]["sha256"],
+            "tgt": tokenizers["tgt"]["sha256"],
+        }
+    )
+
+
+def _digest(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_out_dir(
+    out: Path, key: str, cfg: PrepareConfig, inputs: Mapping[str, Any], overwrite: bool
+) -> PreparedData | None:
+    """The existing prepared directory when it matches `key` (reuse it), else None (build anew).
+
+    Refuses (DataError) to replace a prepared directory made from another config or other inputs
+    unless `overwrite`, and never replaces a non-empty folder that holds no prepared data.
+    With `overwrite` a matching directory is rebuilt too.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise DataError(f"{out}: exists and is not a directory; choose another --out")
+    if not (out / MANIFEST).is_file():
+        if any(out.iterdir()):
+            raise DataError(
+                f"{out}: exists, is not empty and holds no prepared data (no {MANIFEST}); "
+                "choose another --out or remove it"
+            )
+        return None
+    try:
+        manifest = read_json(out / MANIFEST)
+    except (OSError, ValueError):
+        manifest = {}
+    if manifest.get("cache_key") == key and not overwrite:
+        return load_prepared(out)
+    if overwrite:
+        return None
+    changed = diff(manifest.get("config", {}), to_dict(cfg))
+    changed = [name for name in changed if name not in CACHE_NEUTRAL_FIELDS]
+    old_inputs = manifest.get("inputs", {})
+    for role in sorted(set(old_inputs) | set(inputs)):
+        if role not in old_inputs or role not in inputs:
+            changed.append(f"split {role}")
+        elif _input_identity(old_inputs[role]) != _input_identity(inputs[role]):
+            changed.append(f"input {role}")
+    what = ", ".join(changed) or "format"
+    raise DataError(
+        f"{out}: holds data prepared with a different config or inputs (changed: {what}); "
+        "pass --overwrite to replace it, or choose another --out"
+    )
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+
+def _encode_batch(batch: dict[str, list[str]], src_tok: Tokenizer, tgt_tok: Tokenizer) -> dict:
+    return {
+        "src_ids": src_tok.encode_batch(batch["src"]),
+        "tgt_ids": tgt_tok.encode_batch(batch["tgt"]),
+    }
+
+
+def split_features() -> Any:
+    import datasets
+
+    # `List` replaced `Sequence` for list columns in datasets 4; both store Arrow list<int32>.
+    list_of = getattr(datasets, "List", None) or datasets.Sequence
+    return datasets.Features(
+        {
+            "src": datasets.Value("string"),
+            "tgt": datasets.Value("string"),
+            "src_ids": list_of(datasets.Value("int32")),
+            "tgt_ids": list_of(datasets.Value("int32")),
+        }
+    )
+
+
+def write_split(
+    root: Path, name: str, pairs: Pairs, src_tok: Tokenizer, tgt_tok: Tokenizer, num_proc: int = 1
+) -> Any:
+    """Encode `pairs` with `datasets.map` (batched; `num_proc` workers for large corpora) and save
+    the split as Arrow under `root/splits/name`. Returns the saved split, memory-mapped."""
+    import datasets
+
+    features = split_features()
+    text_features = datasets.Features({"src": features["src"], "tgt": features["tgt"]})
+    table = datasets.Dataset.from_dict({"src": pairs.src, "tgt": pairs.tgt}, features=text_features)
+    # Worker processes pay off only when each gets a large share.
+    workers = num_proc if num_proc > 1 and len(pairs) >= 50_000 * num_proc else None
+    show = len(pairs) >= PROGRESS_BAR_PAIRS
+    was_enabled = datasets.is_progress_bar_enabled()
+    if not show:
+        datasets.disable_progress_bars()
+    try:
+        encoded = table.map(
+            _encode_batch,
+            batched=True,
+            batch_size=2000,
+            num_proc=workers,
+            features=features,
+            fn_kwargs={"src_tok": src_tok, "tgt_tok": tgt_tok},
+            desc=f"encoding {name}",
+        )
+        target = root / SPLITS_DIR / name
+        encoded.save_to_disk(str(target))
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+    return datasets.load_from_disk(str(target))
+
+
+def split_stats(dataset: Any, pairs: Pairs) -> dict[str, Any]:
+    """Counts and subword-length percentiles of an encoded split (lengths without BOS/EOS)."""
+    import pyarrow.compute as pc
+
+    out: dict[str, Any] = {"read": pairs.read, "pairs": len(dataset), "dropped": pairs.dropped}
+    table = dataset.data
+    for side in ("src", "tgt"):
+        column = table.column(f"{side}_ids")
+        lens = _list_lengths(column)
+        flat = pc.list_flatten(column)
+        unk = int(pc.sum(pc.equal(flat, UNK_ID)).as_py() or 0)
+        out[side] = {
+            "tokens": int(lens.sum()),
+            "unk": unk,
+            "length": {
+                "mean": round(float(lens.mean()), 2) if len(lens) else 0.0,
+                **{f"p{q}": int(np.percentile(lens, q)) if len(lens) else 0 for q in PERCENTILES},
+                "max": int(lens.max()) if len(lens) else 0,
+            },
+        }
+    return out
+
+
+def build_manifest(
+    cfg: PrepareConfig,
+    key: str,
+    inputs: Mapping[str, Any],
+    tokenizers: Mapping[str, tuple[str, Tokenizer, str | None]],
+    split_sizes: Mapping[str, int],
+) -> dict[str, Any]:
+    """The manifest. `tokenizers` maps side -> (file name in the directory, tokenizer, the path
+    it was reused from or None), as `nmt.data.spm.make_tokenizers` returns it."""
+    import datetime
+
+    import datasets
+    import sentencepiece
+
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "nmt_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "src_lang": cfg.src_lang,
+        "tgt_lang": cfg.tgt_lang,
+        "shared_vocab": tokenizers["src"][0] == tokenizers["tgt"][0],
+        "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
+        "tokenizers": {
+            side: {
+                "file": file,
+                "vocab_size": tok.vocab_size,
+                "sha256": tok.sha256,
+                "model_type": cfg.model_type,
+                "reused_from": reused,
+            }
+            for side, (file, tok, reused) in tokenizers.items()
+        },
+        "splits": {
+            name: {"pairs": n, "dir": f"{SPLITS_DIR}/{name}"} for name, n in split_sizes.items()
+        },
+        "config": to_dict(cfg),
+        "inputs": dict(inputs),
+        "cache_key": key,
+        "versions": {
+            "nmt": __version__,
+            "sentencepiece": sentencepiece.__version__,
+            "datasets": datasets.__version__,
+        },
+    }
+    manifest["hash"] = data_hash(manifest)
+    return manifest
+
+
+def write_manifest(root: Path, manifest: Mapping[str, Any], stats: Mapping[str, Any]) -> None:
+    write_json(root / STATS, stats)
+    write_json(root / MANIFEST, manifest)  # last: its presence marks a complete directory

@@ -1,0 +1,578 @@
+"""Greedy, beam and sampling search over whole batches, through the decoding protocol of
+`nmt.models` (`encode`, `decode_step`, `state.select`).
+
+All hypotheses of all sentences live in one tensor of B*K rows; the only Python loop is over time
+steps. The beam follows fairseq's `SequenceGenerator` (Ott et al. 2019): each step takes the 2K
+best extensions of a sentence's K hypotheses; an EOS extension ranked within the first K is
+finished (kept in that sentence's pool of at most K finished hypotheses); the best K other
+extensions go on. A sentence stops once its pool holds K finished hypotheses, when no live
+hypothesis is left, or at its own maximum length a * S + b (EOS is forced there). So every
+sentence finishes on its own, and a translation never depends on the other sentences in its
+batch. Finished hypotheses are ranked by their length-normalised score (`length_penalty`). Tokens
+and cross-attention rows are recovered at the end by walking the back-pointers of every step.
+
+Conventions:
+- Lengths count the EOS: a hypothesis with tokens [a, b] has length 2 + 1 = 3, and its attention
+  has T = 3 rows. S, the source length, counts the EOS that `make_src_batch` appends.
+- Scores are model log-probabilities (natural log) summed over the output including EOS. Banned
+  tokens (PAD, BOS, UNK with `suppress_unk`, EOS before `min_len`, repeated n-grams) get -inf,
+  with no renormalisation, so a reported `log_prob` equals the teacher-forced log-probability of
+  the output.
+- Ensembles: the log-probs of the members are averaged and renormalised with a log-softmax, i.e.
+  the normalised geometric mean of their distributions (a product of experts), not the arithmetic
+  mean of probabilities. Attention comes from the first member.
+- Host-device syncs: one `int(...)` per step (are sentences finished?), which also lets finished
+  sentences leave the batch; two at the start (shortest and longest allowed output) and the
+  copy of the results at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, DecodeConfig
+from nmt.data.batching import make_src_batch
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    """One output of the search.
+
+    - `tokens`: target ids without BOS and EOS.
+    - `log_prob`: summed log-probability of `tokens` followed by EOS.
+    - `score`: `log_prob` / `length_penalty(len(tokens) + 1)`; n-best lists are sorted by it.
+    - `attention`: float32 on the CPU, rows = len(tokens) + 1 (the last is the EOS step), columns =
+      the sentence's S real source positions (its EOS included): (T,S) for the RNN, (T,L,H,S) for
+      the Transformer; None unless attention was requested (and for an empty source).
+    """
+
+    tokens: list[int]
+    log_prob: float
+    score: float
+    attention: torch.Tensor | None = None
+
+
+# ---- small pure pieces -----------------------------------------------------------------------
+
+
+def length_penalty(lengths: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
+    """Divisor of the summed log-prob for hypotheses of `lengths` tokens (EOS included), float32.
+
+    "gnmt": ((5 + len) / 6) ** alpha (Wu et al. 2016, eq. 14); "avg": len; "none": 1.
+    """
+    lengths = lengths.float()
+    if cfg.length_norm == "gnmt":
+        return ((5.0 + lengths) / 6.0) ** cfg.len_penalty
+    if cfg.length_norm == "avg":
+        return lengths
+    return torch.ones_like(lengths)
+
+
+def max_output_lengths(
+    src_lengths: torch.Tensor, cfg: DecodeConfig, max_positions: int | None = None
+) -> torch.Tensor:
+    """Most tokens (EOS not counted) each sentence may produce: floor(a * S + b), S counting the
+    source EOS, capped so that BOS plus the output fits into `max_positions` decoder positions."""
+    limit = src_lengths.double() * cfg.max_len_a + cfg.max_len_b
+    limit = limit.floor().clamp(min=0).long()
+    if max_positions is not None:
+        limit = limit.clamp(max=max_positions - 1)
+    return limit
+
+
+def select_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k best extensions of each sentence's beam.
+
+    scores (B,K,V): cumulative log-prob of beam k extended by token v. Returns values (B,k) sorted
+    from best to worst, the beam index (B,k) and the token (B,k) of each. k is capped at K*V.
+    """
+    b, beams, vocab = scores.shape
+    flat = scores.reshape(b, beams * vocab)  # (B, K*V)
+    values, index = flat.topk(min(k, beams * vocab), dim=1, sorted=True)  # (B, k)
+    return values, torch.div(index, vocab, rounding_mode="floor"), index % vocab
+
+
+def ban_tokens(
+    log_probs: torch.Tensor,
+    step: int,
+    force_eos: torch.Tensor | None,
+    cfg: DecodeConfig,
+    history: torch.Tensor | None,
+) -> torch.Tensor:
+    """Apply the search's constraints to one step's log-probs (R,V), in place, and return them.
+
+    `force_eos` (R,) marks rows at their maximum length: everything but EOS gets -inf there (this
+    overrides `min_len`); None when no row is there yet. `history` (R,t) holds the tokens produced
+    so far (needed only for `no_repeat_ngram`).
+    """
+    log_probs[:, PAD_ID] = NEG_INF
+    log_probs[:, BOS_ID] = NEG_INF
+    if cfg.suppress_unk:
+        log_probs[:, UNK_ID] = NEG_INF
+    n = cfg.no_repeat_ngram
+    if n > 0 and history is not None and history.size(1) >= n:  # an n-gram to repeat exists
+        if n == 1:
+            banned = history  # (R, t): no token may appear twice
+        else:
+            windows = history.unfold(1, n, 1)  # (R, t-n+1, n)
+            prefix = history[:, history.size(1) - (n - 1) :]  # (R, n-1): the newest n-1 tokens
+            match = (windows[:, :, :-1] == prefix[:, None, :]).all(dim=-1)  # (R, t-n+1)
+            # Unmatched windows point at PAD, which is banned anyway.
+            banned = torch.where(
+                match, windows[:, :, -1], torch.full_like(match, PAD_ID, dtype=torch.long)
+            )
+        if banned.numel():
+            log_probs.scatter_(1, banned, NEG_INF)
+    eos = log_probs[:, EOS_ID].clone()
+    if step < cfg.min_len:
+        log_probs[:, EOS_ID] = NEG_INF
+    if force_eos is not None:
+        log_probs.masked_fill_(force_eos[:, None], NEG_INF)
+        log_probs[:, EOS_ID] = torch.where(force_eos, eos, log_probs[:, EOS_ID])
+    return log_probs
+
+
+class Ensemble:
+    """One or more models behind the protocol, seen as one: log-probs are averaged and renormalised
+    (log_softmax of the mean log-prob); states are kept per member; attention is the first one's."""
+
+    def __init__(self, models: nn.Module | Sequence[nn.Module]) -> None:
+        self.models: list[Any] = [models] if isinstance(models, nn.Module) else list(models)
+        if not self.models:
+            raise ValueError("an ensemble needs at least one model")
+        # Transformers have a fixed number of positions; RNNs have no such limit.
+        limits = [int(m.max_positions) for m in self.models if getattr(m, "max_positions", None)]
+        self.max_positions: int | None = min(limits) if limits else None
+
+    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor) -> list:
+        return [m.encode(src_ids, src_mask) for m in self.models]
+
+    def select(self, states: list, indices: torch.Tensor) -> list:
+        return [s.select(indices) for s in states]
+
+    def step(
+        self, prev_ids: torch.Tensor, states: list, need_attention: bool
+    ) -> tuple[torch.Tensor, list, torch.Tensor | None]:
+        outs = [
+            m.decode_step(prev_ids, s, need_attention=need_attention and i == 0)
+            for i, (m, s) in enumerate(zip(self.models, states, strict=True))
+        ]
+        log_probs = outs[0][0]
+        if len(outs) > 1:
+            mean = torch.stack([o[0] for o in outs]).mean(dim=0)  # (R, V)
+            log_probs = torch.log_softmax(mean, dim=-1)
+        return log_probs, [o[1] for o in outs], outs[0][2]
+
+
+# ---- beam search -----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def beam_search(
+    models: nn.Module | Sequence[nn.Module],
+    src_ids: torch.Tensor,
+    src_mask: torch.Tensor,
+    cfg: DecodeConfig,
+    need_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Beam search of width `cfg.beam_size` for a batch src_ids (B,S) / src_mask (B,S).
+
+    Returns, for each sentence in batch order, its `cfg.nbest` best finished hypotheses by score
+    (fewer only if fewer than that many outputs are possible).
+    """
+    ens = Ensemble(models)
+    device = src_ids.device
+    batch, beam = src_ids.size(0), cfg.beam_size
+    src_lengths = src_mask.sum(dim=1)  # (B,)
+    max_lens = max_output_lengths(src_lengths, cfg, ens.max_positions)  # (B,)
+    num_steps = int(max_lens.max()) + 1  # the last step can only emit EOS
+    shortest = int(max_lens.min())  # before this step no sentence is at its maximum length
+
+    states = ens.encode(src_ids, src_mask)
+    states = ens.select(states, torch.arange(batch, device=device).repeat_interleave(beam))
+    # Only beam 0 is live at first; the others would duplicate it.
+    scores = torch.full((batch, beam), NEG_INF, device=device)  # (n, K) cumulative log-probs
+    scores[:, 0] = 0.0
+    prev = torch.full((batch * beam,), BOS_ID, dtype=torch.long, device=device)
+    alive = torch.arange(batch, device=device)  # (n,) original index of each live sentence
+    # Tokens so far, kept only for no_repeat_ngram.
+    history: torch.Tensor | None = None
+    if cfg.no_repeat_ngram:
+        history = torch.zeros(batch * beam, 0, dtype=torch.long, device=device)
+
+    # Pool of finished hypotheses per original sentence: K slots, then 2K scratch slots that
+    # rejected candidates are written to (unique targets keep the scatter deterministic).
+    fin_logp = torch.full((batch, 3 * beam), NEG_INF, device=device)
+    fin_step = torch.zeros(batch, 3 * beam, dtype=torch.long, device=device)
+    fin_beam = torch.zeros(batch, 3 * beam, dtype=torch.long, device=device)
+    fin_count = torch.zeros(batch, dtype=torch.long, device=device)
+    # Back-pointers of every step: live sentences, tokens (n,K), parent beams (n,K), attention.
+    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+
+    for t in range(num_steps):
+        n = alive.numel()
+        log_probs, states, attn = ens.step(prev, states, need_attention)  # (n*K, V)
+        force_eos = None  # the full-vocabulary mask is skipped until some sentence needs it
+        if t >= shortest:
+            force_eos = (max_lens.index_select(0, alive) <= t).repeat_interleave(beam)  # (n*K,)
+        log_probs = ban_tokens(log_probs, t, force_eos, cfg, history)
+        vocab = log_probs.size(1)
+        cand = scores[:, :, None] + log_probs.view(n, beam, vocab)  # (n, K, V)
+        top_scores, top_beams, top_tokens = select_top_k(cand, 2 * beam)  # (n, 2K)
+        width = top_scores.size(1)
+
+        # Finish the EOS extensions ranked within the first K, best first, while the pool has room.
+        is_eos = top_tokens == EOS_ID
+        finishing = is_eos & torch.isfinite(top_scores)
+        finishing[:, beam:] = False
+        count = fin_count.index_select(0, alive)  # (n,)
+        slot = count[:, None] + finishing.long().cumsum(dim=1) - 1  # (n, 2K)
+        accept = finishing & (slot < beam)
+        scratch = beam + torch.arange(width, device=device).expand(n, width)
+        slot = torch.where(accept, slot, scratch)
+        for pool, values in ((fin_logp, top_scores), (fin_step, torch.full_like(slot, t)),
+                             (fin_beam, top_beams)):  # fmt: skip
+            pool[alive] = pool.index_select(0, alive).scatter(1, slot, values)
+        fin_count[alive] = count + accept.long().sum(dim=1)
+
+        # The best K extensions that do not end in EOS go on.
+        go_on = top_scores.masked_fill(is_eos, NEG_INF)
+        scores, pick = go_on.topk(beam, dim=1)  # (n, K)
+        beams = top_beams.gather(1, pick)  # (n, K) parent beam of each new hypothesis
+        tokens = top_tokens.gather(1, pick)  # (n, K)
+        if attn is not None:
+            attn = attn.view(n, beam, *attn.shape[1:])
+        steps.append((alive, tokens, beams, attn))
+
+        done = (fin_count.index_select(0, alive) >= beam) | ~torch.isfinite(scores[:, 0])  # (n,)
+        num_done = int(done.sum())  # the one host sync of the step
+        if num_done == n:
+            break
+        rows = beams + torch.arange(n, device=device)[:, None] * beam  # (n, K) parent rows
+        if num_done:
+            keep = ~done
+            rows, scores, tokens, alive = rows[keep], scores[keep], tokens[keep], alive[keep]
+        rows = rows.reshape(-1)
+        states = ens.select(states, rows)
+        prev = tokens.reshape(-1)
+        if history is not None:
+            history = torch.cat([history.index_select(0, rows), prev[:, None]], dim=1)
+
+    return _collect(fin_logp[:, :beam], fin_step[:, :beam], fin_beam[:, :beam], steps,
+                    src_lengths, cfg)  # fmt: skip
+
+
+def _collect(
+    fin_logp: torch.Tensor,
+    fin_step: torch.Tensor,
+    fin_beam: torch.Tensor,
+    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    src_lengths: torch.Tensor,
+    cfg: DecodeConfig,
+) -> list[list[Hypothesis]]:
+    """Walk the back-pointers of every finished hypothesis (B,K pool) at once, then rank them."""
+    batch, beam = fin_logp.shape
+    device = fin_logp.device
+    num_steps = len(steps)
+    valid = torch.isfinite(fin_logp)  # (B, K)
+    out_tokens = torch.full((batch, beam, num_steps), PAD_ID, dtype=torch.long, device=device)
+    out_attn = None
+    first_attn = steps[0][3]
+    if first_attn is not None:
+        shape = (batch, beam, num_steps, *first_attn.shape[2:])
+        out_attn = torch.zeros(shape, dtype=first_attn.dtype, device=device)
+    cur = fin_beam.clone()  # beam index in the input of step u (the output of step u - 1)
+    for u in reversed(range(num_steps)):
+        alive, tokens, beams, attn = steps[u]
+        pos = torch.full((batch,), -1, dtype=torch.long, device=device)
+        pos[alive] = torch.arange(alive.numel(), device=device)
+        p = pos.clamp(min=0)[:, None].expand(batch, beam)  # (B, K) row of the sentence at step u
+        at_end = valid & (fin_step == u)
+        before = valid & (fin_step > u)
+        live = at_end | before
+        # A hypothesis finishing at u emits EOS from its input beam `cur`; one finishing later
+        # emitted tokens[cur] at u, extending input beam beams[cur].
+        parent = torch.where(before, beams[p, cur], cur)
+        token = torch.where(before, tokens[p, cur], torch.full_like(cur, EOS_ID))
+        out_tokens[:, :, u] = torch.where(live, token, torch.full_like(cur, PAD_ID))
+        if out_attn is not None and attn is not None:
+            row = attn[p, parent]  # (B, K, *A)
+            mask = live.view(batch, beam, *([1] * (row.dim() - 2)))
+            out_attn[:, :, u] = torch.where(mask, row, torch.zeros_like(row))
+        cur = parent
+    lengths = fin_step + 1  # (B, K) with EOS
+    norm = torch.where(valid, fin_logp / length_penalty(lengths, cfg), fin_logp)
+    order = norm.argsort(dim=1, descending=True, stable=True)  # (B, K)
+    return _to_hypotheses(
+        out_tokens.gather(1, order[:, :, None].expand_as(out_tokens)),
+        lengths.gather(1, order),
+        fin_logp.gather(1, order),
+        norm.gather(1, order),
+        None if out_attn is None else _gather_rows(out_attn, order),
+        valid.gather(1, order),
+        src_lengths,
+        cfg.nbest,
+    )
+
+
+def _gather_rows(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """values (B,K,...) reordered along K by order (B,K)."""
+    batch = torch.arange(values.size(0), device=values.device)[:, None]
+    return values[batch, order]
+
+
+def _to_hypotheses(
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    log_probs: torch.Tensor,
+    scores: torch.Tensor,
+    attn: torch.Tensor | None,
+    valid: torch.Tensor,
+    src_lengths: torch.Tensor,
+    nbest: int,
+) -> list[list[Hypothesis]]:
+    """Tensors (B,N,...) ranked along N -> Python lists of the first `nbest` valid hypotheses."""
+    tokens_l = tokens.tolist()
+    lengths_l = lengths.tolist()
+    logp_l = log_probs.tolist()
+    score_l = scores.tolist()
+    valid_l = valid.tolist()
+    src_l = src_lengths.tolist()
+    attn_cpu = None if attn is None else attn.float().cpu()
+    out: list[list[Hypothesis]] = []
+    for b in range(len(tokens_l)):  # formatting only: the search itself is done
+        hyps: list[Hypothesis] = []
+        for k in range(len(tokens_l[b])):
+            if not valid_l[b][k] or len(hyps) == nbest:
+                continue
+            length = lengths_l[b][k]
+            matrix = None
+            if attn_cpu is not None:
+                matrix = attn_cpu[b, k, :length, ..., : src_l[b]].clone()
+            hyps.append(
+                Hypothesis(tokens_l[b][k][: length - 1], logp_l[b][k], score_l[b][k], matrix)
+            )
+        out.append(hyps)
+    return out
+
+
+# ---- greedy search and sampling -------------------------------------------------------------
+
+
+@torch.inference_mode()
+def greedy_search(
+    models: nn.Module | Sequence[nn.Module],
+    src_ids: torch.Tensor,
+    src_mask: torch.Tensor,
+    cfg: DecodeConfig,
+    need_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """The most probable token at every step, until EOS. Equals `beam_search` with beam_size 1."""
+    return _left_to_right(models, src_ids, src_mask, cfg, need_attention, 1, None)
+
+
+@torch.inference_mode()
+def sample_search(
+    models: nn.Module | Sequence[nn.Module],
+    src_ids: torch.Tensor,
+    src_mask: torch.Tensor,
+    cfg: DecodeConfig,
+    need_attention: bool = False,
+    generator: torch.Generator | None = None,
+) -> list[list[Hypothesis]]:
+    """`cfg.nbest` independent samples per sentence, each token drawn from the model's distribution
+    at `cfg.temperature`, restricted to the `cfg.top_k` most likely tokens and/or the smallest set
+    whose probability reaches `cfg.top_p` (Holtzman et al. 2020). Scores use the untempered
+    log-probs. Reproducible for the same `generator` seed, input and batching."""
+    return _left_to_right(models, src_ids, src_mask, cfg, need_attention, cfg.nbest, generator)
+
+
+def sample_tokens(
+    log_probs: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Draw one token per row (R,V) -> (R,) with temperature, top-k and top-p filtering."""
+    logits = log_probs / cfg.temperature
+    if 0 < cfg.top_k < logits.size(1):
+        kth = logits.topk(cfg.top_k, dim=1).values[:, -1:]  # (R, 1)
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=1)
+        # Drop a token when the tokens before it already reach top_p; the best always stays.
+        drop_sorted = probs.cumsum(dim=1) - probs >= cfg.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, NEG_INF)
+    probs = torch.softmax(logits, dim=1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _left_to_right(
+    models: nn.Module | Sequence[nn.Module],
+    src_ids: torch.Tensor,
+    src_mask: torch.Tensor,
+    cfg: DecodeConfig,
+    need_attention: bool,
+    copies: int,
+    generator: torch.Generator | None,
+) -> list[list[Hypothesis]]:
+    """Greedy (generator None and cfg.sample false) or sampling with `copies` rows per sentence."""
+    ens = Ensemble(models)
+    device = src_ids.device
+    batch = src_ids.size(0)
+    rows_total = batch * copies
+    src_lengths = src_mask.sum(dim=1)
+    max_lens = max_output_lengths(src_lengths, cfg, ens.max_positions).repeat_interleave(copies)
+    num_steps = int(max_lens.max()) + 1
+    shortest = int(max_lens.min())
+
+    states = ens.encode(src_ids, src_mask)
+    if copies > 1:
+        states = ens.select(states, torch.arange(batch, device=device).repeat_interleave(copies))
+    alive = torch.arange(rows_total, device=device)  # (R',) original row of each live row
+    prev = torch.full((rows_total,), BOS_ID, dtype=torch.long, device=device)
+    out_tokens = torch.full((rows_total, num_steps), PAD_ID, dtype=torch.long, device=device)
+    log_prob = torch.zeros(rows_total, device=device)
+    lengths = torch.zeros(rows_total, dtype=torch.long, device=device)
+    out_attn: torch.Tensor | None = None
+    history: torch.Tensor | None = None
+    if cfg.no_repeat_ngram:
+        history = torch.zeros(rows_total, 0, dtype=torch.long, device=device)
+
+    for t in range(num_steps):
+        log_probs, states, attn = ens.step(prev, states, need_attention)  # (R', V)
+        force_eos = max_lens.index_select(0, alive) <= t if t >= shortest else None
+        log_probs = ban_tokens(log_probs, t, force_eos, cfg, history)
+        if cfg.sample:
+            tokens = sample_tokens(log_probs, cfg, generator)
+        else:
+            tokens = log_probs.argmax(dim=1)  # (R',): the first maximum on ties
+        log_prob[alive] += log_probs.gather(1, tokens[:, None])[:, 0]
+        out_tokens[alive, t] = tokens
+        lengths[alive] = t + 1
+        if attn is not None:
+            if out_attn is None:
+                out_attn = attn.new_zeros(rows_total, num_steps, *attn.shape[1:])
+            out_attn[alive, t] = attn
+        finished = tokens == EOS_ID
+        num_finished = int(finished.sum())  # the one host sync of the step
+        if num_finished == alive.numel():
+            break
+        if num_finished:
+            keep = (~finished).nonzero()[:, 0]
+            alive, tokens = alive[keep], tokens[keep]
+            states = ens.select(states, keep)
+            if history is not None:
+                history = history.index_select(0, keep)
+        prev = tokens
+        if history is not None:
+            history = torch.cat([history, tokens[:, None]], dim=1)
+
+    scores = log_prob / length_penalty(lengths, cfg)
+    shape = (batch, copies)
+    order = scores.view(shape).argsort(dim=1, descending=True, stable=True)  # samples by score
+    attn_ranked = None
+    if out_attn is not None:
+        attn_ranked = _gather_rows(out_attn.view(batch, copies, *out_attn.shape[1:]), order)
+    return _to_hypotheses(
+        _gather_rows(out_tokens.view(batch, copies, num_steps), order),
+        lengths.view(shape).gather(1, order),
+        log_prob.view(shape).gather(1, order),
+        scores.view(shape).gather(1, order),
+        attn_ranked,
+        torch.ones(shape, dtype=torch.bool, device=device),
+        src_lengths,
+        copies,
+    )
+
+
+# ---- whole corpora ---------------------------------------------------------------------------
+
+
+def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into batches of similar length, longest first, each holding at
+    most `batch_tokens` padded source tokens (EOS included); a longer sentence goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep input order
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] + 1 if current else lengths[i] + 1  # the first is the longest
+        if current and (len(current) + 1) * width > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def decode_corpus(
+    model_or_models: nn.Module | Sequence[nn.Module],
+    src_seqs: Sequence[Sequence[int]],
+    cfg: DecodeConfig,
+    device: torch.device | str,
+    need_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Translate source id sequences (without EOS): n-best lists in input order.
+
+    Sentences are sorted by length and batched under `cfg.batch_tokens` padded source tokens; the
+    batching never changes a translation. Search: sampling when `cfg.sample`, greedy when
+    `cfg.beam_size` is 1, beam search otherwise. An empty source is not run through the model: it
+    gets one hypothesis with no tokens, log_prob and score 0 and no attention. The models are put
+    in eval mode (and left there). Sampling draws from one generator seeded with `cfg.seed`, so a
+    sample depends on the batching as well as on the seed.
+    """
+    models = [model_or_models] if isinstance(model_or_models, nn.Module) else list(model_or_models)
+    for model in models:
+        model.eval()
+    device = torch.device(device)
+    results: list[list[Hypothesis]] = [[] for _ in src_seqs]
+    todo = [i for i, seq in enumerate(src_seqs) if len(seq) > 0]
+    for i in range(len(src_seqs)):
+        if len(src_seqs[i]) == 0:
+            results[i] = [Hypothesis([], 0.0, 0.0, None)]
+    generator = None
+    if cfg.sample:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(cfg.seed)
+    for batch in length_batches([len(src_seqs[i]) for i in todo], cfg.batch_tokens):
+        ids = [todo[j] for j in batch]
+        src_ids, src_mask = make_src_batch([list(src_seqs[i]) for i in ids])
+        src_ids, src_mask = src_ids.to(device), src_mask.to(device)
+        if cfg.sample:
+            hyps = sample_search(models, src_ids, src_mask, cfg, need_attention, generator)
+        elif cfg.beam_size == 1:
+            hyps = greedy_search(models, src_ids, src_mask, cfg, need_attention)
+        else:
+            hyps = beam_search(models, src_ids, src_mask, cfg, need_attention)
+        for i, nbest in zip(ids, hyps, strict=True):
+            results[i] = nbest
+    return results
+
+
+def count_tokens(hyps: Sequence[Sequence[Hypothesis]]) -> int:
+    """Target tokens of the best hypotheses (EOS not counted), for speed reports."""
+    return sum(len(n[0].tokens) for n in hyps if n)
+
+
+__all__ = [
+    "Ensemble",
+    "Hypothesis",
+    "ban_tokens",
+    "beam_search",
+    "count_tokens",
+    "decode_corpus",
+    "greedy_search",
+    "length_batches",
+    "length_penalty",
+    "max_output_lengths",
+    "sample_search",
+    "sample_tokens",
+    "select_top_k",
+]

@@ -1,0 +1,338 @@
+"""Attention modules: the RNN family's additive and multiplicative attention, and the Transformer's
+multi-head attention with a fused and an exact (weight-returning) path.
+
+- `BahdanauAttention`: additive (MLP) attention, Bahdanau et al. 2015, section 3.1, appendix A.1.2.
+- `LuongAttention`: global dot / general attention, Luong et al. 2015, section 3.1.
+- `LocalAttention`: Luong et al. 2015, section 3.2, local-p (predicted window centre, Gaussian).
+- `MultiHeadSelfAttention` / `MultiHeadCrossAttention`: Vaswani et al. 2017, section 3.2.
+
+Masks follow `nmt.models`: bool, True = real source position. Every softmax runs in float32 (also
+under bf16 autocast) and masked positions get -inf before it, so their weights are exactly 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# --- RNN attention ----------------------------------------------------------------------------
+# The three RNN attention modules share one interface; the RNN decoder only decides when to ask
+# (Bahdanau attends before the recurrence, Luong after it):
+#   precompute(memory (B,S,Dk)) -> keys: whatever depends on the source only, once per sentence;
+#   forward(query (B,T,Dq), memory (B,S,Dk), keys, src_mask (B,S), src_len (B,))
+#       -> context (B,T,Dk), weights (B,T,S) float32.
+# T is 1 during incremental decoding and the whole target for the vectorised teacher-forced path.
+
+
+def _masked_softmax(scores: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim of `scores` (B,T,S) in float32, exactly 0 where `src_mask` (B,S)
+    (or a (B,T,S) mask) is False. Every row must keep at least one position."""
+    if src_mask.dim() == 2:
+        src_mask = src_mask[:, None, :]  # (B, 1, S)
+    scores = scores.float().masked_fill(~src_mask, float("-inf"))
+    return torch.softmax(scores, dim=-1)  # (B, T, S)
+
+
+def _context(weights: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """c = sum_s a_s h_s: (B,T,S) x (B,S,Dk) -> (B,T,Dk), in the memory's dtype."""
+    return torch.bmm(weights.to(memory.dtype), memory)
+
+
+class BahdanauAttention(nn.Module):
+    """Additive attention (Bahdanau, Cho and Bengio 2015, "Neural Machine Translation by Jointly
+    Learning to Align and Translate", section 3.1, appendix A.1.2):
+
+        e_ts = v^T tanh(W s_{t-1} + U h_s + b)      (W: A x Dq, U: A x Dk, b and v: A)
+        a_ts = exp(e_ts) / sum_{s' real} exp(e_ts')  (0 on padding)
+        c_t  = sum_s a_ts h_s
+
+    `s_{t-1}` is the decoder state *before* step t (the caller passes it as the query). `U h_s + b`
+    does not depend on t, so `precompute` computes it once per sentence and decoding reuses it.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, attn_dim: int) -> None:
+        super().__init__()
+        self.query_proj = nn.Linear(query_dim, attn_dim, bias=False)  # W
+        self.key_proj = nn.Linear(key_dim, attn_dim, bias=True)  # U, b
+        self.energy = nn.Linear(attn_dim, 1, bias=False)  # v
+
+    def precompute(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.key_proj(memory)  # (B, S, A)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        keys: torch.Tensor,
+        src_mask: torch.Tensor,
+        src_len: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.tanh(self.query_proj(query)[:, :, None, :] + keys[:, None])  # (B, T, S, A)
+        scores = self.energy(hidden).squeeze(-1)  # (B, T, S)
+        weights = _masked_softmax(scores, src_mask)  # (B, T, S)
+        return _context(weights, memory), weights
+
+
+class LuongAttention(nn.Module):
+    """Global multiplicative attention (Luong, Pham and Manning 2015, "Effective Approaches to
+    Attention-based Neural Machine Translation", section 3.1), queried with the *current* decoder
+    state h_t:
+
+        dot:      score(h_t, h_s) = h_t^T h_s                 (needs Dq == Dk)
+        general:  score(h_t, h_s) = h_t^T W_a h_s             (W_a: Dq x Dk, no bias)
+        a_ts = softmax over real s of score(h_t, h_s)         (0 on padding)
+        c_t  = sum_s a_ts h_s
+
+    For "general", `precompute` stores W_a h_s once per sentence, so a step costs one batched
+    dot product.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, method: str) -> None:
+        super().__init__()
+        if method not in ("dot", "general"):
+            raise ValueError(f"unknown Luong score {method!r}")
+        if method == "dot" and query_dim != key_dim:
+            raise ValueError(
+                f"dot attention needs query_dim == key_dim, got {query_dim}, {key_dim}"
+            )
+        self.method = method
+        self.key_proj = nn.Linear(key_dim, query_dim, bias=False) if method == "general" else None
+
+    def precompute(self, memory: torch.Tensor) -> torch.Tensor:
+        return memory if self.key_proj is None else self.key_proj(memory)  # (B, S, Dq)
+
+    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(query, keys.transpose(1, 2))  # (B, T, S)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        keys: torch.Tensor,
+        src_mask: torch.Tensor,
+        src_len: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = _masked_softmax(self.scores(query, keys), src_mask)  # (B, T, S)
+        return _context(weights, memory), weights
+
+
+class LocalAttention(nn.Module):
+    """Luong's local-p attention (Luong, Pham and Manning 2015, section 3.2) with the "general"
+    score, queried with the current decoder state h_t. With S_b the real length of sentence b and
+    source positions s = 0 .. S_b - 1:
+
+        p_t  = S_b * sigmoid(v_p^T tanh(W_p h_t))              (predicted centre, in [0, S_b])
+        W_t  = { s real : |s - p_t| <= D }                      (the window; never empty for D >= 1)
+        a_ts = exp(score(h_t, h_s) - (s - p_t)^2 / (2 sigma^2))
+               / sum_{s' in W_t} exp(score(h_t, h_s') - (s' - p_t)^2 / (2 sigma^2))   for s in W_t
+        a_ts = 0 outside W_t (and on padding);  sigma = D / 2;  score = h_t^T W_a h_s
+        c_t  = sum_s a_ts h_s
+
+    The paper multiplies the window's softmax by the Gaussian, which leaves rows that sum to less
+    than 1; we renormalise that product over the window, which is the same as the softmax above
+    (the softmax's own denominator cancels). The Gaussian term keeps p_t differentiable, as in the
+    paper; the window's edges are not. W_p is A x Dq (A = attn_dim), v_p has A entries.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, attn_dim: int, window: int) -> None:
+        super().__init__()
+        if window < 1:
+            raise ValueError(f"local attention needs a window D >= 1, got {window}")
+        self.window = window
+        self.sigma = window / 2
+        self.key_proj = nn.Linear(key_dim, query_dim, bias=False)  # W_a of the general score
+        self.centre_proj = nn.Linear(query_dim, attn_dim, bias=False)  # W_p
+        self.centre_energy = nn.Linear(attn_dim, 1, bias=False)  # v_p
+
+    def precompute(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.key_proj(memory)  # (B, S, Dq)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        keys: torch.Tensor,
+        src_mask: torch.Tensor,
+        src_len: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        gate = torch.sigmoid(self.centre_energy(torch.tanh(self.centre_proj(query))).float())
+        centre = src_len.float()[:, None, None] * gate  # (B, T, 1)
+        positions = torch.arange(memory.size(1), device=memory.device, dtype=torch.float32)
+        offset = positions - centre  # (B, T, S)
+        in_window = (offset.abs() <= self.window) & src_mask[:, None, :]  # (B, T, S)
+        scores = torch.bmm(query, keys.transpose(1, 2)).float()  # (B, T, S)
+        scores = scores - offset.square() / (2 * self.sigma**2)
+        weights = _masked_softmax(scores, in_window)  # (B, T, S)
+        return _context(weights, memory), weights
+
+
+# --- Multi-head attention ---------------------------------------------------------------------
+
+
+def scaled_dot_product(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q k^T / sqrt(d_h) + masks) v for q (B,H,T,dh), k and v (B,H,S,dh); `mask` is bool,
+    True = attend, broadcastable to (B,H,T,S); `causal` hides keys after the query's position
+    (T == S, aligned at the start). Returns (out (B,H,T,dh), weights (B,H,T,S) float32 or None).
+
+    Without `need_weights` this is `F.scaled_dot_product_attention`, which picks fused (flash /
+    memory-efficient) kernels on GPU and stores nothing. With it, the same maths is spelt out so the
+    softmax weights can be returned; they are the weights before attention dropout. Both paths
+    agree to float tolerance (tests/models/test_attention.py).
+    """
+    if causal and mask is not None:
+        t, s = q.size(-2), k.size(-2)
+        mask = mask & torch.ones(t, s, dtype=torch.bool, device=q.device).tril()
+        causal = False
+    if not need_weights:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal
+        )
+        return out, None
+    scores = torch.matmul(q, k.transpose(-2, -1)).float() * (q.size(-1) ** -0.5)  # (B, H, T, S)
+    if causal:
+        t, s = scores.shape[-2:]
+        future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)  # (B, H, T, S) float32
+    dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
+    out = torch.matmul(dropped.to(v.dtype), v)  # (B, H, T, dh)
+    return out, weights
+
+
+def _split_heads(x: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
+    """(B, T, parts*D) -> `parts` tensors of (B, H, T, D/H); views, no copy."""
+    b, t, _ = x.shape
+    x = x.view(b, t, parts, heads, -1).permute(2, 0, 3, 1, 4)  # (parts, B, H, T, dh)
+    return tuple(x.unbind(0))
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, h, t, dh = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * dh)  # (B, T, D)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention (Vaswani et al. 2017, "Attention Is All You Need", section 3.2.2):
+
+        head_i = softmax(Q_i K_i^T / sqrt(d_h) + mask) V_i
+        Q_i = X W^Q_i,  K_i = X W^K_i,  V_i = X W^V_i
+        out = concat(head_1 .. head_H) W^O
+
+    with d_h = D / H. The per-head projections of Q, K and V are one fused (D -> 3D) linear layer.
+    `forward` attends over a whole sequence (optionally causal); `forward_step` takes one new
+    position and the cached keys/values of the earlier ones, so decoding step t costs O(t).
+    """
+
+    def __init__(self, d_model: int, heads: int, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn_dropout = attn_dropout
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _dropout_p(self) -> float:
+        return self.attn_dropout if self.training else 0.0
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B,T,D); mask bool broadcastable to (B,H,T,T) (True = attend) -> (B,T,D), weights."""
+        q, k, v = _split_heads(self.qkv_proj(x), 3, self.heads)  # (B, H, T, dh) each
+        out, weights = scaled_dot_product(
+            q, k, v, mask, causal=causal, dropout_p=self._dropout_p(), need_weights=need_weights
+        )
+        return self.out_proj(_merge_heads(out)), weights
+
+    def forward_step(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One new position x (B,1,D) attending to itself and the cache past_k/past_v (B,H,t,dh).
+        Returns (out (B,1,D), k (B,H,t+1,dh), v (B,H,t+1,dh), weights (B,H,1,t+1) or None)."""
+        q, k_new, v_new = _split_heads(self.qkv_proj(x), 3, self.heads)  # (B, H, 1, dh) each
+        # `.to` is a no-op except on the empty first cache, made before autocast chose a dtype.
+        k = torch.cat([past_k.to(k_new.dtype), k_new], dim=2)  # (B, H, t+1, dh)
+        v = torch.cat([past_v.to(v_new.dtype), v_new], dim=2)
+        # Every cached position precedes the new one, so no mask is needed.
+        out, weights = scaled_dot_product(
+            q, k, v, None, dropout_p=self._dropout_p(), need_weights=need_weights
+        )
+        return self.out_proj(_merge_heads(out)), k, v, weights
+
+
+class MultiHeadCrossAttention(nn.Module):
+    """Multi-head encoder-decoder attention (Vaswani et al. 2017, section 3.2.3): queries from the
+    decoder, keys and values from the encoder output M:
+
+        head_i = softmax(Q_i K_i^T / sqrt(d_h) + mask) V_i
+        Q_i = X W^Q_i,  K_i = M W^K_i,  V_i = M W^V_i
+        out = concat(head_1 .. head_H) W^O
+
+    K and V depend on the source only: `project_memory` computes them once per sentence and every
+    decoding step reuses them. The K and V projections are one fused (D -> 2D) linear layer.
+    """
+
+    def __init__(self, d_model: int, heads: int, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn_dropout = attn_dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (B,S,D) -> k, v (B,H,S,dh), made contiguous because every step reads them."""
+        k, v = _split_heads(self.kv_proj(memory), 2, self.heads)
+        return k.contiguous(), v.contiguous()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B,T,D), k/v from `project_memory`, mask (B,1,1,S) bool -> (B,T,D), weights
+        (B,H,T,S) or None."""
+        (q,) = _split_heads(self.q_proj(x), 1, self.heads)  # (B, H, T, dh)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        out, weights = scaled_dot_product(
+            q, k, v, mask, dropout_p=dropout_p, need_weights=need_weights
+        )
+        return self.out_proj(_merge_heads(out)), weights
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """Fixed position encodings (Vaswani et al. 2017, section 3.5), (length, dim) float32:
+    PE[p, i] = sin(p / 10000^(i/h)) for i < h and PE[p, h + i] = cos(p / 10000^(i/h)), h = dim/2.
+    Sines and cosines are stored in two halves rather than interleaved (as tensor2tensor, fairseq
+    and CTranslate2 do); that is the same encoding up to a fixed permutation of the dimensions."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float64) * (-math.log(10000.0) / half))
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * freqs[None, :]  # (length, half)
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, :half] = torch.sin(angles)
+    table[:, half : 2 * half] = torch.cos(angles)  # an odd dim leaves the last column 0
+    return table.float()

@@ -1,0 +1,107 @@
+"""Data-parallel helpers: start the process group from torchrun's environment, tiny collectives.
+
+`torchrun --nproc_per_node=N -m nmt.cli train ...` starts N copies of the command with RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set. Every rank trains on its own share of the
+batches; only rank 0 writes files and prints. Without those variables everything here is a no-op,
+so the single-process path is the same code with `world_size == 1`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from nmt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes logs, checkpoints and the progress bar."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE as torchrun sets it (1 when not launched by torchrun)."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        raise ConfigError(f"environment variable WORLD_SIZE={raw!r} is not an integer") from None
+
+
+def init_distributed(device_type: str) -> DistContext:
+    """Join the process group torchrun describes: NCCL on CUDA, gloo on CPU.
+
+    On CUDA each rank takes the GPU numbered by its LOCAL_RANK; call this before any tensor is put
+    on a GPU so that `cuda` means this rank's device.
+    """
+    world_size = env_world_size()
+    if world_size == 1:
+        return DistContext()
+    try:
+        rank = int(os.environ["RANK"])
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        raise ConfigError(
+            "WORLD_SIZE > 1 but RANK is missing or not an integer; launch with torchrun"
+        ) from None
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible; "
+                "use --nproc_per_node <= the number of GPUs"
+            )
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum `tensor` over ranks, in place; returns it for chaining."""
+    if ctx.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's `obj` on every rank (validation results, so all ranks take the same decisions)."""
+    if not ctx.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """`[obj of rank 0, obj of rank 1, ...]` on every rank (used for the per-rank RNG states)."""
+    if not ctx.is_distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.is_distributed:
+        dist.barrier()
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,101 @@
+"""nmt.data.spm: fixed special ids, seeded training, round trips, clear vocabulary-size errors."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import pytest
+import sentencepiece as sp
+from data_support import make_pairs, tiny_config
+
+from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from nmt.data.spm import Tokenizer, make_tokenizers, train_tokenizer
+from nmt.errors import DataError
+
+TEXTS = [s for pair in make_pairs(300, seed=1) for s in pair]
+
+
+def test_special_ids_and_round_trip(tmp_path: Path) -> None:
+    tok = train_tokenizer(TEXTS, tiny_config(), tmp_path / "m.model", "toy")
+    assert tok.vocab_size == 60
+    assert tok.pieces([PAD_ID, UNK_ID, BOS_ID, EOS_ID]) == ["<pad>", "<unk>", "<s>", "</s>"]
+    for text in TEXTS[:50]:
+        ids = tok.encode(text)
+        assert ids and min(ids) > EOS_ID  # no specials inside encoded text
+        assert tok.decode(ids) == text
+        # decode skips PAD / BOS / EOS wherever they stand
+        assert tok.decode([BOS_ID, *ids, EOS_ID, PAD_ID, PAD_ID]) == text
+    assert tok.encode_batch(TEXTS[:20]) == [tok.encode(t) for t in TEXTS[:20]]
+    assert "".join(tok.pieces(tok.encode("der hund"))).replace("▁", " ").strip() == "der hund"
+
+
+def test_training_is_deterministic(tmp_path: Path) -> None:
+    a = train_tokenizer(TEXTS, tiny_config(), tmp_path / "a.model", "toy")
+    b = train_tokenizer(TEXTS, tiny_config(), tmp_path / "b.model", "toy")
+    assert a.sha256 == b.sha256
+    assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
+    assert Tokenizer.load(tmp_path / "a.model").sha256 == a.sha256
+
+
+def test_bpe_and_user_symbols(tmp_path: Path) -> None:
+    cfg = tiny_config(model_type="bpe", user_defined_symbols=("<sep>",))
+    tok = train_tokenizer(TEXTS, cfg, tmp_path / "bpe.model", "toy")
+    assert tok.pieces([4]) == ["<sep>"]  # user symbols follow the four special ids
+    assert tok.encode("hund<sep>katze").count(4) == 1
+
+
+def test_pickles_by_model_bytes(tmp_path: Path) -> None:
+    tok = train_tokenizer(TEXTS, tiny_config(), tmp_path / "m.model", "toy")
+    copy = pickle.loads(pickle.dumps(tok))
+    assert copy.sha256 == tok.sha256 and copy.encode("der mann") == tok.encode("der mann")
+
+
+def test_vocab_too_large_says_the_maximum(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as exc:
+        train_tokenizer(TEXTS, tiny_config(vocab_size=5000), tmp_path / "m.model", "corpus.de")
+    message = str(exc.value)
+    assert message.startswith("corpus.de: vocab size 5000 is larger than this corpus allows")
+    most = int(message.split("accepts at most ")[1].split(";")[0])
+    assert 60 <= most < 5000
+    assert not (tmp_path / "m.model").exists()  # a failed training writes nothing
+    # The maximum it names is accepted; and without the hard limit the size is an upper bound.
+    assert train_tokenizer(TEXTS, tiny_config(vocab_size=most), tmp_path / "m.model", "x")
+    loose = train_tokenizer(
+        TEXTS, tiny_config(vocab_size=5000, hard_vocab_limit=False), tmp_path / "l.model", "x"
+    )
+    assert loose.vocab_size <= most + 1
+
+
+def test_model_with_other_special_ids_is_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    sp.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXTS), model_writer=buffer, vocab_size=60, minloglevel=2
+    )  # library defaults: unk 0, bos 1, eos 2, no pad
+    (tmp_path / "foreign.model").write_bytes(buffer.getvalue())
+    with pytest.raises(
+        DataError, match=r"foreign.model: special ids pad/unk/bos/eos are \(-1, 0, 1, 2\)"
+    ):
+        Tokenizer.load(tmp_path / "foreign.model")
+    with pytest.raises(DataError, match="not found"):
+        Tokenizer.load(tmp_path / "absent.model")
+
+
+def test_joint_separate_and_reused_models(tmp_path: Path) -> None:
+    src, tgt = TEXTS[0::2], TEXTS[1::2]
+    joint = make_tokenizers(tiny_config(), src, tgt, tmp_path / "j", "toy")
+    assert joint["src"][0] == joint["tgt"][0] == "spm.model"
+    assert (tmp_path / "j" / "spm.vocab").read_text().splitlines()[3].startswith("</s>\t")
+
+    separate = make_tokenizers(
+        tiny_config(joint_vocab=False, vocab_size=40), src, tgt, tmp_path / "s", "toy"
+    )
+    assert (separate["src"][0], separate["tgt"][0]) == ("spm.de.model", "spm.en.model")
+    assert separate["src"][1].sha256 != separate["tgt"][1].sha256
+
+    reused = make_tokenizers(
+        tiny_config(spm_model=str(tmp_path / "j" / "spm.model")), [], [], tmp_path / "r", "toy"
+    )
+    assert reused["src"][1].sha256 == joint["src"][1].sha256
+    assert reused["src"][2] == str((tmp_path / "j" / "spm.model").resolve())

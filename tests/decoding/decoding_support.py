@@ -1,0 +1,175 @@
+"""Support for the decoding tests: a table-driven model that implements the decoding protocol
+with log-probs fixed by (source, prefix), tiny random models of both families, and a teacher-forced
+scorer that recomputes a hypothesis' log-prob and attention with `model.forward`."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig, RNNConfig, TransformerConfig
+from nmt.data.batching import make_src_batch
+
+
+@dataclass
+class TableState:
+    src_ids: torch.Tensor  # (B, S)
+    src_mask: torch.Tensor  # (B, S)
+    prefix: torch.Tensor  # (B, t): tokens after BOS fed so far
+    step: int = 0
+
+    def select(self, indices: torch.Tensor) -> TableState:
+        return TableState(
+            self.src_ids.index_select(0, indices),
+            self.src_mask.index_select(0, indices),
+            self.prefix.index_select(0, indices),
+            self.step,
+        )
+
+
+class TableModel(nn.Module):
+    """Log-probs and attention are fixed functions of (source sentence, target prefix): a seeded
+    pseudo-random table, so every number the search sees can be recomputed by enumeration.
+
+    With `probs`, the distribution after a prefix is written by hand instead: `probs[prefix]` (or
+    `probs["default"]`) gives the probabilities of (EOS, 4, 5); every other token has probability 0.
+    """
+
+    def __init__(
+        self,
+        vocab: int = 6,
+        seed: int = 0,
+        eos_bias: float = 0.0,
+        scale: float = 1.5,
+        probs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.vocab, self.seed, self.eos_bias, self.scale = vocab, seed, eos_bias, scale
+        self.probs = probs
+        self.calls = 0  # decode_step calls, to see early stopping
+
+    def _generator(self, src: Sequence[int], prefix: Sequence[int], what: str) -> torch.Generator:
+        key = f"{self.seed}|{what}|{list(src)}|{list(prefix)}".encode()
+        return torch.Generator().manual_seed(zlib.crc32(key))
+
+    def table(self, src: Sequence[int], prefix: Sequence[int]) -> torch.Tensor:
+        if self.probs is not None:
+            p = self.probs.get(tuple(prefix), self.probs["default"])
+            out = torch.full((self.vocab,), float("-inf"))
+            out[[EOS_ID, 4, 5]] = torch.tensor(p, dtype=torch.float64).log().float()
+            return out
+        logits = torch.randn(self.vocab, generator=self._generator(src, prefix, "p")) * self.scale
+        logits[EOS_ID] += self.eos_bias
+        return torch.log_softmax(logits, dim=0)  # (V,)
+
+    def attention_row(self, src: Sequence[int], prefix: Sequence[int], width: int) -> torch.Tensor:
+        weights = torch.rand(len(src), generator=self._generator(src, prefix, "a")) + 0.1
+        row = torch.zeros(width)
+        row[: len(src)] = weights / weights.sum()
+        return row  # (S,) zero on padding
+
+    @staticmethod
+    def _src(src_ids: torch.Tensor, src_mask: torch.Tensor, b: int) -> list[int]:
+        return src_ids[b][src_mask[b]].tolist()
+
+    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor) -> TableState:
+        empty = torch.zeros(src_ids.size(0), 0, dtype=torch.long, device=src_ids.device)
+        return TableState(src_ids, src_mask, empty)
+
+    def decode_step(
+        self, prev_ids: torch.Tensor, state: TableState, need_attention: bool = False
+    ) -> tuple[torch.Tensor, TableState, torch.Tensor | None]:
+        self.calls += 1
+        prefix = state.prefix  # the first step is fed BOS, which is not part of the prefix
+        if state.step > 0:
+            prefix = torch.cat([state.prefix, prev_ids[:, None]], dim=1)
+        rows, attn = [], []
+        for b in range(prev_ids.size(0)):  # a test model may loop; the search may not
+            src = self._src(state.src_ids, state.src_mask, b)
+            rows.append(self.table(src, prefix[b].tolist()))
+            attn.append(self.attention_row(src, prefix[b].tolist(), state.src_ids.size(1)))
+        new_state = TableState(state.src_ids, state.src_mask, prefix, state.step + 1)
+        return torch.stack(rows), new_state, torch.stack(attn) if need_attention else None
+
+    def forward(
+        self,
+        src_ids: torch.Tensor,
+        src_mask: torch.Tensor,
+        tgt_in_ids: torch.Tensor,
+        need_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        batch, length = tgt_in_ids.shape
+        logits = torch.zeros(batch, length, self.vocab)
+        attn = torch.zeros(batch, length, src_ids.size(1))
+        for b in range(batch):
+            src = self._src(src_ids, src_mask, b)
+            for t in range(length):
+                prefix = tgt_in_ids[b, 1 : t + 1].tolist()
+                logits[b, t] = self.table(src, prefix)
+                attn[b, t] = self.attention_row(src, prefix, src_ids.size(1))
+        return (logits, attn) if need_attention else logits
+
+
+def tiny_model(arch: str, vocab: int = 8, seed: int = 0, **rnn: object) -> nn.Module:
+    """A randomly initialised model of the given family, small enough for exhaustive checks."""
+    from nmt.models import build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        arch=arch,  # type: ignore[arg-type]
+        rnn=RNNConfig(emb_dim=8, hidden_size=16, attn_dim=8, dropout=0.0, **rnn),  # type: ignore[arg-type]
+        transformer=TransformerConfig(
+            d_model=16,
+            heads=2,
+            enc_layers=2,
+            dec_layers=2,
+            ffn_dim=32,
+            dropout=0.0,
+            attn_dropout=0.0,
+            max_positions=64,
+        ),  # fmt: skip
+    )
+    model = build_model(cfg, vocab, vocab, shared_vocab=True)
+    # Sharper distributions than at initialisation, so that hypotheses are well separated.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model.eval()
+
+
+def teacher_forced(
+    models: nn.Module | Sequence[nn.Module], src: Sequence[int], outputs: Sequence[Sequence[int]]
+) -> tuple[list[float], list[torch.Tensor]]:
+    """Summed log-prob of each output (+ EOS) given `src`, and the first model's attention
+    reshaped like `Hypothesis.attention`: (T,S) or (T,L,H,S), T = len(output) + 1."""
+    members = [models] if isinstance(models, nn.Module) else list(models)
+    n = len(outputs)
+    src_ids, src_mask = make_src_batch([list(src)] * n)
+    width = max(len(o) for o in outputs) + 1
+    tgt_in = torch.full((n, width), PAD_ID)
+    tgt_out = torch.full((n, width), PAD_ID)
+    for i, out in enumerate(outputs):
+        tgt_in[i, : len(out) + 1] = torch.tensor([BOS_ID, *out])
+        tgt_out[i, : len(out) + 1] = torch.tensor([*out, EOS_ID])
+    with torch.no_grad():
+        log_probs, attn = [], None
+        for j, model in enumerate(members):
+            logits, weights = model(src_ids, src_mask, tgt_in, need_attention=True)
+            log_probs.append(torch.log_softmax(logits.float(), dim=-1))
+            if j == 0:
+                attn = weights
+        lp = log_probs[0]
+        if len(log_probs) > 1:
+            lp = torch.log_softmax(torch.stack(log_probs).mean(0), dim=-1)
+    picked = lp.gather(2, tgt_out[:, :, None])[:, :, 0].masked_fill(tgt_out == PAD_ID, 0.0)
+    matrices = []
+    for i, out in enumerate(outputs):
+        a = attn[i]
+        if a.dim() == 4:  # Transformer (L, H, T, S) -> (T, L, H, S)
+            a = a.permute(2, 0, 1, 3)
+        matrices.append(a[: len(out) + 1])
+    return picked.sum(1).tolist(), matrices
