@@ -1,4 +1,4 @@
-"""The `nmt` command line: read flags, build the config, call `nmt.pipeline`, turn errors into exit codes.
+"""The `nmt` command line: read flags, build the config, call `nmt.pipeline`, map errors to exits.
 
 Nothing here computes anything: each command is a thin shell over one pipeline function. An
 `NmtError` becomes one line on stderr and exit code 2 (usage/config) or 1 (data/runtime).
@@ -7,7 +7,6 @@ Nothing here computes anything: each command is a thin shell over one pipeline f
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -383,4 +382,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # `torchrun -m nmt.cli train ...`
-    sys.exit(main())
+    main()

@@ -74,7 +74,9 @@ class PrepareConfig:
         if not 0 < self.character_coverage <= 1:
             raise ConfigError("character_coverage must be in (0, 1]")
         if self.min_len < 0 or self.max_len < max(1, self.min_len):
-            raise ConfigError(f"need 0 <= min_len <= max_len, got {self.min_len} and {self.max_len}")
+            raise ConfigError(
+                f"need 0 <= min_len <= max_len, got {self.min_len} and {self.max_len}"
+            )
         if self.max_ratio < 0:
             raise ConfigError("max_ratio must be >= 0 (0 turns the ratio filter off)")
         if self.num_proc < 1:
@@ -145,7 +147,7 @@ class TransformerConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: Literal["rnn", "transformer"] = "transformer"
-    # Tie target embeddings with the output layer; with a joint vocabulary also the source embeddings.
+    # Tie target embeddings with the output layer; with a joint vocabulary the source ones too.
     tie_embeddings: bool = True
     rnn: RNNConfig = field(default_factory=RNNConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -186,7 +188,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on capable GPUs
     compile: bool = False  # torch.compile the model
     max_nan_steps: int = 10  # consecutive non-finite losses before the run stops
-    deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are bitwise repeatable)
+    deterministic: bool = (
+        False  # torch.use_deterministic_algorithms (CPU runs are bitwise repeatable)
+    )
     num_threads: int = 0  # torch CPU threads; 0: torch's default
 
     def validate(self) -> None:
@@ -252,7 +256,9 @@ class DecodeConfig:
                 f"decode.nbest ({self.nbest}) cannot exceed decode.beam_size ({self.beam_size})"
             )
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ConfigError("need decode.temperature > 0, 0 < decode.top_p <= 1, decode.top_k >= 0")
+            raise ConfigError(
+                "need decode.temperature > 0, 0 < decode.top_p <= 1, decode.top_k >= 0"
+            )
         if self.max_len_a < 0 or self.max_len_b < 0 or self.min_len < 0:
             raise ConfigError("decode.max_len_a, max_len_b and min_len must be >= 0")
         if self.no_repeat_ngram < 0 or self.batch_tokens < 1:
@@ -408,7 +414,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise ConfigError(
+            f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

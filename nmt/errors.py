@@ -1,8 +1,8 @@
 """User-facing errors.
 
-A user mistake raises an `NmtError` that says where (file and line, or config key), what was found and
-what was expected. `nmt.cli` prints it as one line and exits with `exit_code`; a traceback therefore
-always means a bug of ours.
+A user mistake raises an `NmtError` that says where (file and line, or config key), what was found
+and what was expected. `nmt.cli` prints it as one line and exits with `exit_code`; a traceback
+therefore always means a bug of ours.
 """
 
 

@@ -1,8 +1,8 @@
 """Atomic file writes and small JSON/JSONL helpers.
 
 Everything `nmt` writes goes to a temporary file in the destination folder and is moved into place
-with `os.replace`, so an interrupted run always leaves the previous good file (or none), never a half
-written one.
+with `os.replace`, so an interrupted run always leaves the previous good file (or none), never a
+half written one.
 """
 
 from __future__ import annotations

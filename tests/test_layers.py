@@ -1,5 +1,5 @@
 """The import direction of STYLE.md, checked: cli -> pipeline -> training -> decoding ->
-models / data / metrics -> config -> errors, io. A module may import only what stands to its right."""
+models / data / metrics -> config -> errors, io. A module imports only what stands to its right."""
 
 from __future__ import annotations
 

