@@ -38,3 +38,10 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+# Multi30k recipe: make recipe SRC=de TGT=en MODEL=transformer|rnn-bahdanau [SET="train.max_minutes=30"]
+SRC ?= de
+TGT ?= en
+MODEL ?= transformer
+recipe: $(STAMP)
+	bash scripts/multi30k.sh $(SRC) $(TGT) $(MODEL) $(if $(SET),--set $(SET),)
