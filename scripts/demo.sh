@@ -38,12 +38,18 @@ head -n 20 "$RAW/test.ja" > "$OUT/sample.ja"
   --plot-dir "$OUT/plots"
 
 step "6/6 summary"
-.venv/bin/python - "$OUT/scores.json" <<'PY'
+.venv/bin/python - "$OUT/scores.json" "$RUN/metrics.jsonl" <<'PY'
 import json, sys
-report = json.load(open(sys.argv[1]))
-print(json.dumps(report, indent=2)[:1500])
+test = json.load(open(sys.argv[1]))["tests"]["test"]
+rows = [json.loads(line) for line in open(sys.argv[2])]
+train = [r for r in rows if r["kind"] == "summary"][-1]
+print(f"trained:       {train['step']:,} updates in {train['train_seconds']:.0f} s "
+      f"({train['tokens_per_s']:,.0f} source+target tokens/s)")
+print(f"test (held-out books, {test['sentences']:,} verses, beam 5): BLEU {test['bleu']:.1f}, "
+      f"lowercased BLEU {test['bleu_lc']:.1f}, chrF {test['chrf']:.1f}, TER {test['ter']:.1f}")
+print(f"               sacreBLEU {test['bleu_signature']}")
+print(f"decoding:      {test['sentences_per_second']:.1f} sentences/s")
 PY
-echo
 echo "translations:  $OUT/test.hyp.en (test), $OUT/sample.hyp.en (first 20 verses)"
 echo "attention:     $OUT/sample.attn.npz, alignments $OUT/sample.align, heatmaps $OUT/plots/"
 echo "your sentence: echo '初に神天地を創造たまへり' | $NMT translate $RUN"

@@ -4,9 +4,11 @@ store matrices as .npz or .jsonl.
 
 Word merging follows SentencePiece's convention: a piece starting with "▁" (U+2581) begins a word,
 any other piece continues the previous one, so words are the whitespace-separated tokens of the
-(normalised) text. A target word's row is the mean of its pieces' rows and a source word's column
-the sum of its pieces' columns, so a row that summed to 1 over source pieces still sums to 1 over
-source words. The EOS row and column are left out of word matrices (they belong to no word).
+(normalised) text; pieces in scripts written without spaces (Chinese, Japanese, Thai, ...) are
+units of their own. A target word's row is the mean of its pieces' rows and a source word's
+column the sum of its pieces' columns, so a row that summed to 1 over source pieces still sums to
+1 over source words. The EOS row and column are left out of word matrices (they belong to no
+word).
 
 Hard alignments are in Pharaoh format, `i-j` with i a 0-based source word and j a 0-based target
 word (what fast_align writes). Gold files may also mark possible links as `i?j` or `ipj`.
@@ -31,6 +33,12 @@ import torch
 from nmt.errors import ConfigError, DataError
 from nmt.io import atomic_open
 
+# Scripts written without spaces between words: CJK ideographs and punctuation, kana, Thai, Lao,
+# Myanmar, Khmer and the fullwidth/halfwidth forms.
+_SPACELESS_SCRIPT = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3000-\u30ff\u31f0-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003134f]"
+)
 WORD_START = "\u2581"  # SentencePiece's "▁"
 Link = tuple[int, int]  # (source word, target word)
 
@@ -76,10 +84,18 @@ def _reduce_axis(a: np.ndarray, axis: int, how: str, name: str) -> np.ndarray:
 
 def word_groups(pieces: Sequence[str]) -> list[list[int]]:
     """Piece indices of each word: a piece starting with "▁" opens a new word (so does the first
-    piece, whatever it looks like). ["▁Ein", "▁Hund", "e", "."] -> [[0], [1, 2, 3]]."""
+    piece, whatever it looks like). ["▁Ein", "▁Hund", "e", "."] -> [[0], [1, 2, 3]].
+
+    Text written without spaces (Japanese, Chinese, Thai) would otherwise make a whole sentence
+    one word, which no alignment or picture can use, so a piece in such a script is a unit of its
+    own: ["▁初", "に", "▁i", "Phone"] -> [[0], [1], [2, 3]].
+    """
     groups: list[list[int]] = []
     for i, piece in enumerate(pieces):
-        if not groups or piece.startswith(WORD_START):
+        spaceless = i > 0 and bool(
+            _SPACELESS_SCRIPT.search(piece) or _SPACELESS_SCRIPT.search(pieces[i - 1])
+        )
+        if not groups or piece.startswith(WORD_START) or spaceless:
             groups.append([i])
         else:
             groups[-1].append(i)

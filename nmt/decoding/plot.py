@@ -34,8 +34,24 @@ _CJK_FONTS = (
 def _font_family() -> list[str]:
     from matplotlib import font_manager
 
+    _register_packaged_cjk_font(font_manager)
     installed = {f.name for f in font_manager.fontManager.ttflist}
     return ["DejaVu Sans", *[name for name in _CJK_FONTS if name in installed]]
+
+
+def _register_packaged_cjk_font(font_manager: Any) -> None:
+    """Add IPAexGothic from the `matplotlib-fontja` package (the `demo` extra) when it is installed:
+    a fresh machine rarely has a CJK font. Found by path, not imported: importing it would switch
+    every later plot of the process to that font."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib_fontja")
+    if spec is None or spec.origin is None:
+        return
+    font = Path(spec.origin).parent / "fonts" / "ipaexg.ttf"
+    known = {f.fname for f in font_manager.fontManager.ttflist}
+    if font.is_file() and str(font) not in known:
+        font_manager.fontManager.addfont(str(font))
 
 
 def panels_of(

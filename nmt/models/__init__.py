@@ -29,7 +29,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from nmt.config import ModelConfig
+from nmt.config import PAD_ID, ModelConfig
 
 
 class DecoderState(Protocol):
@@ -50,6 +50,21 @@ def build_model(
 
         return TransformerModel(cfg, src_vocab_size, tgt_vocab_size, shared_vocab)
     raise ValueError(f"unknown architecture {cfg.arch!r}")  # config validation rules this out
+
+
+def make_embeddings(
+    src_vocab_size: int, tgt_vocab_size: int, dim: int, share: bool
+) -> tuple[nn.Embedding, nn.Embedding]:
+    """Source and target embeddings (PAD row kept at zero); with `share` one table serves both,
+    which a joint vocabulary allows."""
+    tgt = nn.Embedding(tgt_vocab_size, dim, padding_idx=PAD_ID)
+    if not share:
+        return nn.Embedding(src_vocab_size, dim, padding_idx=PAD_ID), tgt
+    if src_vocab_size != tgt_vocab_size:
+        raise ValueError(
+            f"a shared vocabulary needs equal sizes, got {src_vocab_size} and {tgt_vocab_size}"
+        )
+    return tgt, tgt
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import PAD_ID, ModelConfig
-from nmt.models import count_parameters
+from nmt.models import count_parameters, make_embeddings
 from nmt.models.attention import BahdanauAttention, LocalAttention, LuongAttention
 
 
@@ -87,16 +87,13 @@ class RNNModel(nn.Module):
         self.attends_first = r.attention == "bahdanau"  # query = previous state, not current
         rnn_cls = nn.LSTM if self.is_lstm else nn.GRU
 
-        self.tgt_embed = nn.Embedding(tgt_vocab_size, e, padding_idx=PAD_ID)
-        if cfg.tie_embeddings and shared_vocab:
-            if src_vocab_size != tgt_vocab_size:
-                raise ValueError(
-                    f"a shared vocabulary needs equal sizes, got {src_vocab_size} and "
-                    f"{tgt_vocab_size}"
-                )
-            self.src_embed = self.tgt_embed
-        else:
-            self.src_embed = nn.Embedding(src_vocab_size, e, padding_idx=PAD_ID)
+        src_embed, tgt_embed = make_embeddings(
+            src_vocab_size, tgt_vocab_size, e, cfg.tie_embeddings and shared_vocab
+        )
+        # Target first: the registration order fixes the optimizer's parameter order, which
+        # checkpoints of earlier versions rely on.
+        self.tgt_embed = tgt_embed
+        self.src_embed = src_embed
         for emb in {id(m): m for m in (self.src_embed, self.tgt_embed)}.values():
             nn.init.normal_(emb.weight, mean=0.0, std=e**-0.5)
             with torch.no_grad():

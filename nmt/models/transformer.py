@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmt.config import PAD_ID, ModelConfig, TransformerConfig
-from nmt.models import count_parameters
+from nmt.models import count_parameters, make_embeddings
 from nmt.models.attention import (
     MultiHeadCrossAttention,
     MultiHeadSelfAttention,
@@ -183,16 +183,13 @@ class TransformerModel(nn.Module):
         self.heads = t.heads
         self.embed_scale = math.sqrt(d)
 
-        self.tgt_embed = nn.Embedding(tgt_vocab_size, d, padding_idx=PAD_ID)
-        if cfg.tie_embeddings and shared_vocab:
-            if src_vocab_size != tgt_vocab_size:
-                raise ValueError(
-                    f"a shared vocabulary needs equal sizes, got {src_vocab_size} and "
-                    f"{tgt_vocab_size}"
-                )
-            self.src_embed = self.tgt_embed
-        else:
-            self.src_embed = nn.Embedding(src_vocab_size, d, padding_idx=PAD_ID)
+        src_embed, tgt_embed = make_embeddings(
+            src_vocab_size, tgt_vocab_size, d, cfg.tie_embeddings and shared_vocab
+        )
+        # Target first: the registration order fixes the optimizer's parameter order, which
+        # checkpoints of earlier versions rely on.
+        self.tgt_embed = tgt_embed
+        self.src_embed = src_embed
         self.max_positions = t.max_positions
         if t.positions == "learned":
             self.learned_positions: nn.Embedding | None = nn.Embedding(t.max_positions, d)

@@ -66,6 +66,7 @@ class TrainState:
     epoch: int = 0  # epoch the next batch comes from (0-based)
     batches_done: int = 0  # batches of `epoch` this rank has already consumed
     tgt_tokens: int = 0  # real target tokens trained on, all ranks together
+    src_tokens: int = 0  # ... and source tokens (throughput is quoted as source + target)
     nan_steps: int = 0  # updates skipped because the loss or the gradients were not finite
     nan_streak: int = 0  # ... of them in a row, up to now
     overflow_steps: int = 0  # fp16 updates the grad scaler skipped (loss finite, grads overflowed)
@@ -296,6 +297,7 @@ def train(
             state.step += 1
             state.nan_streak = 0
             state.tgt_tokens += int(tgt_tokens)
+            state.src_tokens += int(src_tokens)
             seconds = time.monotonic() - update_start
             state.train_seconds += seconds
             window.add(loss_sum, nll_sum, tgt_tokens, src_tokens, seconds, grad_norm)
@@ -388,6 +390,7 @@ def make_summary(state: TrainState, stop_reason: str, run: Run) -> dict[str, Any
         "tgt_tokens": state.tgt_tokens,
         "train_seconds": round(state.train_seconds, 1),
         "tgt_tokens_per_s": round(state.tgt_tokens / seconds, 1),
+        "tokens_per_s": round((state.src_tokens + state.tgt_tokens) / seconds, 1),
         "updates_per_min": round(60 * state.step / seconds, 2),
         "nan_steps": state.nan_steps,
         "overflow_steps": state.overflow_steps,
@@ -395,6 +398,12 @@ def make_summary(state: TrainState, stop_reason: str, run: Run) -> dict[str, Any
         "best_step": state.best_step,
         "valid_metric": valid_metric_name(run.cfg),
         "run_dir": str(run.run_dir),
+        # Peak memory of this process's tensors on the GPU (None on the CPU), for benchmarks.
+        "gpu_peak_mib": (
+            round(torch.cuda.max_memory_allocated(run.device) / 2**20, 1)
+            if run.device.type == "cuda"
+            else None
+        ),
     }
 
 

@@ -40,6 +40,17 @@ def test_word_groups_follow_the_word_start_marker() -> None:
     assert word_groups([]) == []
 
 
+def test_text_without_spaces_keeps_its_pieces_as_units() -> None:
+    pieces = ["▁初", "に", "神", "天地"]  # Japanese: only the first piece carries the marker
+    assert word_groups(pieces) == [[0], [1], [2], [3]]
+    assert words_of(pieces) == ["初", "に", "神", "天地"]
+    assert word_groups(["▁初", "に", "▁i", "Phone", "を"]) == [[0], [1], [2, 3], [4]]
+    assert word_groups(["▁", "C", "E"]) == [[0, 1, 2]]  # a one-word Latin sentence stays a word
+    matrix = np.full((3, 5), 0.2, dtype=np.float32)  # 2 target pieces + EOS, 4 source + EOS
+    merged = merge_to_words(matrix, ["▁God", "▁created"], pieces)
+    assert merged.shape == (2, 4)
+
+
 def test_merge_to_words_by_hand() -> None:
     # Rows: 4 target pieces + EOS; columns: 5 source pieces + EOS. Each row sums to 1.
     m = np.array(

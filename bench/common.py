@@ -1,0 +1,128 @@
+"""Shared helpers of the benchmarks: child processes with their own peak memory, medians, results.
+
+Every benchmark that needs a clean peak-memory figure runs its workload as a child process and reads
+that child's own resource usage (`os.wait4`), so one workload's allocations never inflate another's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+NMT: list[str | Path] = [sys.executable, ROOT / "cli.py"]
+OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass
+class ChildRun:
+    returncode: int
+    wall_s: float
+    peak_rss_mib: float  # the child's own maximum resident set (its waited-for children included)
+    stdout: str
+
+
+# A process forked from a large parent starts with the parent's peak resident set as its own
+# (Linux keeps ru_maxrss across fork and exec), so the benchmark process, which holds torch and
+# more, would inflate every child's figure. This small launcher forks the workload from itself
+# and writes the workload's own peak (KiB) to the file named by its first argument.
+_LAUNCHER = """
+import os, sys
+out, argv = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(out, "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_child(argv: Sequence[str | Path], log: Path | None = None) -> ChildRun:
+    """Run `argv` to completion, its output going to `log` (or kept); measure its peak RSS."""
+    env = {**os.environ, **OFFLINE}
+    print("  $", shlex.join(str(a) for a in argv), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak_kib"
+        launcher = [sys.executable, "-c", _LAUNCHER, str(peak_file), *(str(a) for a in argv)]
+        start = time.perf_counter()
+        if log:
+            with open(log, "w") as sink:
+                proc = subprocess.run(launcher, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+            out = log.read_text()
+        else:
+            proc = subprocess.run(launcher, cwd=ROOT, env=env, capture_output=True, text=True)
+            out = proc.stdout + proc.stderr
+        wall = time.perf_counter() - start
+        peak_kib = int(peak_file.read_text()) if peak_file.exists() else 0
+    return ChildRun(proc.returncode, wall, peak_kib / 1024, out)
+
+
+def check(run: ChildRun, what: str) -> None:
+    if run.returncode != 0:
+        sys.exit(f"benchmark step failed ({what}), exit {run.returncode}:\n{run.stdout[-3000:]}")
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    """bench/results/NAME-YYYYmmdd-HHMMSS.json (timestamped: results of earlier runs stay)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = RESULTS / f"{name}-{stamp}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A plain-text table; numbers get thousands separators, missing cells a dash."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value)
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))

