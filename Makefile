@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test lint format demo bench recipe clean
+.PHONY: setup test lint format demo bench bench-peers recipe clean
 DEMO_MINUTES ?= 12
 
 setup: $(STAMP)
@@ -39,6 +39,11 @@ demo: $(STAMP)
 # Throughput benchmarks (JSON under bench/results/): make bench [BENCH_ARGS="--only decode"]
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# nmt vs JoeyNMT 2.3 vs OpenNMT-py 3.5.1 (each installed in its own venv under /tmp), one after the
+# other, 20 minutes of training each on Multi30k de-en: make bench-peers [PEERS_ARGS="--reuse"]
+bench-peers: $(STAMP)
+	$(PY) -m bench.peers $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

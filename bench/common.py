@@ -63,6 +63,7 @@ def run_child(argv: Sequence[str | Path], log: Path | None = None) -> ChildRun:
         launcher = [sys.executable, "-c", _LAUNCHER, str(peak_file), *(str(a) for a in argv)]
         start = time.perf_counter()
         if log:
+            log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "w") as sink:
                 proc = subprocess.run(launcher, cwd=ROOT, env=env, stdout=sink, stderr=sink)
             out = log.read_text()

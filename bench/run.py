@@ -23,7 +23,9 @@ RECIPE_CHECKPOINT = ROOT / "checkpoints" / "multi30k-transformer-de-en" / "avera
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="train,decode,prepare,mfu", help="comma-separated")
+    parser.add_argument(
+        "--only", default="padding,train,decode,prepare,mfu", help="comma-separated"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--updates", type=int, default=100, help="training updates per family")
     parser.add_argument("--repeats", type=int, default=3, help="decoding repeats per search")
@@ -42,9 +44,11 @@ def main() -> None:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rows: list[dict[str, Any]] = []
-    if only & {"train", "decode"}:
+    if only & {"padding", "train", "decode"}:
         print("data:", flush=True)
         data, test_src, _ = workloads.prepared_corpus()
+    if "padding" in only:
+        rows += workloads.padding(data)
     if "train" in only:
         for arch in ("transformer", "rnn"):
             print(f"train {arch}: {args.updates} updates", flush=True)
@@ -76,6 +80,7 @@ def main() -> None:
 
 def report(rows: list[dict[str, Any]]) -> None:
     tables = {
+        "padding": ["batching", "batch_tokens", "batches_per_epoch", "padding_percent"],
         "train": [
             "arch",
             "device",

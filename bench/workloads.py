@@ -84,57 +84,97 @@ def train_speed(data: Path, arch: str, updates: int, device: str) -> dict[str, A
     }
 
 
+def padding(data: Path, batch_tokens: int = 4096) -> list[dict[str, Any]]:
+    """Padding share and batches per epoch of the training split under our length-bucketed token
+    batches, against packing the same budget in random sentence order (what a loader without
+    bucketing does): every padded token is compute spent on nothing."""
+    from nmt.data.batching import TokenBatchSampler
+    from nmt.data.store import load_prepared
+
+    src_lens, tgt_lens = load_prepared(data).lengths("train")
+    sampler = TokenBatchSampler(src_lens, tgt_lens, batch_tokens, shuffle=True, seed=1)
+    bucketed = sampler.batches(0)
+    shuffled = sampler._pack(np.random.default_rng(1).permutation(len(src_lens)))
+    rows = []
+    for name, batches in (("length-bucketed", bucketed), ("random order", shuffled)):
+        real = padded = 0
+        for batch in batches:
+            s, t = src_lens[batch] + 1, tgt_lens[batch] + 1
+            real += int(s.sum() + t.sum())
+            padded += len(batch) * int(s.max() + t.max())
+        rows.append(
+            {
+                "bench": "padding",
+                "batching": name,
+                "batch_tokens": batch_tokens,
+                "batches_per_epoch": len(batches),
+                "padding_percent": 100 * (1 - real / padded),
+            }
+        )
+    return rows
+
+
 # ---- decoding ------------------------------------------------------------------------------------
+
+
+def timed_search(
+    checkpoint: Path, lines: list[str], device: str, beam: int, repeats: int, batch_tokens: int
+) -> dict[str, Any]:
+    """Translate `lines` `repeats` times with beam `beam` (1: greedy): the seconds of each repeat
+    (the search itself: model loading and SentencePiece excluded, as the peers report it), the
+    target tokens and the detokenized outputs of the last repeat."""
+    import torch
+
+    from nmt.decoding.beam import count_tokens
+    from nmt.pipeline import Translator
+
+    settings = {"beam_size": beam, "batch_tokens": batch_tokens}
+    translator = Translator([checkpoint], [], settings, device, lambda _: None)
+    src_ids = translator.encode(lines, 0, "benchmark input")
+    translator.translate(src_ids[:64])  # warm-up: allocator, kernels, thread pool
+    seconds, tokens, outputs = [], 0, []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        hyps = translator.translate(src_ids)
+        if translator.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+        tokens = count_tokens(hyps)
+        outputs = [translator.detok(n[0]) for n in hyps]
+    return {"seconds": seconds, "tgt_tokens": tokens, "outputs": outputs,
+            "device": str(translator.device)}  # fmt: skip
 
 
 def decode_speed(
     checkpoint: Path, src_file: Path, device: str, repeats: int, batch_tokens: int
 ) -> list[dict[str, Any]]:
-    """Translate the test set greedy and with beam 5, `repeats` times each: median sentences/s
-    and target tokens/s of the search itself (model loading and SentencePiece excluded, as the
-    peers report it), and a hash of the output to show that optimisations change nothing."""
-    import torch
-
-    from nmt.decoding.beam import count_tokens
+    """Greedy and beam-5 translation of the test set: median sentences/s and target tokens/s,
+    and a hash of the output to show that optimisations change nothing."""
     from nmt.metrics import read_lines
-    from nmt.pipeline import Translator
 
     lines = read_lines(src_file)
     rows = []
     for beam in (1, 5):
-        translator = Translator(
-            [checkpoint],
-            [],
-            {"beam_size": beam, "batch_tokens": batch_tokens},
-            device,
-            lambda _: None,
-        )
-        src_ids = translator.encode(lines, 0, str(src_file))
-        translator.translate(src_ids[:64])  # warm-up: allocator, kernels, thread pool
-        seconds, tokens, outputs = [], 0, []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            hyps = translator.translate(src_ids)
-            if translator.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - start)
-            tokens = count_tokens(hyps)
-            outputs = [translator.detok(n[0]) for n in hyps]
-        best = median(seconds)
+        run = timed_search(checkpoint, lines, device, beam, repeats, batch_tokens)
+        best = median(run["seconds"])
         rows.append(
             {
                 "bench": "decode",
                 "search": "greedy" if beam == 1 else f"beam {beam}",
-                "device": str(translator.device),
+                "device": run["device"],
                 "sentences": len(lines),
                 "batch_tokens": batch_tokens,
                 "sentences_per_s": len(lines) / best,
-                "tgt_tokens_per_s": tokens / best,
-                "seconds": seconds,
-                "output_sha256": hashlib.sha256("\n".join(outputs).encode()).hexdigest()[:16],
+                "tgt_tokens_per_s": run["tgt_tokens"] / best,
+                "seconds": run["seconds"],
+                "output_sha256": sha256_of(run["outputs"]),
             }
         )
     return rows
+
+
+def sha256_of(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 # ---- prepare at scale ----------------------------------------------------------------------------
@@ -148,10 +188,15 @@ def synthetic_corpus(directory: Path, pairs: int, seed: int = 0) -> Path:
     if prefix.with_suffix(".yy").is_file():
         return prefix
     directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    # One language pair for every seed (so a validation set shares the training set's words);
+    # the seed picks the sentences.
+    lexicon_rng = np.random.default_rng(0)
     letters = np.array(list("abcdefghijklmnoprstuvwyz"))
-    vocab = ["".join(rng.choice(letters, size=rng.integers(2, 10))) for _ in range(30000)]
-    mapping = rng.permutation(len(vocab))
+    vocab = [
+        "".join(lexicon_rng.choice(letters, size=lexicon_rng.integers(2, 10))) for _ in range(30000)
+    ]
+    mapping = lexicon_rng.permutation(len(vocab))
+    rng = np.random.default_rng([seed, 1])
     chunk = 100_000
     with open(f"{prefix}.xx", "w") as src_out, open(f"{prefix}.yy", "w") as tgt_out:
         for first in range(0, pairs, chunk):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,39 +83,53 @@ def prepare(
 
     started = time.perf_counter()
     with atomic_dir(out) as tmp:
-        pairs: dict[str, corpus.Pairs] = {}
+        # Cleaned text goes to Arrow files in a scratch folder (removed before `out` appears) and
+        # is memory-mapped from there: no step holds the corpus in memory.
+        scratch = tmp / ".text"
+        texts: dict[str, Any] = {}
+        tallies: dict[str, corpus.Tally] = {}
+        wheres: dict[str, str] = {}
         for role, spec in specs.items():
             with console.status(f"reading {role}: {spec.text}"):
-                raw = corpus.read_pairs(spec, cfg, role)
-                pairs[role] = corpus.clean_pairs(raw, cfg, filter_pairs=role == "train")
-            _check_not_empty(role, pairs[role])
-            console.print(f"read {role:>6}: {_read_summary(pairs[role])}")
-        train_pairs = pairs["train"]
+                raw, where = corpus.iter_pairs(spec, cfg, role)
+                wheres[role] = where
+                tallies[role] = tally = corpus.Tally()
+                cleaned = corpus.clean_stream(raw, cfg, role == "train", tally)
+                texts[role] = store.write_text(scratch / f"{role}.arrow", cleaned)
+            _check_not_empty(role, len(texts[role]), tally, where)
+            console.print(f"read {role:>6}: {_read_summary(len(texts[role]), tally, where)}")
+        train_text = texts["train"]
         sides = "joint" if cfg.joint_vocab else "separate"
         with console.status(
             f"training SentencePiece ({cfg.model_type}, {cfg.vocab_size:,} pieces, {sides}) "
-            f"on {len(train_pairs):,} training pairs"
+            f"on {len(train_text):,} training pairs"
         ):
             tokenizers = make_tokenizers(
-                cfg, train_pairs.src, train_pairs.tgt, tmp, train_pairs.where
+                cfg,
+                store.iter_column(train_text, "src"),
+                store.iter_column(train_text, "tgt"),
+                tmp,
+                wheres["train"],
             )
         src_tok, tgt_tok = tokenizers["src"][1], tokenizers["tgt"][1]
         stats: dict[str, Any] = {}
-        for role, role_pairs in pairs.items():
+        for role, text in texts.items():
             # Large splits show datasets' own progress bar; a spinner would fight with it.
-            big = len(role_pairs) >= store.PROGRESS_BAR_PAIRS
-            status = f"encoding {role} ({len(role_pairs):,} pairs)"
+            big = len(text) >= store.PROGRESS_BAR_PAIRS
+            status = f"encoding {role} ({len(text):,} pairs)"
             with contextlib.nullcontext() if big else console.status(status):
-                split = store.write_split(tmp, role, role_pairs, src_tok, tgt_tok, cfg.num_proc)
-                stats[role] = store.split_stats(split, role_pairs)
+                split = store.write_split(tmp, role, text, src_tok, tgt_tok, cfg.num_proc)
+                stats[role] = store.split_stats(split, tallies[role].read, tallies[role].dropped)
             if role == "train":
                 lens = store.split_lengths(split)
                 sampler = TokenBatchSampler(*lens, PADDING_REPORT_TOKENS, seed=cfg.seed)
                 stats[role][f"padding_fraction_{PADDING_REPORT_TOKENS}"] = round(
                     sampler.padding_fraction(0), 4
                 )
+        del texts, train_text, text
+        shutil.rmtree(scratch)
         write_text(tmp / store.CONFIG, dump_yaml(cfg))
-        sizes = {role: len(p) for role, p in pairs.items()}
+        sizes = {role: s["pairs"] for role, s in stats.items()}
         manifest = store.build_manifest(cfg, key, inputs, tokenizers, sizes)
         store.write_manifest(tmp, manifest, stats)
     data = store.load_prepared(out)
@@ -122,24 +137,24 @@ def prepare(
     return data
 
 
-def _check_not_empty(role: str, pairs: Any) -> None:
-    if len(pairs):
+def _check_not_empty(role: str, kept: int, tally: Any, where: str) -> None:
+    if kept:
         return
-    if pairs.read == 0:
-        raise DataError(f"{pairs.where}: no sentence pairs in the {role} corpus")
-    reasons = ", ".join(f"{k} {v:,}" for k, v in pairs.dropped.items() if v)
+    if tally.read == 0:
+        raise DataError(f"{where}: no sentence pairs in the {role} corpus")
+    reasons = ", ".join(f"{k} {v:,}" for k, v in tally.dropped.items() if v)
     raise DataError(
-        f"{pairs.where}: no {role} pairs left after filtering (read {pairs.read:,}; dropped: "
+        f"{where}: no {role} pairs left after filtering (read {tally.read:,}; dropped: "
         f"{reasons}); check the files or loosen min_len / max_len / max_ratio"
     )
 
 
-def _read_summary(pairs: Any) -> str:
-    dropped = {k: v for k, v in pairs.dropped.items() if v}
-    text = f"{pairs.read:,} pairs from {pairs.where}"
+def _read_summary(kept: int, tally: Any, where: str) -> str:
+    dropped = {k: v for k, v in tally.dropped.items() if v}
+    text = f"{tally.read:,} pairs from {where}"
     if dropped:
         reasons = ", ".join(f"{k} {v:,}" for k, v in dropped.items())
-        text += f"; kept {len(pairs):,}, dropped {sum(dropped.values()):,} ({reasons})"
+        text += f"; kept {kept:,}, dropped {sum(dropped.values()):,} ({reasons})"
     return text
 
 

@@ -15,6 +15,9 @@ def test_synthetic_corpus_is_parallel_and_deterministic(tmp_path):
         assert 5 <= len(s.split()) <= 30 and len(s.split()) == len(t.split())
     again = synthetic_corpus(tmp_path / "b", 300, seed=3)
     assert again.with_suffix(".yy").read_text() == prefix.with_suffix(".yy").read_text()
+    other = synthetic_corpus(tmp_path / "c", 300, seed=4).with_suffix(".xx").read_text()
+    assert other != prefix.with_suffix(".xx").read_text()
+    assert set(other.split()) & set(" ".join(src).split())  # one lexicon for every seed
 
 
 def test_child_peak_memory_is_the_childs_own():

@@ -18,14 +18,17 @@ Every problem with the input is a `DataError` that names the file (and line wher
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
+import hashlib
 import io
+import itertools
 import json
 import re
 import unicodedata
 import zlib
-from collections.abc import Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +82,14 @@ class Pairs:
 
     def __len__(self) -> int:
         return len(self.src)
+
+
+@dataclass
+class Tally:
+    """What a stream of pairs has seen so far: pairs read, and pairs dropped by reason."""
+
+    read: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 # ---- SPEC parsing -------------------------------------------------------------------------------
@@ -192,15 +203,11 @@ def default_split_name(text: str) -> str:
 def read_pairs(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> Pairs:
     """Read every pair of `spec`, raw (before cleaning). `role` is train, valid or a test name."""
     if spec.kind == "files":
-        src_path, tgt_path = spec.paths
-        src = read_lines(src_path, cfg.errors)
-        tgt = read_lines(tgt_path, cfg.errors)
-        if len(src) != len(tgt):
-            raise DataError(
-                f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; a parallel corpus "
-                "needs one sentence per line on both sides"
-            )
-        where = f"{src_path},{tgt_path}"
+        pairs, where = iter_pairs(spec, cfg, role)
+        src, tgt = [], []
+        for s, t in pairs:
+            src.append(s)
+            tgt.append(t)
     elif spec.kind == "table":
         (path,) = spec.paths
         if spec.fmt == "parquet":
@@ -217,6 +224,69 @@ def read_pairs(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> Pairs:
         src, tgt = _read_hub(spec, cfg, role)
         where = spec.text
     return Pairs(src, tgt, where, read=len(src))
+
+
+def iter_pairs(
+    spec: CorpusSpec, cfg: PrepareConfig, role: str
+) -> tuple[Iterator[tuple[str, str]], str]:
+    """The raw pairs of `spec` one at a time, and the name of their origin. Plain text files are
+    streamed, so a corpus of any size passes through in constant memory; tables and datasets are
+    read whole first (a parquet or hub corpus is columnar already)."""
+    if spec.kind == "files":
+        src_path, tgt_path = spec.paths
+        return _stream_files(src_path, tgt_path, cfg.errors), f"{src_path},{tgt_path}"
+    pairs = read_pairs(spec, cfg, role)
+    return zip(pairs.src, pairs.tgt, strict=True), pairs.where
+
+
+def _stream_files(src_path: Path, tgt_path: Path, errors: str) -> Iterator[tuple[str, str]]:
+    src, tgt = _binary_lines(src_path), _binary_lines(tgt_path)
+    with contextlib.closing(src), contextlib.closing(tgt):
+        for number, (s, t) in enumerate(itertools.zip_longest(src, tgt), start=1):
+            if s is None or t is None:
+                src_lines = number - 1 + (s is not None) + sum(1 for _ in src)
+                tgt_lines = number - 1 + (t is not None) + sum(1 for _ in tgt)
+                raise DataError(
+                    f"{src_path} has {src_lines} lines but {tgt_path} has {tgt_lines}; a parallel "
+                    "corpus needs one sentence per line on both sides"
+                )
+            yield (
+                _decode_line(s, src_path, number, errors),
+                _decode_line(t, tgt_path, number, errors),
+            )
+
+
+def _binary_lines(path: Path) -> Generator[bytes, None, None]:
+    """The lines of `path` (gunzipped when it ends in .gz) as bytes. Lines end at b"\\n" only, as
+    in `read_lines`: U+2028 and friends stay inside their sentence."""
+    try:
+        handle = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    with handle:
+        try:
+            yield from handle
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}: cannot read ({exc})") from None
+
+
+def _decode_line(raw: bytes, path: Path, number: int, errors: str) -> str:
+    """One line of a text file as `read_lines` gives it: UTF-8, without its "\\n" (and "\\r"),
+    without a BOM on the first line; invalid UTF-8 is an error naming the line and byte column."""
+    try:
+        text = raw.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}:{number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte column "
+            f"{exc.start + 1}); fix the file, or pass --errors replace to read such bytes as U+FFFD"
+        ) from None
+    if text.endswith("\n"):
+        text = text[:-1]
+    if text.endswith("\r"):
+        text = text[:-1]
+    return text[1:] if number == 1 and text.startswith("\ufeff") else text
 
 
 def read_text(path: Path, errors: str = "strict") -> str:
@@ -501,36 +571,58 @@ def text_length(text: str, unit: str) -> int:
 
 
 def clean_pairs(pairs: Pairs, cfg: PrepareConfig, filter_pairs: bool = True) -> Pairs:
+    """`clean_stream` over pairs in memory."""
+    tally = Tally()
+    src, tgt = [], []
+    for s, t in clean_stream(zip(pairs.src, pairs.tgt, strict=True), cfg, filter_pairs, tally):
+        src.append(s)
+        tgt.append(t)
+    return Pairs(src, tgt, pairs.where, tally.dropped, pairs.read)
+
+
+def clean_stream(
+    pairs: Iterable[tuple[str, str]], cfg: PrepareConfig, filter_pairs: bool, tally: Tally
+) -> Iterator[tuple[str, str]]:
     """Clean every sentence; with `filter_pairs` also drop pairs by the configured filters.
+    `tally` counts the pairs read and dropped as the stream is consumed.
 
     Each dropped pair counts under the first reason that applies, in `DROP_REASONS` order:
     `empty` (a side is empty), `too_short` / `too_long` (a side outside [min_len, max_len]), `ratio`
     (longer / shorter side above max_ratio), `duplicate` (an identical cleaned pair came before).
     Valid and test sets are cleaned but not filtered, so their references stay complete.
+
+    Duplicates are found by a 64-bit digest of each kept pair rather than the pair itself, so
+    memory grows by a few dozen bytes per pair, not by the corpus (two different pairs share a
+    digest with probability ~N^2 / 2^65: about 1e-6 for 5M pairs).
     """
-    src = [clean_text(s, cfg) for s in pairs.src]
-    tgt = [clean_text(t, cfg) for t in pairs.tgt]
-    dropped = dict.fromkeys(DROP_REASONS, 0)
-    if not filter_pairs:
-        return Pairs(src, tgt, pairs.where, {}, pairs.read)
-    keep_src, keep_tgt = [], []
-    seen: set[tuple[str, str]] = set()
-    for s, t in zip(src, tgt, strict=True):
-        if not s or not t:
-            dropped["empty"] += 1
-            continue
-        ls, lt = text_length(s, cfg.length_unit), text_length(t, cfg.length_unit)
-        if min(ls, lt) < cfg.min_len:
-            dropped["too_short"] += 1
-        elif max(ls, lt) > cfg.max_len:
-            dropped["too_long"] += 1
-        elif cfg.max_ratio and max(ls, lt) > cfg.max_ratio * max(min(ls, lt), 1):
-            dropped["ratio"] += 1
-        elif cfg.dedup and (s, t) in seen:
-            dropped["duplicate"] += 1
-        else:
-            if cfg.dedup:
-                seen.add((s, t))
-            keep_src.append(s)
-            keep_tgt.append(t)
-    return Pairs(keep_src, keep_tgt, pairs.where, dropped, pairs.read)
+    if filter_pairs:
+        tally.dropped = dict.fromkeys(DROP_REASONS, 0)
+    seen: set[bytes] = set()
+    for raw_src, raw_tgt in pairs:
+        tally.read += 1
+        s, t = clean_text(raw_src, cfg), clean_text(raw_tgt, cfg)
+        if filter_pairs:
+            reason = _drop_reason(s, t, cfg, seen)
+            if reason:
+                tally.dropped[reason] += 1
+                continue
+        yield s, t
+
+
+def _drop_reason(s: str, t: str, cfg: PrepareConfig, seen: set[bytes]) -> str | None:
+    if not s or not t:
+        return "empty"
+    ls, lt = text_length(s, cfg.length_unit), text_length(t, cfg.length_unit)
+    if min(ls, lt) < cfg.min_len:
+        return "too_short"
+    if max(ls, lt) > cfg.max_len:
+        return "too_long"
+    if cfg.max_ratio and max(ls, lt) > cfg.max_ratio * max(min(ls, lt), 1):
+        return "ratio"
+    if cfg.dedup:
+        # The source's length keeps ("a b", "c") and ("a", "b c") apart.
+        digest = hashlib.blake2b(f"{len(s)}:{s}{t}".encode(), digest_size=8).digest()
+        if digest in seen:
+            return "duplicate"
+        seen.add(digest)
+    return None

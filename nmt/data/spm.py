@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -162,7 +163,7 @@ def _training_error(message: str, cfg: PrepareConfig, where: str) -> DataError:
 
 
 def make_tokenizers(
-    cfg: PrepareConfig, src_texts: Sequence[str], tgt_texts: Sequence[str], root: Path, where: str
+    cfg: PrepareConfig, src_texts: Iterable[str], tgt_texts: Iterable[str], root: Path, where: str
 ) -> dict[str, tuple[str, Tokenizer, str | None]]:
     """The source and target tokenizers of a prepared directory, written into `root`.
 
@@ -172,7 +173,7 @@ def make_tokenizers(
     `cfg.spm_tgt_model` reuse existing models (copied in, so the directory stands on its own).
     """
     if cfg.joint_vocab:
-        joint = [s for pair in zip(src_texts, tgt_texts, strict=True) for s in pair]
+        joint = itertools.chain.from_iterable(zip(src_texts, tgt_texts, strict=True))
         tok, reused = _one_tokenizer(cfg, cfg.spm_model, joint, root / "spm.model", where)
         return {"src": ("spm.model", tok, reused), "tgt": ("spm.model", tok, reused)}
     out = {}
@@ -188,7 +189,7 @@ def make_tokenizers(
 
 
 def _one_tokenizer(
-    cfg: PrepareConfig, model: str | None, texts: Sequence[str], path: Path, where: str
+    cfg: PrepareConfig, model: str | None, texts: Iterable[str], path: Path, where: str
 ) -> tuple[Tokenizer, str | None]:
     if model:
         tok = Tokenizer.load(model)

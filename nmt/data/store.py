@@ -18,8 +18,9 @@ directory with a manifest is always complete. The cache key hashes what determin
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 
 from nmt import __version__
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, PrepareConfig, diff, from_dict, to_dict
-from nmt.data.corpus import CorpusSpec, Pairs
+from nmt.data.corpus import CorpusSpec
 from nmt.data.spm import Tokenizer
 from nmt.errors import DataError
 from nmt.io import read_json, write_json
@@ -329,24 +330,46 @@ def split_features() -> Any:
     )
 
 
+def write_text(path: Path, pairs: Iterable[tuple[str, str]], chunk: int = 20_000) -> Any:
+    """Stream (source, target) pairs into an Arrow file at `path`, `chunk` pairs at a time, and
+    return it as a memory-mapped `datasets.Dataset` with columns src and tgt: however large the
+    corpus, only one chunk is ever held in memory."""
+    import datasets
+    import pyarrow as pa
+
+    schema = pa.schema([("src", pa.string()), ("tgt", pa.string())])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        pairs = iter(pairs)
+        while block := list(itertools.islice(pairs, chunk)):
+            src, tgt = zip(*block, strict=True)
+            writer.write_batch(pa.record_batch([list(src), list(tgt)], schema=schema))
+    return datasets.Dataset.from_file(str(path))
+
+
+def iter_column(dataset: Any, column: str, batch_size: int = 10_000) -> Iterator[str]:
+    """The values of one text column, read batch by batch from the memory-mapped table."""
+    for batch in dataset.data.table.select([column]).to_batches(max_chunksize=batch_size):
+        yield from batch.column(0).to_pylist()
+
+
 def write_split(
-    root: Path, name: str, pairs: Pairs, src_tok: Tokenizer, tgt_tok: Tokenizer, num_proc: int = 1
+    root: Path, name: str, text: Any, src_tok: Tokenizer, tgt_tok: Tokenizer, num_proc: int = 1
 ) -> Any:
-    """Encode `pairs` with `datasets.map` (batched; `num_proc` workers for large corpora) and save
-    the split as Arrow under `root/splits/name`. Returns the saved split, memory-mapped."""
+    """Encode the src/tgt text of the `text` dataset with `datasets.map` (batched; `num_proc`
+    workers for large corpora) and save the split as Arrow under `root/splits/name`. Returns the
+    saved split, memory-mapped."""
     import datasets
 
     features = split_features()
-    text_features = datasets.Features({"src": features["src"], "tgt": features["tgt"]})
-    table = datasets.Dataset.from_dict({"src": pairs.src, "tgt": pairs.tgt}, features=text_features)
     # Worker processes pay off only when each gets a large share.
-    workers = num_proc if num_proc > 1 and len(pairs) >= 50_000 * num_proc else None
-    show = len(pairs) >= PROGRESS_BAR_PAIRS
+    workers = num_proc if num_proc > 1 and len(text) >= 50_000 * num_proc else None
+    show = len(text) >= PROGRESS_BAR_PAIRS
     was_enabled = datasets.is_progress_bar_enabled()
     if not show:
         datasets.disable_progress_bars()
     try:
-        encoded = table.map(
+        encoded = text.map(
             _encode_batch,
             batched=True,
             batch_size=2000,
@@ -363,11 +386,12 @@ def write_split(
     return datasets.load_from_disk(str(target))
 
 
-def split_stats(dataset: Any, pairs: Pairs) -> dict[str, Any]:
-    """Counts and subword-length percentiles of an encoded split (lengths without BOS/EOS)."""
+def split_stats(dataset: Any, read: int, dropped: Mapping[str, int]) -> dict[str, Any]:
+    """Counts and subword-length percentiles of an encoded split (lengths without BOS/EOS);
+    `read` and `dropped` are the pairs read and dropped by cleaning."""
     import pyarrow.compute as pc
 
-    out: dict[str, Any] = {"read": pairs.read, "pairs": len(dataset), "dropped": pairs.dropped}
+    out: dict[str, Any] = {"read": read, "pairs": len(dataset), "dropped": dict(dropped)}
     table = dataset.data
     for side in ("src", "tgt"):
         column = table.column(f"{side}_ids")

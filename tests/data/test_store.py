@@ -200,3 +200,13 @@ def test_multi30k_8k_joint_unigram(tmp_path: Path) -> None:
     assert sum(stats["train"]["dropped"].values()) == 0
     assert data.src_vocab_size == 8000
     assert stats["train"]["padding_fraction_4096"] < 0.10
+
+
+def test_write_text_streams_in_chunks_and_keeps_order(tmp_path: Path) -> None:
+    pairs = ((f"quelle {i}", f"ziel {i}\u2028{i}") for i in range(45))  # a generator: read once
+    text = store.write_text(tmp_path / "t.arrow", pairs, chunk=20)
+    assert len(text) == 45 and text.column_names == ["src", "tgt"]
+    assert text[44] == {"src": "quelle 44", "tgt": "ziel 44\u202844"}
+    assert list(store.iter_column(text, "src", batch_size=7)) == [f"quelle {i}" for i in range(45)]
+    empty = store.write_text(tmp_path / "e.arrow", iter(()))
+    assert len(empty) == 0

@@ -1,0 +1,231 @@
+"""`make bench-peers`: nmt, JoeyNMT 2.3 and OpenNMT-py 3.5.1 side by side on Multi30k de-en.
+
+    python -m bench.peers                          # 20 minutes of training each, then decoding
+    python -m bench.peers --toolkits nmt --minutes 5
+    python -m bench.peers --reuse                  # report finished toolkits' saved results
+
+Every toolkit trains the same Transformer (3+3 layers, d_model 256, 4 heads, FFN 1024, dropout
+0.1, label smoothing 0.1, tied embeddings, ~4,096-token batches, inverse-sqrt schedule with 300
+warmup updates to a peak learning rate of 1e-3) on the same SentencePiece pieces (our joint 8k
+model, fed to the peers as pre-tokenized text) for the same wall-clock budget, one toolkit after
+the other. Each then translates test_2016_flickr (1,000 sentences) with beam 5 and greedily,
+about 64 sentences per batch, best of `--repeats`; BLEU and chrF are scored by sacrebleu on
+detokenized output for all of them alike. The peers live in their own virtualenvs under /tmp and
+are never dependencies of this project; their configs are in bench/peers/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bench import workloads
+from bench.common import NMT, ROOT, check, machine, print_table, run_child, write_results
+
+WORK = Path("/tmp/nmt-peers")
+DATA = WORK / "data"
+TEST_SRC = workloads.MULTI30K / "test_2016_flickr.de.gz"
+TEST_REF = workloads.MULTI30K / "test_2016_flickr.en.gz"
+SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+# Sentences per decoding batch for the peers; ours batches by tokens: 1,024 padded source tokens
+# hold about 64 Multi30k sentences (16 pieces on average).
+BATCH_SENTENCES = 64
+NMT_BATCH_TOKENS = 1024
+# The shared recipe, as our overrides of configs/multi30k/transformer.yaml (the peers' configs in
+# bench/peers/ spell out the same). Validation and periodic saves are off: the budget is wall
+# clock, and every toolkit spends it on training.
+NMT_SETTINGS = [
+    "model.transformer.dropout=0.1",
+    "train.warmup_steps=300",
+    "train.lr=1e-3",
+    "train.valid_every=100000000",
+    "train.save_every=100000000",
+    "train.log_every=50",
+    "train.device=cpu",
+]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--toolkits", default="nmt,joeynmt,opennmt", help="comma-separated")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget each")
+    parser.add_argument("--repeats", type=int, default=2, help="decoding runs; the best counts")
+    parser.add_argument("--reuse", action="store_true", help="keep finished toolkits' results")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if not (workloads.MULTI30K / "train.de.gz").is_file():
+        raise SystemExit(f"bench-peers needs Multi30k in {workloads.MULTI30K}")
+    prepared, _, _ = workloads.prepared_corpus()
+    write_pieces(prepared / "spm.model")
+    references = read_text(TEST_REF)
+    results = []
+    for name in args.toolkits.split(","):
+        saved = WORK / name / "result.json"
+        if args.reuse and saved.is_file():
+            print(f"{name}: reusing {saved}")
+            results.append(json.loads(saved.read_text()))
+            continue
+        print(f"{name}: {args.minutes:g} minutes of training, then decoding", flush=True)
+        run = run_nmt if name == "nmt" else run_peer
+        result = {"toolkit": name, **run(name, args.minutes, args.repeats)}
+        result.update(scores(result.pop("beam5_pieces_or_text"), references, prepared))
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(result, indent=2) + "\n")
+        results.append(result)
+    payload = {"machine": machine(), "settings": vars(args), "results": results}
+    payload["ratios"] = ratios(results)
+    path = write_results("peers", payload)
+    report(results, payload["ratios"])
+    print(f"\nwritten: {path.relative_to(ROOT)}")
+
+
+# ---- shared data ---------------------------------------------------------------------------------
+
+
+def read_text(path: Path) -> list[str]:
+    from nmt.metrics import read_lines
+
+    return read_lines(path)
+
+
+def write_pieces(spm_model: Path) -> None:
+    """DATA/{train,valid,test}.{de,en}: the raw Multi30k lines as space-separated pieces of our
+    SentencePiece model, plus that model and its vocabulary (one piece per line, in id order)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    DATA.mkdir(parents=True, exist_ok=True)
+    for split, stem in SPLITS.items():
+        for lang in ("de", "en"):
+            out = DATA / f"{split}.{lang}"
+            if out.is_file():
+                continue
+            lines = read_text(workloads.MULTI30K / f"{stem}.{lang}.gz")
+            pieces = sp.encode(lines, out_type=str)
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text("".join(" ".join(p) + "\n" for p in pieces), encoding="utf-8")
+            tmp.replace(out)
+    (DATA / "spm.model").write_bytes(spm_model.read_bytes())
+    vocab = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    (DATA / "vocab.txt").write_text("".join(p + "\n" for p in vocab), encoding="utf-8")
+
+
+def scores(hypotheses: list[str], references: list[str], prepared: Path) -> dict[str, Any]:
+    """BLEU/chrF of detokenized beam-5 output; the peers' piece strings are decoded with our
+    SentencePiece model, ours are text already."""
+    import sentencepiece as spm
+
+    from nmt.metrics import corpus_scores
+
+    sp = spm.SentencePieceProcessor(model_file=str(prepared / "spm.model"))
+    texts = [h if "\u2581" not in h else sp.decode(h.split()) for h in hypotheses]
+    s = corpus_scores(texts, [references])
+    return {"bleu": s["bleu"], "chrf": s["chrf"], "bleu_signature": s["bleu_signature"]}
+
+
+# ---- our toolkit ---------------------------------------------------------------------------------
+
+
+def run_nmt(name: str, minutes: float, repeats: int) -> dict[str, Any]:
+    run_dir = WORK / name / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    argv = [*NMT, "train", ROOT / "configs" / "multi30k" / "transformer.yaml"]
+    argv += ["--data", ROOT / "data" / "multi30k-de-en", "--out", run_dir]
+    for setting in [*NMT_SETTINGS, f"train.max_minutes={minutes}"]:
+        argv += ["--set", setting]
+    child = run_child(argv, log=WORK / name / "train.log")
+    check(child, "nmt train")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = [r for r in rows if r["kind"] == "summary"][-1]
+    lines = read_text(TEST_SRC)
+    decoded = {}
+    for beam in (5, 1):
+        search = workloads.timed_search(
+            run_dir / "last.pt", lines, "cpu", beam, repeats, NMT_BATCH_TOKENS
+        )
+        decoded[beam] = (len(lines) / min(search["seconds"]), search["outputs"])
+    return {
+        "updates": summary["updates"],
+        "tokens_per_s": summary["tokens_per_s"],
+        "peak_rss_gib": child.peak_rss_mib / 1024,
+        "beam5_sent_per_s": decoded[5][0],
+        "greedy_sent_per_s": decoded[1][0],
+        "greedy_sha256": workloads.sha256_of(decoded[1][1]),
+        "beam5_pieces_or_text": decoded[5][1],
+    }
+
+
+# ---- the peers -----------------------------------------------------------------------------------
+
+
+def run_peer(name: str, minutes: float, repeats: int) -> dict[str, Any]:
+    from bench.peer_toolkits import PEERS, VENVS
+
+    peer, venv = PEERS[name], VENVS[name]
+    workdir = WORK / name
+    peer.install(venv)
+    trained = peer.train(venv, DATA, workdir, minutes)
+    sentences = len(read_text(TEST_SRC))
+    decoded = {}
+    for beam in (5, 1):
+        runs = [
+            peer.decode(venv, trained.checkpoint, DATA, workdir, beam, BATCH_SENTENCES)
+            for _ in range(repeats)
+        ]
+        best = min(runs, key=lambda r: r.seconds)
+        decoded[beam] = (sentences / best.seconds, best.hypotheses)
+    return {
+        "updates": trained.updates,
+        "tokens_per_s": trained.tokens_per_s,
+        "peak_rss_gib": trained.peak_rss_mib / 1024,
+        "beam5_sent_per_s": decoded[5][0],
+        "greedy_sent_per_s": decoded[1][0],
+        "beam5_pieces_or_text": decoded[5][1],
+    }
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+# Figure -> True when more is better.
+FIGURES = {
+    "updates": True,
+    "tokens_per_s": True,
+    "peak_rss_gib": False,
+    "bleu": True,
+    "chrf": True,
+    "beam5_sent_per_s": True,
+    "greedy_sent_per_s": True,
+}
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Ours over the best peer on each figure (for memory: the best peer's over ours, so that
+    above 1 means better everywhere)."""
+    ours = next((r for r in results if r["toolkit"] == "nmt"), None)
+    peers = [r for r in results if r["toolkit"] != "nmt"]
+    if ours is None or not peers:
+        return {}
+    out = {}
+    for figure, more_is_better in FIGURES.items():
+        values = [p[figure] for p in peers]
+        best = max(values) if more_is_better else min(values)
+        out[figure] = ours[figure] / best if more_is_better else best / ours[figure]
+    return out
+
+
+def report(results: list[dict[str, Any]], ratio: dict[str, float]) -> None:
+    rows = [dict(r) for r in results]
+    if ratio:
+        rows.append({"toolkit": "nmt / best peer", **ratio})
+    print()
+    print_table(rows, ["toolkit", *FIGURES])
+
+
+if __name__ == "__main__":
+    main()
