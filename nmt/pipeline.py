@@ -86,18 +86,7 @@ def prepare(
         # Cleaned text goes to Arrow files in a scratch folder (removed before `out` appears) and
         # is memory-mapped from there: no step holds the corpus in memory.
         scratch = tmp / ".text"
-        texts: dict[str, Any] = {}
-        tallies: dict[str, corpus.Tally] = {}
-        wheres: dict[str, str] = {}
-        for role, spec in specs.items():
-            with console.status(f"reading {role}: {spec.text}"):
-                raw, where = corpus.iter_pairs(spec, cfg, role)
-                wheres[role] = where
-                tallies[role] = tally = corpus.Tally()
-                cleaned = corpus.clean_stream(raw, cfg, role == "train", tally)
-                texts[role] = store.write_text(scratch / f"{role}.arrow", cleaned)
-            _check_not_empty(role, len(texts[role]), tally, where)
-            console.print(f"read {role:>6}: {_read_summary(len(texts[role]), tally, where)}")
+        texts, tallies, wheres = _clean_to_arrow(specs, cfg, scratch, console)
         train_text = texts["train"]
         sides = "joint" if cfg.joint_vocab else "separate"
         with console.status(
@@ -135,6 +124,28 @@ def prepare(
     data = store.load_prepared(out)
     _print_prepared(console, data, stats, time.perf_counter() - started)
     return data
+
+
+def _clean_to_arrow(
+    specs: dict[str, Any], cfg: PrepareConfig, scratch: Path, console: Console
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Read and clean every role's corpus into an Arrow file under `scratch`, pair by pair.
+    Returns role -> memory-mapped text dataset, role -> `Tally`, role -> origin name."""
+    from nmt.data import corpus, store
+
+    texts: dict[str, Any] = {}
+    tallies: dict[str, corpus.Tally] = {}
+    wheres: dict[str, str] = {}
+    for role, spec in specs.items():
+        with console.status(f"reading {role}: {spec.text}"):
+            raw, where = corpus.iter_pairs(spec, cfg, role)
+            tally = corpus.Tally()
+            cleaned = corpus.clean_stream(raw, cfg, role == "train", tally)
+            texts[role] = store.write_text(scratch / f"{role}.arrow", cleaned)
+        _check_not_empty(role, len(texts[role]), tally, where)
+        console.print(f"read {role:>6}: {_read_summary(len(texts[role]), tally, where)}")
+        tallies[role], wheres[role] = tally, where
+    return texts, tallies, wheres
 
 
 def _check_not_empty(role: str, kept: int, tally: Any, where: str) -> None:

@@ -154,8 +154,8 @@ class Ensemble:
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor) -> list:
         return [m.encode(src_ids, src_mask) for m in self.models]
 
-    def select(self, states: list, indices: torch.Tensor) -> list:
-        return [s.select(indices) for s in states]
+    def select(self, states: list, indices: torch.Tensor, same_sources: bool = False) -> list:
+        return [s.select(indices, same_sources) for s in states]
 
     def step(
         self, prev_ids: torch.Tensor, states: list, need_attention: bool
@@ -260,7 +260,9 @@ def beam_search(
             keep = ~done
             rows, scores, tokens, alive = rows[keep], scores[keep], tokens[keep], alive[keep]
         rows = rows.reshape(-1)
-        states = ens.select(states, rows)
+        # Without finished sentences, hypotheses only move within their sentence's K rows, whose
+        # source-side tensors are equal: those need no copy.
+        states = ens.select(states, rows, same_sources=num_done == 0)
         prev = tokens.reshape(-1)
         if history is not None:
             history = torch.cat([history.index_select(0, rows), prev[:, None]], dim=1)

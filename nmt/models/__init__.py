@@ -17,8 +17,10 @@ Every model is an `nn.Module` with:
   incremental step; log_probs are float32. `attn` is None unless `need_attention`; then the
   cross-attention weights of this step: (B,S) for the RNN, (B,L,H,S) for the Transformer. Rows
   sum to 1 over real source positions and are exactly 0 on padding.
-- `state.select(indices (B',)) -> DecoderState`: the state for rows `indices` (reorder, drop or
-  duplicate), used by beam search; memory and caches are gathered along the batch dimension.
+- `state.select(indices (B',), same_sources=False) -> DecoderState`: the state for rows `indices`
+  (reorder, drop or duplicate), used by beam search; memory and caches are gathered along the
+  batch dimension. With `same_sources` the caller promises that every index points to a row of
+  the same source sentence as the row it fills, and the source-side tensors are not copied.
 - `num_parameters() -> int`.
 """
 
@@ -33,7 +35,7 @@ from nmt.config import PAD_ID, ModelConfig
 
 
 class DecoderState(Protocol):
-    def select(self, indices: torch.Tensor) -> DecoderState: ...
+    def select(self, indices: torch.Tensor, same_sources: bool = False) -> DecoderState: ...
 
 
 def build_model(

@@ -21,7 +21,7 @@ target in one call during teacher forcing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import torch
@@ -53,17 +53,25 @@ class RNNState:
     cell: torch.Tensor | None
     feed: torch.Tensor | None
 
-    def select(self, indices: torch.Tensor) -> RNNState:
-        """Rows `indices` (B',) of every batched tensor: reorder, drop or duplicate hypotheses."""
+    def select(self, indices: torch.Tensor, same_sources: bool = False) -> RNNState:
+        """Rows `indices` (B',) of every batched tensor: reorder, drop or duplicate hypotheses.
+        `same_sources`: each index points to a row of the same source sentence as the row it
+        fills, so the source-side tensors (equal across those rows) are kept as they are."""
+        hyp = replace(
+            self,
+            hidden=self.hidden.index_select(1, indices),
+            cell=None if self.cell is None else self.cell.index_select(1, indices),
+            feed=None if self.feed is None else self.feed.index_select(0, indices),
+        )
+        if same_sources:
+            return hyp
         memory = self.memory.index_select(0, indices)
-        return RNNState(
+        return replace(
+            hyp,
             memory=memory,
             src_mask=self.src_mask.index_select(0, indices),
             src_len=self.src_len.index_select(0, indices),
             keys=memory if self.keys is self.memory else self.keys.index_select(0, indices),
-            hidden=self.hidden.index_select(1, indices),
-            cell=None if self.cell is None else self.cell.index_select(1, indices),
-            feed=None if self.feed is None else self.feed.index_select(0, indices),
         )
 
 

@@ -50,12 +50,18 @@ class TransformerState:
     self_v: tuple[torch.Tensor, ...]
     step: int
 
-    def select(self, indices: torch.Tensor) -> TransformerState:
-        """Rows `indices` (B',) of every batched tensor: reorder, drop or duplicate hypotheses."""
+    def select(self, indices: torch.Tensor, same_sources: bool = False) -> TransformerState:
+        """Rows `indices` (B',) of every batched tensor: reorder, drop or duplicate hypotheses.
+        `same_sources`: each index points to a row of the same source sentence as the row it
+        fills, so the source-side tensors (mask, cross-attention keys/values; equal across those
+        rows) are kept as they are: beam search's usual step copies only the self-attention
+        caches."""
 
         def pick(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             return tuple(t.index_select(0, indices) for t in tensors)
 
+        if same_sources:
+            return replace(self, self_k=pick(self.self_k), self_v=pick(self.self_v))
         return TransformerState(
             src_mask=self.src_mask.index_select(0, indices),
             cross_k=pick(self.cross_k),

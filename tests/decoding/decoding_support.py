@@ -22,7 +22,9 @@ class TableState:
     prefix: torch.Tensor  # (B, t): tokens after BOS fed so far
     step: int = 0
 
-    def select(self, indices: torch.Tensor) -> TableState:
+    def select(self, indices: torch.Tensor, same_sources: bool = False) -> TableState:
+        if same_sources:  # the promise is checked here, so a search that breaks it fails
+            assert torch.equal(self.src_ids.index_select(0, indices), self.src_ids)
         return TableState(
             self.src_ids.index_select(0, indices),
             self.src_mask.index_select(0, indices),

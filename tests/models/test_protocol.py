@@ -208,6 +208,28 @@ def test_select_equals_decoding_the_reordered_batch(name: str) -> None:
     torch.testing.assert_close(lp[1], lp[2], atol=0, rtol=0)  # duplicated rows stay identical
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_select_within_same_sources_skips_no_difference(name: str) -> None:
+    # Two "beams" per sentence: rows 2i and 2i+1 share sentence i, as in beam search. Moving
+    # hypotheses only within their sentence's rows must give exactly what a full gather gives.
+    model = make_model(name)
+    src, src_mask, tgt = make_batch()
+    tgt = tgt.masked_fill(tgt == PAD_ID, 5)
+    pairs = torch.arange(src.size(0)).repeat_interleave(2)
+    state = model.encode(src, src_mask).select(pairs)
+    step_ids = tgt[pairs]
+    step_ids[1::2] = torch.roll(step_ids[1::2], 1, dims=1)  # the two beams of a sentence differ
+    for t in range(2):
+        _, state, _ = model.decode_step(step_ids[:, t], state)
+    within = torch.arange(pairs.numel()).view(-1, 2).flip(1).reshape(-1)  # swap each pair
+    fast, full = state.select(within, same_sources=True), state.select(within)
+    for t in range(2, 4):
+        lp, fast, attn = model.decode_step(step_ids[within, t], fast, need_attention=True)
+        ref_lp, full, ref_attn = model.decode_step(step_ids[within, t], full, True)
+        torch.testing.assert_close(lp, ref_lp, atol=0, rtol=0)
+        torch.testing.assert_close(attn, ref_attn, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["rnn-bahdanau-lstm", "transformer-prenorm"])
 def test_dropout_only_in_train_mode(name: str) -> None:
     cfg = CONFIGS[name]

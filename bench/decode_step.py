@@ -1,5 +1,5 @@
 """Micro-benchmark (not a test): Transformer `decode_step` time with attention weights returned vs
-not, on CPU. Run: `.venv/bin/python tests/models/bench_decode_step.py [--batch 64] [--steps 30]`.
+not, on CPU. Run: `.venv/bin/python -m bench.decode_step [--batch 64] [--steps 30]`.
 
 Decodes `--steps` positions for a batch of random sources with the default TransformerConfig and an
 8k vocabulary, `--repeats` times for each setting (alternating), and prints the minimum and median
