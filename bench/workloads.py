@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ import numpy as np
 from bench.common import NMT, ROOT, check, median, run_child
 
 SCRATCH = Path("/tmp/nmt-bench")
-MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+# The recipe script reads the same variable.
+MULTI30K = Path(os.environ.get("MULTI30K", ROOT.parent / "shared" / "data" / "multi30k"))
 BIBLE_RAW = ROOT / "data" / "bible" / "raw"
 
 
