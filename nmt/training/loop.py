@@ -318,10 +318,15 @@ def train(
                 save_training_checkpoint(run, state, optimizer, schedule, scaler)
                 last_save_step = state.step
 
-        # -- the end: validate and save the final state, unless just done --------------------------
+        # -- the end: save, validate, save again (unless just done) -------------------------------
+        # Saving first means a failure in the final validation (a decoding bug, memory running
+        # out) cannot lose the training since the last periodic save; the second save records
+        # the validation's outcome (best score, patience) in last.pt.
+        if last_save_step != state.step:
+            save_training_checkpoint(run, state, optimizer, schedule, scaler)
+            last_save_step = state.step
         if state.step > 0 and last_valid_step != state.step:
             validate_and_track(run, state, schedule)
-        if last_save_step != state.step:
             save_training_checkpoint(run, state, optimizer, schedule, scaler)
     finally:
         run.progress.stop()

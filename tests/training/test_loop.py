@@ -139,12 +139,25 @@ def test_repeated_non_finite_losses_stop_and_keep_the_last_good_checkpoint(
 def test_the_wall_clock_budget_stops_cleanly_with_validation_and_checkpoint(
     tiny_prepared: Path, tmp_path: Path
 ) -> None:
-    cfg = tiny_config("train.max_steps=100000", "train.max_minutes=0.01", "train.valid_every=1000")
+    cfg = tiny_config("train.max_steps=100000", "train.max_minutes=0.03", "train.valid_every=1000")
     summary = train(cfg, tiny_prepared, tmp_path / "run")
     assert "max_minutes" in summary["stop_reason"]
     assert 0 < summary["step"] < 100000
     assert _rows(tmp_path / "run", "valid")[-1]["step"] == summary["step"]
     assert ckpt.load_checkpoint(tmp_path / "run" / "last.pt")["step"] == summary["step"]
+
+
+def test_a_failing_final_validation_keeps_the_trained_state(
+    tiny_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_validation(run: object) -> dict[str, float]:
+        raise RuntimeError("out of memory while decoding the validation set")
+
+    monkeypatch.setattr("nmt.training.loop.validate", broken_validation)
+    cfg = tiny_config("train.max_steps=5", "train.valid_every=1000", "train.save_every=1000")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(cfg, tiny_prepared, tmp_path / "run")
+    assert ckpt.load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5
 
 
 def test_early_stopping_after_patience_validations_without_improvement(
