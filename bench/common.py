@@ -105,7 +105,7 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = RESULTS / f"{name}-{stamp}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")  # paths as strings
     tmp.replace(path)
     return path
 

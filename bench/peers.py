@@ -53,7 +53,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--toolkits", default="nmt,joeynmt,opennmt", help="comma-separated")
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget each")
     parser.add_argument("--repeats", type=int, default=2, help="decoding runs; the best counts")
-    parser.add_argument("--reuse", action="store_true", help="keep finished toolkits' results")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep finished toolkits' results (and a finished nmt training run)",
+    )
     return parser.parse_args()
 
 
@@ -72,8 +76,10 @@ def main() -> None:
             results.append(json.loads(saved.read_text()))
             continue
         print(f"{name}: {args.minutes:g} minutes of training, then decoding", flush=True)
-        run = run_nmt if name == "nmt" else run_peer
-        result = {"toolkit": name, **run(name, args.minutes, args.repeats)}
+        if name == "nmt":
+            result = {"toolkit": name, **run_nmt(name, args.minutes, args.repeats, args.reuse)}
+        else:
+            result = {"toolkit": name, **run_peer(name, args.minutes, args.repeats)}
         result.update(scores(result.pop("beam5_pieces_or_text"), references, prepared))
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(result, indent=2) + "\n")
@@ -132,17 +138,15 @@ def scores(hypotheses: list[str], references: list[str], prepared: Path) -> dict
 # ---- our toolkit ---------------------------------------------------------------------------------
 
 
-def run_nmt(name: str, minutes: float, repeats: int) -> dict[str, Any]:
+def run_nmt(name: str, minutes: float, repeats: int, reuse: bool) -> dict[str, Any]:
     run_dir = WORK / name / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    argv = [*NMT, "train", ROOT / "configs" / "multi30k" / "transformer.yaml"]
-    argv += ["--data", ROOT / "data" / "multi30k-de-en", "--out", run_dir]
-    for setting in [*NMT_SETTINGS, f"train.max_minutes={minutes}"]:
-        argv += ["--set", setting]
-    child = run_child(argv, log=WORK / name / "train.log")
-    check(child, "nmt train")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = [r for r in rows if r["kind"] == "summary"][-1]
+    record = WORK / name / "train.json"
+    if reuse and (run_dir / "last.pt").is_file():
+        print(f"  reusing the training run {run_dir}")
+        trained = json.loads(record.read_text()) if record.is_file() else _summary_of(run_dir)
+    else:
+        trained = train_nmt(run_dir, minutes)
+        record.write_text(json.dumps(trained, indent=2) + "\n")
     lines = read_text(TEST_SRC)
     decoded = {}
     for beam in (5, 1):
@@ -151,14 +155,32 @@ def run_nmt(name: str, minutes: float, repeats: int) -> dict[str, Any]:
         )
         decoded[beam] = (len(lines) / min(search["seconds"]), search["outputs"])
     return {
-        "updates": summary["updates"],
-        "tokens_per_s": summary["tokens_per_s"],
-        "peak_rss_gib": child.peak_rss_mib / 1024,
+        **trained,
         "beam5_sent_per_s": decoded[5][0],
         "greedy_sent_per_s": decoded[1][0],
         "greedy_sha256": workloads.sha256_of(decoded[1][1]),
         "beam5_pieces_or_text": decoded[5][1],
     }
+
+
+def train_nmt(run_dir: Path, minutes: float) -> dict[str, Any]:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    argv = [*NMT, "train", ROOT / "configs" / "multi30k" / "transformer.yaml"]
+    argv += ["--data", ROOT / "data" / "multi30k-de-en", "--out", run_dir]
+    for setting in [*NMT_SETTINGS, f"train.max_minutes={minutes}"]:
+        argv += ["--set", setting]
+    child = run_child(argv, log=run_dir.parent / "train.log")
+    check(child, "nmt train")
+    return {**_summary_of(run_dir), "peak_rss_gib": child.peak_rss_mib / 1024}
+
+
+def _summary_of(run_dir: Path) -> dict[str, Any]:
+    """Updates and source+target tokens/s from the run's summary row; peak memory is not in the
+    run directory (only `train_nmt` measures it), so it stays unknown here."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = [r for r in rows if r["kind"] == "summary"][-1]
+    return {"updates": summary["step"], "tokens_per_s": summary["tokens_per_s"],
+            "peak_rss_gib": None}  # fmt: skip
 
 
 # ---- the peers -----------------------------------------------------------------------------------
@@ -213,7 +235,9 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
         return {}
     out = {}
     for figure, more_is_better in FIGURES.items():
-        values = [p[figure] for p in peers]
+        values = [p[figure] for p in peers if p.get(figure) is not None]
+        if ours.get(figure) is None or not values:
+            continue
         best = max(values) if more_is_better else min(values)
         out[figure] = ours[figure] / best if more_is_better else best / ours[figure]
     return out
