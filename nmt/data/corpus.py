@@ -272,16 +272,20 @@ def _binary_lines(path: Path) -> Generator[bytes, None, None]:
             raise DataError(f"{path}: cannot read ({exc})") from None
 
 
+def _utf8_error(path: Path, line: int, byte: int, column: int) -> DataError:
+    return DataError(
+        f"{path}:{line}: not valid UTF-8 (byte 0x{byte:02x} at byte column {column}); fix the "
+        "file, or pass --errors replace to read such bytes as U+FFFD"
+    )
+
+
 def _decode_line(raw: bytes, path: Path, number: int, errors: str) -> str:
     """One line of a text file as `read_lines` gives it: UTF-8, without its "\\n" (and "\\r"),
     without a BOM on the first line; invalid UTF-8 is an error naming the line and byte column."""
     try:
         text = raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}:{number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte column "
-            f"{exc.start + 1}); fix the file, or pass --errors replace to read such bytes as U+FFFD"
-        ) from None
+        raise _utf8_error(path, number, raw[exc.start], exc.start + 1) from None
     if text.endswith("\n"):
         text = text[:-1]
     if text.endswith("\r"):
@@ -309,10 +313,7 @@ def read_text(path: Path, errors: str = "strict") -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise DataError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at byte column "
-            f"{column}); fix the file, or pass --errors replace to read such bytes as U+FFFD"
-        ) from None
+        raise _utf8_error(path, line, data[exc.start], column) from None
     return text[1:] if text.startswith("\ufeff") else text
 
 

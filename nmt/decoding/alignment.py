@@ -90,12 +90,11 @@ def word_groups(pieces: Sequence[str]) -> list[list[int]]:
     one word, which no alignment or picture can use, so a piece in such a script is a unit of its
     own: ["▁初", "に", "▁i", "Phone"] -> [[0], [1], [2, 3]].
     """
+    spaceless = [bool(_SPACELESS_SCRIPT.search(piece)) for piece in pieces]
     groups: list[list[int]] = []
     for i, piece in enumerate(pieces):
-        spaceless = i > 0 and bool(
-            _SPACELESS_SCRIPT.search(piece) or _SPACELESS_SCRIPT.search(pieces[i - 1])
-        )
-        if not groups or piece.startswith(WORD_START) or spaceless:
+        after_spaceless = i > 0 and (spaceless[i] or spaceless[i - 1])
+        if not groups or piece.startswith(WORD_START) or after_spaceless:
             groups.append([i])
         else:
             groups[-1].append(i)

@@ -60,15 +60,14 @@ class TransformerState:
         def pick(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             return tuple(t.index_select(0, indices) for t in tensors)
 
+        hyp = replace(self, self_k=pick(self.self_k), self_v=pick(self.self_v))
         if same_sources:
-            return replace(self, self_k=pick(self.self_k), self_v=pick(self.self_v))
-        return TransformerState(
+            return hyp
+        return replace(
+            hyp,
             src_mask=self.src_mask.index_select(0, indices),
             cross_k=pick(self.cross_k),
             cross_v=pick(self.cross_v),
-            self_k=pick(self.self_k),
-            self_v=pick(self.self_v),
-            step=self.step,
         )
 
 
