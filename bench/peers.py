@@ -1,7 +1,7 @@
 """`make bench-peers`: nmt, JoeyNMT 2.3 and OpenNMT-py 3.5.1 side by side on Multi30k de-en.
 
     python -m bench.peers                          # 20 minutes of training each, then decoding
-    python -m bench.peers --toolkits nmt --minutes 5
+    python -m bench.peers --toolkits nmt,nmt-bf16 --minutes 5
     python -m bench.peers --reuse                  # report finished toolkits' saved results
 
 Every toolkit trains the same Transformer (3+3 layers, d_model 256, 4 heads, FFN 1024, dropout
@@ -46,11 +46,16 @@ NMT_SETTINGS = [
     "train.log_every=50",
     "train.device=cpu",
 ]
+# Our entries: the recipe as is (float32, like the peers) and with bf16 autocast, which CPUs with
+# AVX512-BF16 or AMX run about 2.5x faster per matmul (bench/NOTES.md). Both decode in float32.
+NMT_VARIANTS = {"nmt": [], "nmt-bf16": ["train.precision=bf16"]}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--toolkits", default="nmt,joeynmt,opennmt", help="comma-separated")
+    parser.add_argument(
+        "--toolkits", default="nmt,nmt-bf16,joeynmt,opennmt", help="comma-separated"
+    )
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget each")
     parser.add_argument("--repeats", type=int, default=2, help="decoding runs; the best counts")
     parser.add_argument(
@@ -76,7 +81,7 @@ def main() -> None:
             results.append(json.loads(saved.read_text()))
             continue
         print(f"{name}: {args.minutes:g} minutes of training, then decoding", flush=True)
-        if name == "nmt":
+        if name in NMT_VARIANTS:
             result = {"toolkit": name, **run_nmt(name, args.minutes, args.repeats, args.reuse)}
         else:
             result = {"toolkit": name, **run_peer(name, args.minutes, args.repeats)}
@@ -145,7 +150,7 @@ def run_nmt(name: str, minutes: float, repeats: int, reuse: bool) -> dict[str, A
         print(f"  reusing the training run {run_dir}")
         trained = json.loads(record.read_text()) if record.is_file() else _summary_of(run_dir)
     else:
-        trained = train_nmt(run_dir, minutes)
+        trained = train_nmt(run_dir, minutes, NMT_VARIANTS[name])
         record.write_text(json.dumps(trained, indent=2) + "\n")
     lines = read_text(TEST_SRC)
     decoded = {}
@@ -163,11 +168,11 @@ def run_nmt(name: str, minutes: float, repeats: int, reuse: bool) -> dict[str, A
     }
 
 
-def train_nmt(run_dir: Path, minutes: float) -> dict[str, Any]:
+def train_nmt(run_dir: Path, minutes: float, settings: list[str]) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)
     argv = [*NMT, "train", ROOT / "configs" / "multi30k" / "transformer.yaml"]
     argv += ["--data", ROOT / "data" / "multi30k-de-en", "--out", run_dir]
-    for setting in [*NMT_SETTINGS, f"train.max_minutes={minutes}"]:
+    for setting in [*NMT_SETTINGS, *settings, f"train.max_minutes={minutes}"]:
         argv += ["--set", setting]
     child = run_child(argv, log=run_dir.parent / "train.log")
     check(child, "nmt train")
@@ -226,27 +231,27 @@ FIGURES = {
 }
 
 
-def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Ours over the best peer on each figure (for memory: the best peer's over ours, so that
-    above 1 means better everywhere)."""
-    ours = next((r for r in results if r["toolkit"] == "nmt"), None)
-    peers = [r for r in results if r["toolkit"] != "nmt"]
-    if ours is None or not peers:
-        return {}
-    out = {}
-    for figure, more_is_better in FIGURES.items():
-        values = [p[figure] for p in peers if p.get(figure) is not None]
-        if ours.get(figure) is None or not values:
-            continue
-        best = max(values) if more_is_better else min(values)
-        out[figure] = ours[figure] / best if more_is_better else best / ours[figure]
+def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each of our entries over the best peer on each figure (for memory: the best peer's over
+    ours, so that above 1 means better everywhere)."""
+    peers = [r for r in results if r["toolkit"] not in NMT_VARIANTS]
+    out: dict[str, dict[str, float]] = {}
+    for ours in (r for r in results if r["toolkit"] in NMT_VARIANTS):
+        out[ours["toolkit"]] = {}
+        for figure, more_is_better in FIGURES.items():
+            values = [p[figure] for p in peers if p.get(figure) is not None]
+            if ours.get(figure) is None or not values:
+                continue
+            best = max(values) if more_is_better else min(values)
+            out[ours["toolkit"]][figure] = (
+                ours[figure] / best if more_is_better else best / ours[figure]
+            )
     return out
 
 
-def report(results: list[dict[str, Any]], ratio: dict[str, float]) -> None:
+def report(results: list[dict[str, Any]], ratio: dict[str, dict[str, float]]) -> None:
     rows = [dict(r) for r in results]
-    if ratio:
-        rows.append({"toolkit": "nmt / best peer", **ratio})
+    rows += [{"toolkit": f"{name} / best peer", **figures} for name, figures in ratio.items()]
     print()
     print_table(rows, ["toolkit", *FIGURES])
 

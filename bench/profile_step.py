@@ -11,6 +11,7 @@ next (bench/NOTES.md); not part of `make bench`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--arch", default="transformer", choices=sorted(CONFIGS))
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    parser.add_argument("--no-profiler", action="store_true", help="time the steps only")
     args = parser.parse_args()
     cfg = from_dict(RunConfig, load_yaml(ROOT / "configs" / "multi30k" / CONFIGS[args.arch]), "")
     torch.manual_seed(0)
@@ -44,8 +48,12 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     batches = [random_batch(args.batch_tokens, 8000, generator) for _ in range(args.steps + 2)]
 
+    forward = torch.compile(model) if args.compile else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
     def step(src, src_mask, tgt_in, tgt_out) -> None:
-        logits = model(src, src_mask, tgt_in)
+        with autocast:
+            logits = forward(src, src_mask, tgt_in)
         loss, _ = label_smoothed_nll(logits, tgt_out, 0.1)
         loss.backward()
         optimizer.step()
@@ -53,13 +61,18 @@ def main() -> None:
 
     for batch in batches[:2]:
         step(*batch)  # warm-up
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
     start = time.perf_counter()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with contextlib.nullcontext() if args.no_profiler else profiler:
         for batch in batches[2:]:
             step(*batch)
     seconds = (time.perf_counter() - start) / args.steps
-    print(f"{args.arch}: {seconds * 1000:.0f} ms per step under the profiler, {args.steps} steps")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    how = "timed alone" if args.no_profiler else "under the profiler"
+    print(
+        f"{args.arch} {args.precision}: {seconds * 1000:.0f} ms per step {how}, {args.steps} steps"
+    )
+    if not args.no_profiler:
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from nmt.config import PAD_ID, ModelConfig
 from nmt.models import count_parameters, make_embeddings
 from nmt.models.attention import BahdanauAttention, LocalAttention, LuongAttention
+from nmt.models.dropout import Dropout
 
 
 @dataclass
@@ -106,7 +107,7 @@ class RNNModel(nn.Module):
             nn.init.normal_(emb.weight, mean=0.0, std=e**-0.5)
             with torch.no_grad():
                 emb.weight[PAD_ID].zero_()
-        self.dropout = nn.Dropout(r.dropout)
+        self.dropout = Dropout(r.dropout)
 
         self.encoder = rnn_cls(
             e,

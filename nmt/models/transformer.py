@@ -28,6 +28,7 @@ from nmt.models.attention import (
     MultiHeadSelfAttention,
     sinusoidal_positions,
 )
+from nmt.models.dropout import Dropout
 
 
 @dataclass
@@ -95,7 +96,7 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(d, cfg.ffn_dim, cfg.activation)
         self.norm1 = nn.LayerNorm(d)
         self.norm2 = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """x (B,S,D), key_mask (B,1,1,S) -> (B,S,D)."""
@@ -119,7 +120,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d)
         self.norm2 = nn.LayerNorm(d)
         self.norm3 = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def _cross_and_ffn(
         self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, need: bool
@@ -204,7 +205,7 @@ class TransformerModel(nn.Module):
             self.register_buffer(
                 "position_table", sinusoidal_positions(t.max_positions, d), persistent=False
             )
-        self.dropout = nn.Dropout(t.dropout)
+        self.dropout = Dropout(t.dropout)
 
         self.encoder_layers = nn.ModuleList(EncoderLayer(t) for _ in range(t.enc_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(t) for _ in range(t.dec_layers))

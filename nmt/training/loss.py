@@ -10,7 +10,7 @@ ranks), which is what makes gradient accumulation and data parallelism give the 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +35,56 @@ def label_smoothed_nll(
     since a bf16 log-softmax over a large vocabulary loses the small probabilities that smoothing
     depends on.
     """
-    vocab = logits.size(-1)
-    lprobs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    loss, nll = _SmoothedNLL.apply(logits, tgt_out_ids, eps, pad_id)
+    return LossSums(loss, nll)
+
+
+def _smoothed_terms(
+    lprobs: torch.Tensor, tgt_out_ids: torch.Tensor, eps: float, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position (smoothed loss, nll), both zero where the reference is PAD."""
+    vocab = lprobs.size(-1)
     keep = tgt_out_ids.ne(pad_id)  # (B, T)
     nll = -lprobs.gather(-1, tgt_out_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
     nll = nll.masked_fill(~keep, 0.0)
-    if eps > 0:
-        # -sum of log-probs over every token except PAD and the reference itself
-        others = -lprobs.sum(-1) + lprobs[..., pad_id] - nll  # (B, T)
-        others = others.masked_fill(~keep, 0.0)
-        loss = (1.0 - eps) * nll + eps / (vocab - 2) * others
-    else:
-        loss = nll
-    return LossSums(loss.sum(), nll.sum().detach())
+    if eps <= 0:
+        return nll, nll
+    # -sum of log-probs over every token except PAD and the reference itself
+    others = -lprobs.sum(-1) + lprobs[..., pad_id] - nll  # (B, T)
+    others = others.masked_fill(~keep, 0.0)
+    return (1.0 - eps) * nll + eps / (vocab - 2) * others, nll
+
+
+class _SmoothedNLL(torch.autograd.Function):
+    """The loss with its gradient written out: d loss / d logits = softmax - q per real position,
+    q being the smoothed target distribution (Σq = 1). Autograd through log_softmax, gather and
+    the PAD column would build two zero-filled (B, T, V) gradients and add three of them: about
+    a tenth of a CPU training step at 8k vocabularies (bench/NOTES.md)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, logits: torch.Tensor, tgt_out_ids: torch.Tensor, eps: float, pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # float32 at least; float64 logits (gradcheck) stay float64
+        lprobs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+        loss, nll = _smoothed_terms(lprobs, tgt_out_ids, eps, pad_id)
+        ctx.save_for_backward(lprobs, tgt_out_ids)
+        ctx.eps, ctx.pad_id, ctx.logits_dtype = eps, pad_id, logits.dtype
+        nll_sum = nll.sum()
+        ctx.mark_non_differentiable(nll_sum)
+        return loss.sum(), nll_sum
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_loss: torch.Tensor, _grad_nll: torch.Tensor
+    ) -> tuple[torch.Tensor | None, None, None, None]:
+        lprobs, tgt_out_ids = ctx.saved_tensors
+        eps, pad_id = ctx.eps, ctx.pad_id
+        spread = eps / (lprobs.size(-1) - 2) if eps > 0 else 0.0
+        grad = lprobs.exp().sub_(spread)  # softmax - q, everywhere but PAD and the reference
+        grad[..., pad_id] += spread  # q(PAD) = 0
+        ref = tgt_out_ids.unsqueeze(-1)
+        grad.scatter_add_(-1, ref, torch.full_like(ref, spread - (1.0 - eps), dtype=grad.dtype))
+        keep = tgt_out_ids.ne(pad_id).unsqueeze(-1).to(grad.dtype)
+        grad.mul_(keep * grad_loss)
+        return grad.to(ctx.logits_dtype), None, None, None

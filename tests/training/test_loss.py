@@ -67,3 +67,41 @@ def test_low_precision_logits_are_scored_in_float32() -> None:
     assert loss.dtype == torch.float32 and nll.dtype == torch.float32
     reference, _ = label_smoothed_nll(logits.bfloat16().float(), tgt, eps=0.1)
     torch.testing.assert_close(loss, reference)
+
+
+def _autograd_reference(logits: torch.Tensor, tgt: torch.Tensor, eps: float) -> torch.Tensor:
+    """The smoothed loss through autograd only: log_softmax, then q · log p summed."""
+    vocab = logits.size(-1)
+    lprobs = F.log_softmax(logits.float(), -1)
+    q = torch.full_like(lprobs, eps / (vocab - 2))
+    q[..., PAD_ID] = 0.0
+    q.scatter_(-1, tgt.unsqueeze(-1), 1.0 - eps)
+    keep = tgt.ne(PAD_ID).unsqueeze(-1)
+    return -(q * lprobs * keep).sum()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_hand_written_gradient_equals_autograd(eps: float) -> None:
+    logits, tgt = _inputs(vocab=11)
+    mine = logits.clone().requires_grad_(True)
+    reference = logits.clone().requires_grad_(True)
+    loss, _ = label_smoothed_nll(mine, tgt, eps=eps)
+    (2.5 * loss).backward()
+    (2.5 * _autograd_reference(reference, tgt, eps)).backward()
+    assert mine.grad is not None and reference.grad is not None
+    torch.testing.assert_close(loss.detach(), _autograd_reference(logits, tgt, eps))
+    torch.testing.assert_close(mine.grad, reference.grad)
+
+
+def test_gradient_passes_torch_gradcheck() -> None:
+    torch.manual_seed(5)
+    logits = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    tgt = torch.tensor([[4, 5, PAD_ID], [2, 3, 1]])
+    assert torch.autograd.gradcheck(lambda x: label_smoothed_nll(x, tgt, eps=0.2).loss, (logits,))
+
+
+def test_bf16_logits_get_a_bf16_gradient() -> None:
+    logits, tgt = _inputs()
+    logits = logits.bfloat16().requires_grad_(True)
+    label_smoothed_nll(logits, tgt, eps=0.1).loss.backward()
+    assert logits.grad is not None and logits.grad.dtype == torch.bfloat16
