@@ -10,8 +10,9 @@ warmup updates to a peak learning rate of 1e-3) on the same SentencePiece pieces
 model, fed to the peers as pre-tokenized text) for the same wall-clock budget, one toolkit after
 the other. Each then translates test_2016_flickr (1,000 sentences) with beam 5 and greedily,
 about 64 sentences per batch, best of `--repeats`; BLEU and chrF are scored by sacrebleu on
-detokenized output for all of them alike. The peers live in their own virtualenvs under /tmp and
-are never dependencies of this project; their configs are in bench/peers/.
+detokenized output for all of them alike. CTranslate2 then decodes our float32 run's exported
+weights: the inference-engine bar for decoding speed. The peers live in their own virtualenvs
+under /tmp and are never dependencies of this project; their configs are in bench/peers/.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +48,19 @@ NMT_SETTINGS = [
     "train.log_every=50",
     "train.device=cpu",
 ]
-# Our entries: the recipe as is (float32, like the peers) and with bf16 autocast, which CPUs with
-# AVX512-BF16 or AMX run about 2.5x faster per matmul (bench/NOTES.md). Both decode in float32.
-NMT_VARIANTS = {"nmt": [], "nmt-bf16": ["train.precision=bf16"]}
+# Our entries: the recipe as is (float32, like the peers), and in bfloat16 (autocast training,
+# bf16 decoding), which CPUs with AVX512-BF16 or AMX multiply ~2.5x faster (bench/NOTES.md).
+# Entry -> (training overrides, decode precision).
+NMT_VARIANTS = {"nmt": ([], "fp32"), "nmt-bf16": (["train.precision=bf16"], "bf16")}
+# Inference engines decode our float32 `nmt` run's weights (exported with `nmt export`); they
+# count as peers for decoding speed only.
+ENGINES = {"ctranslate2"}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--toolkits", default="nmt,nmt-bf16,joeynmt,opennmt", help="comma-separated"
+        "--toolkits", default="nmt,nmt-bf16,joeynmt,opennmt,ctranslate2", help="comma-separated"
     )
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget each")
     parser.add_argument("--repeats", type=int, default=2, help="decoding runs; the best counts")
@@ -83,6 +89,8 @@ def main() -> None:
         print(f"{name}: {args.minutes:g} minutes of training, then decoding", flush=True)
         if name in NMT_VARIANTS:
             result = {"toolkit": name, **run_nmt(name, args.minutes, args.repeats, args.reuse)}
+        elif name in ENGINES:
+            result = {"toolkit": name, **run_ctranslate2(args.repeats)}
         else:
             result = {"toolkit": name, **run_peer(name, args.minutes, args.repeats)}
         result.update(scores(result.pop("beam5_pieces_or_text"), references, prepared))
@@ -150,13 +158,19 @@ def run_nmt(name: str, minutes: float, repeats: int, reuse: bool) -> dict[str, A
         print(f"  reusing the training run {run_dir}")
         trained = json.loads(record.read_text()) if record.is_file() else _summary_of(run_dir)
     else:
-        trained = train_nmt(run_dir, minutes, NMT_VARIANTS[name])
+        trained = train_nmt(run_dir, minutes, NMT_VARIANTS[name][0])
         record.write_text(json.dumps(trained, indent=2) + "\n")
     lines = read_text(TEST_SRC)
     decoded = {}
     for beam in (5, 1):
         search = workloads.timed_search(
-            run_dir / "last.pt", lines, "cpu", beam, repeats, NMT_BATCH_TOKENS
+            run_dir / "last.pt",
+            lines,
+            "cpu",
+            beam,
+            repeats,
+            NMT_BATCH_TOKENS,
+            NMT_VARIANTS[name][1],
         )
         decoded[beam] = (len(lines) / min(search["seconds"]), search["outputs"])
     return {
@@ -217,6 +231,32 @@ def run_peer(name: str, minutes: float, repeats: int) -> dict[str, Any]:
     }
 
 
+def run_ctranslate2(repeats: int) -> dict[str, Any]:
+    """CTranslate2 decoding the `nmt` entry's weights, exported by `nmt export`, with the same
+    sentences per batch and threads as ours."""
+    checkpoint = WORK / "nmt" / "run" / "last.pt"
+    if not checkpoint.is_file():
+        sys.exit(f"ctranslate2 decodes the nmt entry's model: run it first ({checkpoint})")
+    model = WORK / "ctranslate2" / "model"
+    check(run_child([*NMT, "export", checkpoint, "--out", model]), "nmt export")
+    decoded = {}
+    for beam in (5, 1):
+        out = WORK / "ctranslate2" / f"beam{beam}.json"
+        argv = [sys.executable, "-m", "bench.ctranslate2_decode", model, TEST_SRC, out]
+        argv += ["--beam", str(beam), "--repeats", str(repeats), "--batch", str(BATCH_SENTENCES)]
+        check(run_child(argv), "ctranslate2 decoding")
+        record = json.loads(out.read_text())
+        decoded[beam] = (len(record["outputs"]) / min(record["seconds"]), record["outputs"])
+    return {
+        "updates": None,
+        "tokens_per_s": None,
+        "peak_rss_gib": None,
+        "beam5_sent_per_s": decoded[5][0],
+        "greedy_sent_per_s": decoded[1][0],
+        "beam5_pieces_or_text": decoded[5][1],
+    }
+
+
 # ---- report --------------------------------------------------------------------------------------
 
 # Figure -> True when more is better.
@@ -229,6 +269,7 @@ FIGURES = {
     "beam5_sent_per_s": True,
     "greedy_sent_per_s": True,
 }
+DECODE_FIGURES = {"beam5_sent_per_s", "greedy_sent_per_s"}
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -239,7 +280,8 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for ours in (r for r in results if r["toolkit"] in NMT_VARIANTS):
         out[ours["toolkit"]] = {}
         for figure, more_is_better in FIGURES.items():
-            values = [p[figure] for p in peers if p.get(figure) is not None]
+            rivals = [p for p in peers if p["toolkit"] not in ENGINES or figure in DECODE_FIGURES]
+            values = [p[figure] for p in rivals if p.get(figure) is not None]
             if ours.get(figure) is None or not values:
                 continue
             best = max(values) if more_is_better else min(values)

@@ -120,7 +120,13 @@ def padding(data: Path, batch_tokens: int = 4096) -> list[dict[str, Any]]:
 
 
 def timed_search(
-    checkpoint: Path, lines: list[str], device: str, beam: int, repeats: int, batch_tokens: int
+    checkpoint: Path,
+    lines: list[str],
+    device: str,
+    beam: int,
+    repeats: int,
+    batch_tokens: int,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Translate `lines` `repeats` times with beam `beam` (1: greedy): the seconds of each repeat
     (the search itself: model loading and SentencePiece excluded, as the peers report it), the
@@ -130,7 +136,7 @@ def timed_search(
     from nmt.decoding.beam import count_tokens
     from nmt.pipeline import Translator
 
-    settings = {"beam_size": beam, "batch_tokens": batch_tokens}
+    settings = {"beam_size": beam, "batch_tokens": batch_tokens, "precision": precision}
     translator = Translator([checkpoint], [], settings, device, lambda _: None)
     src_ids = translator.encode(lines, 0, "benchmark input")
     translator.translate(src_ids[:64])  # warm-up: allocator, kernels, thread pool

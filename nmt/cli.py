@@ -193,6 +193,23 @@ def average(
     typer.echo(f"averaged {len(steps)} checkpoints (updates {listed}) -> {path}")
 
 
+@app.command()
+@user_errors
+def export(
+    checkpoint: Path = typer.Argument(..., help="Run directory or .pt checkpoint file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output model directory."),
+    format_: str = typer.Option("ctranslate2", "--format", help="Export format: ctranslate2."),
+    quantization: str | None = typer.Option(
+        None, "--quantization", help="CTranslate2 weight type, e.g. int8 or float16."
+    ),
+) -> None:
+    """Export a Transformer to CTranslate2 (needs `pip install 'nmt[export]'`)."""
+    from nmt import pipeline
+
+    path = pipeline.export(checkpoint, out, format_, quantization)
+    typer.echo(f"exported {checkpoint} -> {path} (CTranslate2; source.spm, target.spm beside it)")
+
+
 # ---- translate, evaluate, align-eval, plot (issue 5) --------------------------------------------
 
 

@@ -293,6 +293,41 @@ def average(run_dir: Path, last: int, out: Path | None) -> tuple[Path, list[int]
     return ckpt.average_run(Path(run_dir), last, Path(out) if out is not None else None)
 
 
+# CTranslate2 weight types (`--quantization`); None keeps float32.
+CT2_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
+                     "bfloat16", "float32")  # fmt: skip
+
+
+def export(checkpoint: Path, out: Path, fmt: str, quantization: str | None) -> Path:
+    """`nmt export`: a trained Transformer as a CTranslate2 model directory `out` (model.bin,
+    config.json, vocabularies) with the run's SentencePiece models beside it as source.spm and
+    target.spm. Written under a temp name and renamed, so `out` is never half-written."""
+    from nmt.models.ctranslate2 import transformer_spec
+    from nmt.models.transformer import TransformerModel
+    from nmt.training.checkpoint import load_for_inference
+
+    if fmt != "ctranslate2":
+        raise ConfigError(f"--format {fmt!r}: the only export format is ctranslate2")
+    if quantization is not None and quantization not in CT2_QUANTIZATIONS:
+        raise ConfigError(
+            f"--quantization {quantization!r}: expected one of {', '.join(CT2_QUANTIZATIONS)}"
+        )
+    model, cfg, src_tok, tgt_tok = load_for_inference(checkpoint, "cpu")
+    if not isinstance(model, TransformerModel):
+        raise ConfigError(
+            f"{checkpoint}: a {cfg.model.arch} model; CTranslate2 export takes Transformers only"
+        )
+    src_pieces = src_tok.pieces(range(src_tok.vocab_size))
+    tgt_pieces = tgt_tok.pieces(range(tgt_tok.vocab_size))
+    spec = transformer_spec(model, cfg.model.transformer, src_pieces, tgt_pieces)
+    spec.optimize(quantization=quantization)
+    with atomic_dir(out) as tmp:
+        spec.save(str(tmp))
+        (tmp / "source.spm").write_bytes(src_tok.model_bytes)
+        (tmp / "target.spm").write_bytes(tgt_tok.model_bytes)
+    return out
+
+
 # ---- translate, evaluate, align-eval, plot (issue 5) --------------------------------------------
 
 # Lines translated together: enough for length-sorted batches, small enough that output streams.
@@ -329,6 +364,8 @@ class Translator:
         device: str,
         log: Callable[[str], None],
     ) -> None:
+        import torch
+
         from nmt.config import DecodeConfig, from_dict, merge, parse_overrides, to_dict
         from nmt.decoding.beam import Ensemble
         from nmt.errors import CheckpointError
@@ -357,6 +394,10 @@ class Translator:
         decode = merge(to_dict(self.run_cfg.decode), nested.get("decode", {}))
         decode = merge(decode, {k: v for k, v in flags.items() if v is not None})
         self.cfg: DecodeConfig = from_dict(DecodeConfig, decode, "decode")
+        if self.cfg.precision == "bf16":
+            # oneDNN's kernel caches stay on: decoding shapes are few (rows x one position) and
+            # rebuilding kernels made bf16 greedy search 2.6x slower (bench/NOTES.md).
+            self.models = [model.to(torch.bfloat16) for model in self.models]
         # Longest source the models accept: positions for the subwords and the EOS.
         self.max_src_len = Ensemble(self.models).max_positions
         if self.max_src_len is not None:
@@ -366,8 +407,8 @@ class Translator:
         names = ", ".join(str(p) for p in checkpoints)
         search = "sampling" if self.cfg.sample else "greedy" if self.cfg.beam_size == 1 else "beam"
         log(
-            f"loaded {names} ({self.arch}) on {self.device}; {search} search, beam "
-            f"{self.cfg.beam_size}, nbest {self.cfg.nbest}"
+            f"loaded {names} ({self.arch}) on {self.device} ({self.cfg.precision}); {search} "
+            f"search, beam {self.cfg.beam_size}, nbest {self.cfg.nbest}"
         )
 
     def encode(self, lines: list[str], first: int, where: str) -> list[list[int]]:

@@ -92,6 +92,16 @@ def test_translate_keeps_order_and_empty_lines(run_dir: Path, tmp_path: Path) ->
             assert alone.stdout == expected + "\n"
 
 
+def test_bf16_translation_agrees_with_float32(run_dir: Path) -> None:
+    """decode.precision=bf16 on a model trained to be confident: the same translations."""
+    stdin = "\n".join(SENTENCES) + "\n"
+    full = invoke("translate", run_dir, stdin=stdin)
+    half = invoke("translate", run_dir, "--set", "decode.precision=bf16", stdin=stdin)
+    assert full.exit_code == 0 and half.exit_code == 0, half.output
+    assert "(bf16)" in half.stderr
+    assert half.stdout == full.stdout
+
+
 def test_translate_nbest_format(run_dir: Path) -> None:
     result = invoke("translate", run_dir, "--nbest", "3", stdin="ba ce\n\nfo go\n")
     assert result.exit_code == 0, result.output

@@ -35,7 +35,7 @@ from nmt.data.spm import Tokenizer
 from nmt.data.store import PreparedData, load_prepared
 from nmt.errors import CheckpointError, ConfigError, DataError, NmtError
 from nmt.io import append_jsonl, read_jsonl, write_json, write_jsonl, write_text
-from nmt.models import build_model, count_parameters
+from nmt.models import build_model, count_parameters, limit_onednn_caches
 from nmt.training import checkpoint as ckpt
 from nmt.training.distributed import (
     DistContext,
@@ -126,6 +126,8 @@ def train(
     dist = init_distributed(device_type)
     device = torch.device("cuda", dist.local_rank) if device_type == "cuda" else torch.device("cpu")
     precision = resolve_precision(tc.precision, device)
+    if device.type == "cpu" and precision == "bf16":
+        limit_onednn_caches()
     configure_torch(cfg, device)
     console = make_console(dist)
 

@@ -326,3 +326,18 @@ def test_sampling_that_keeps_only_the_best_token_is_greedy(overrides: dict) -> N
     greedy = decode_corpus(model, SOURCES, base, "cpu")
     sampled = decode_corpus(model, SOURCES, replace(base, sample=True, **overrides), "cpu")
     assert_same(sampled, greedy)
+
+
+@pytest.mark.parametrize("arch", ["rnn", "transformer"])
+def test_bf16_models_decode_and_score_like_float32(arch: str) -> None:
+    """decode.precision=bf16 runs the model in bfloat16: the search still gets float32 log-probs
+    and attention, and each hypothesis's log-prob is the float32 model's log-prob of the same
+    tokens up to bfloat16 rounding: 8 bits of mantissa, a few per cent of these sharp logits."""
+    reference = tiny_model(arch)
+    half = tiny_model(arch).to(torch.bfloat16)
+    cfg = DecodeConfig(beam_size=3, nbest=3, max_len_a=1.0, max_len_b=3)
+    for src, nbest in zip(SOURCES, run_beam(half, SOURCES, cfg, need_attention=True), strict=True):
+        log_probs, _ = teacher_forced(reference, src, [h.tokens for h in nbest])
+        for hyp, log_prob in zip(nbest, log_probs, strict=True):
+            assert hyp.attention is not None and hyp.attention.dtype == torch.float32
+            assert hyp.log_prob == pytest.approx(log_prob, rel=0.05, abs=0.05)

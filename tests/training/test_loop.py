@@ -176,7 +176,9 @@ def test_early_stopping_after_patience_validations_without_improvement(
     assert summary["best_step"] == 2
 
 
-def test_bf16_autocast_on_cpu(tiny_prepared: Path, tmp_path: Path) -> None:
+def test_bf16_autocast_on_cpu(tiny_prepared: Path, tmp_path: Path, monkeypatch) -> None:
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        monkeypatch.delenv(name, raising=False)  # and restored after the test
     layer = torch.nn.Linear(4, 4)
     with make_autocast(torch.device("cpu"), "bf16"):
         assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
@@ -186,6 +188,9 @@ def test_bf16_autocast_on_cpu(tiny_prepared: Path, tmp_path: Path) -> None:
         tiny_config("train.precision=bf16", "train.max_steps=4"), tiny_prepared, tmp_path / "r"
     )
     assert summary["nan_steps"] == 0 and math.isfinite(summary["best_score"])
+    # bf16 on the CPU turns oneDNN's per-shape kernel caches off (they grew memory to 4 GiB).
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
+    assert os.environ["LRU_CACHE_CAPACITY"] == "1"
 
 
 def test_precision_and_device_choices() -> None:

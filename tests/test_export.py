@@ -1,0 +1,140 @@
+"""`nmt export --format ctranslate2`: CTranslate2 running the exported weights scores every target
+token as our model does, for every Transformer variant, and translates like `nmt translate`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from nmt.cli import app
+from nmt.config import EOS_ID, ModelConfig, TransformerConfig, from_dict
+from nmt.models import build_model
+from nmt.models.ctranslate2 import transformer_spec
+
+ctranslate2 = pytest.importorskip("ctranslate2")
+
+PIECES = ["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(20)]
+
+
+def random_transformer(**settings: object) -> tuple[nn.Module, TransformerConfig]:
+    """A tiny Transformer whose every weight is random, LayerNorms and biases included, so that
+    a sublayer mapped to the wrong place cannot go unnoticed."""
+    shape = {"d_model": 16, "heads": 2, "enc_layers": 2, "dec_layers": 2, "ffn_dim": 24,
+             "max_positions": 40, **settings}  # fmt: skip
+    cfg = from_dict(ModelConfig, {"arch": "transformer", "transformer": shape}, "model")
+    torch.manual_seed(0)
+    model = build_model(cfg, len(PIECES), len(PIECES), True).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.normal_(1.0, 0.2)
+                module.bias.normal_(0.0, 0.2)
+            elif isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.normal_(0.0, 0.2)
+        if model.learned_positions is not None:
+            model.learned_positions.weight.normal_(0.0, 0.5)
+    return model, cfg.transformer
+
+
+def our_token_log_probs(model: nn.Module, src: list[int], tgt: list[int]) -> torch.Tensor:
+    """Teacher-forced log-probabilities of tgt + EOS given src + EOS, from our model."""
+    src_ids = torch.tensor([src + [EOS_ID]])
+    tgt_in = torch.tensor([[2] + tgt])
+    with torch.no_grad():
+        logits = model(src_ids, torch.ones_like(src_ids, dtype=torch.bool), tgt_in)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)[0]
+    return log_probs.gather(1, torch.tensor(tgt + [EOS_ID])[:, None])[:, 0]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"pre_norm": False},
+        {"positions": "learned", "activation": "gelu"},
+    ],
+    ids=["pre-norm", "post-norm", "learned-positions-gelu"],
+)
+def test_ctranslate2_scores_every_token_as_we_do(settings: dict, tmp_path: Path) -> None:
+    model, cfg = random_transformer(**settings)
+    spec = transformer_spec(model, cfg, PIECES, PIECES)
+    spec.save(str(tmp_path))
+    translator = ctranslate2.Translator(str(tmp_path), device="cpu", inter_threads=1)
+    pairs = [([4, 9, 13, 7], [5, 6, 22]), ([17], [8, 8, 8, 11, 4, 19])]
+    results = translator.score_batch(
+        [[PIECES[i] for i in src] for src, _ in pairs],
+        [[PIECES[i] for i in tgt] for _, tgt in pairs],
+    )
+    for (src, tgt), result in zip(pairs, results, strict=True):
+        assert result.tokens == [PIECES[i] for i in tgt] + ["</s>"]
+        theirs = torch.tensor(result.log_probs)
+        torch.testing.assert_close(theirs, our_token_log_probs(model, src, tgt), atol=2e-4, rtol=0)
+
+
+# ---- the command, on a trained model ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A run directory with a tiny Transformer trained for 80 updates (one thread)."""
+    from nmt.config import RunConfig
+    from nmt.training.loop import train
+
+    cfg = from_dict(
+        RunConfig,
+        {
+            "model": {
+                "arch": "transformer",
+                "transformer": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 2,
+                                "ffn_dim": 64, "dropout": 0.0, "max_positions": 32},
+            },
+            "train": {"max_steps": 80, "batch_tokens": 600, "lr": 3e-3, "warmup_steps": 5,
+                      "valid_every": 80, "save_every": 80, "valid_metric": "loss",
+                      "num_threads": 1, "device": "cpu"},
+        },
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("export") / "run"
+    train(cfg, tiny_prepared, out)
+    yield out
+    torch.set_num_threads(threads)
+
+
+def test_exported_model_translates_like_nmt(run_dir: Path, tmp_path: Path) -> None:
+    from nmt.pipeline import Translator
+
+    out = tmp_path / "ct2"
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {"model.bin", "config.json", "source.spm", "target.spm"} <= {
+        p.name for p in out.iterdir()
+    }
+    ours = Translator([run_dir], [], {"beam_size": 1}, "cpu", lambda _: None)
+    lines = ["ba ce do", "fo ge ha", "ke lo ba ce do fe"]
+    src_ids = ours.encode(lines, 0, "test input")
+    our_outputs = [nbest[0].tokens for nbest in ours.translate(src_ids)]
+
+    translator = ctranslate2.Translator(str(out), device="cpu", inter_threads=1)
+    pieces = [ours.src_tok.pieces(ids) for ids in src_ids]
+    theirs = translator.translate_batch(pieces, beam_size=1, max_decoding_length=32)
+    assert [r.hypotheses[0] for r in theirs] == [ours.tgt_tok.pieces(t) for t in our_outputs]
+    assert all(len(tokens) > 0 for tokens in our_outputs)  # the model learned to say something
+
+
+def test_bad_requests_are_one_line_errors(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    runner = CliRunner()
+    out = tmp_path / "ct2"
+    bad_format = runner.invoke(app, ["export", str(run_dir), "-o", str(out), "--format", "onnx"])
+    assert bad_format.exit_code == 2 and "only export format is ctranslate2" in bad_format.stderr
+    bad_type = runner.invoke(app, ["export", str(run_dir), "-o", str(out), "--quantization", "q3"])
+    assert bad_type.exit_code == 2 and "--quantization 'q3'" in bad_type.stderr
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # as if it were not installed
+    missing = runner.invoke(app, ["export", str(run_dir), "-o", str(out)])
+    assert missing.exit_code == 2 and "pip install 'nmt[export]'" in missing.stderr
+    assert not out.exists()  # nothing half-written
