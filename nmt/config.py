@@ -236,8 +236,8 @@ class DecodeConfig:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 1
-    # bf16: weights and activations in bfloat16, log-probs still float32. About 1.2-1.4x faster on
-    # CPUs with AVX512-BF16/AMX and on GPUs; outputs can differ slightly from fp32 (bench/NOTES.md).
+    # bf16: weights and activations in bfloat16, log-probs still float32. 1.2-1.7x faster on a CPU
+    # with AVX512-BF16 (bench/NOTES.md), and on GPUs; outputs can differ slightly from fp32.
     precision: Literal["fp32", "bf16"] = "fp32"
     # Padded source tokens per decoding batch. On a CPU 1-2k is fastest (the (B*K, V) score
     # matrices of a step stay in cache); a GPU likes more.

@@ -1,7 +1,7 @@
 """Dropout with a cheaper random mask on the CPU.
 
 `torch.nn.Dropout` on the CPU draws one Bernoulli sample per element, which costs about 6 ns each:
-at Multi30k sizes the 17 dropouts of a Transformer step took ~85 ms, a tenth of a 2-core training
+at Multi30k sizes the dropouts of a Transformer step took ~85 ms, a tenth of a 2-core training
 step (bench/NOTES.md). This module draws 64 random bits per four elements and keeps an element
 when its 16 bits clear a threshold, about 3.5x cheaper. The drop probability is rounded to a
 multiple of 1/65536 (0.1 becomes 0.1000061) and the scale is exact for that probability, so the
