@@ -315,7 +315,8 @@ def export(checkpoint: Path, out: Path, fmt: str, quantization: str | None) -> P
     model, cfg, src_tok, tgt_tok = load_for_inference(checkpoint, "cpu")
     if not isinstance(model, TransformerModel):
         raise ConfigError(
-            f"{checkpoint}: a {cfg.model.arch} model; CTranslate2 export takes Transformers only"
+            f"{checkpoint}: model.arch is {cfg.model.arch}; CTranslate2 export takes "
+            "Transformers only"
         )
     src_pieces = src_tok.pieces(range(src_tok.vocab_size))
     tgt_pieces = tgt_tok.pieces(range(tgt_tok.vocab_size))

@@ -138,3 +138,24 @@ def test_bad_requests_are_one_line_errors(run_dir: Path, tmp_path: Path, monkeyp
     missing = runner.invoke(app, ["export", str(run_dir), "-o", str(out)])
     assert missing.exit_code == 2 and "pip install 'nmt[export]'" in missing.stderr
     assert not out.exists()  # nothing half-written
+
+
+def test_an_rnn_run_is_refused_by_name(tiny_prepared: Path, tmp_path: Path) -> None:
+    from nmt.config import RunConfig
+    from nmt.training.loop import train
+
+    cfg = from_dict(
+        RunConfig,
+        {
+            "model": {"arch": "rnn", "rnn": {"emb_dim": 8, "hidden_size": 8, "attn_dim": 8}},
+            "train": {"max_steps": 2, "batch_tokens": 300, "valid_every": 2, "save_every": 2,
+                      "valid_metric": "loss", "num_threads": 1, "device": "cpu"},
+        },
+    )  # fmt: skip
+    run = tmp_path / "rnn-run"
+    train(cfg, tiny_prepared, run)
+    out = tmp_path / "ct2"
+    result = CliRunner().invoke(app, ["export", str(run), "-o", str(out)])
+    assert result.exit_code == 2
+    assert "model.arch is rnn; CTranslate2 export takes Transformers only" in result.stderr
+    assert not out.exists()
