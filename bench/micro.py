@@ -22,17 +22,14 @@ import torch.nn.functional as F
 
 from nmt.config import PAD_ID
 from nmt.models.dropout import Dropout
-from nmt.training.loss import label_smoothed_nll
+from nmt.training.loss import _smoothed_terms, label_smoothed_nll
 
 
 def autograd_smoothed_loss(logits: torch.Tensor, tgt: torch.Tensor, eps: float) -> torch.Tensor:
-    """The loss as it was before the hand-written gradient: autograd does the backward."""
-    vocab = logits.size(-1)
+    """The loss as it was before the hand-written gradient: the same forward terms, with autograd
+    doing the backward."""
     lprobs = F.log_softmax(logits.float(), dim=-1)
-    keep = tgt.ne(PAD_ID)
-    nll = (-lprobs.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)).masked_fill(~keep, 0.0)
-    others = (-lprobs.sum(-1) + lprobs[..., PAD_ID] - nll).masked_fill(~keep, 0.0)
-    return ((1.0 - eps) * nll + eps / (vocab - 2) * others).sum()
+    return _smoothed_terms(lprobs, tgt, eps, PAD_ID)[0].sum()
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

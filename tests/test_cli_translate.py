@@ -20,30 +20,11 @@ SENTENCES = ["ba ce do", "", "fo ge", "   ", "ha ke lo ba ce do fe", "ce"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A run directory with a tiny Transformer trained for 120 updates."""
-    from nmt.config import RunConfig, from_dict
-    from nmt.training.loop import train
-
+def run_dir(tiny_transformer_run: Path) -> Iterator[Path]:
+    """The tiny trained Transformer (tests/conftest.py), translated on one thread."""
     threads = torch.get_num_threads()
-    cfg = from_dict(
-        RunConfig,
-        {
-            "model": {
-                "arch": "transformer",
-                "transformer": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 2,
-                                "ffn_dim": 64, "dropout": 0.0, "max_positions": 32},
-            },
-            "train": {"max_steps": 120, "batch_tokens": 600, "lr": 3e-3, "warmup_steps": 5,
-                      "valid_every": 120, "save_every": 120, "valid_metric": "loss",
-                      "num_threads": 1, "device": "cpu"},
-            "decode": {"beam_size": 3, "max_len_a": 1.2, "max_len_b": 4, "min_len": 1},
-        },
-    )  # fmt: skip
-    out = tmp_path_factory.mktemp("translate") / "run"
-    train(cfg, tiny_prepared, out)
     torch.set_num_threads(1)  # tiny models: one thread is as fast and steadier on a busy machine
-    yield out
+    yield tiny_transformer_run
     torch.set_num_threads(threads)
 
 

@@ -4,7 +4,6 @@ token as our model does, for every Transformer variant, and translates like `nmt
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,42 +79,16 @@ def test_ctranslate2_scores_every_token_as_we_do(settings: dict, tmp_path: Path)
 # ---- the command, on a trained model ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A run directory with a tiny Transformer trained for 80 updates (one thread)."""
-    from nmt.config import RunConfig
-    from nmt.training.loop import train
-
-    cfg = from_dict(
-        RunConfig,
-        {
-            "model": {
-                "arch": "transformer",
-                "transformer": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 2,
-                                "ffn_dim": 64, "dropout": 0.0, "max_positions": 32},
-            },
-            "train": {"max_steps": 80, "batch_tokens": 600, "lr": 3e-3, "warmup_steps": 5,
-                      "valid_every": 80, "save_every": 80, "valid_metric": "loss",
-                      "num_threads": 1, "device": "cpu"},
-        },
-    )  # fmt: skip
-    threads = torch.get_num_threads()
-    out = tmp_path_factory.mktemp("export") / "run"
-    train(cfg, tiny_prepared, out)
-    yield out
-    torch.set_num_threads(threads)
-
-
-def test_exported_model_translates_like_nmt(run_dir: Path, tmp_path: Path) -> None:
+def test_exported_model_translates_like_nmt(tiny_transformer_run: Path, tmp_path: Path) -> None:
     from nmt.pipeline import Translator
 
     out = tmp_path / "ct2"
-    result = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out)])
+    result = CliRunner().invoke(app, ["export", str(tiny_transformer_run), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert {"model.bin", "config.json", "source.spm", "target.spm"} <= {
         p.name for p in out.iterdir()
     }
-    ours = Translator([run_dir], [], {"beam_size": 1}, "cpu", lambda _: None)
+    ours = Translator([tiny_transformer_run], [], {"beam_size": 1}, "cpu", lambda _: None)
     lines = ["ba ce do", "fo ge ha", "ke lo ba ce do fe"]
     src_ids = ours.encode(lines, 0, "test input")
     our_outputs = [nbest[0].tokens for nbest in ours.translate(src_ids)]
@@ -127,15 +100,21 @@ def test_exported_model_translates_like_nmt(run_dir: Path, tmp_path: Path) -> No
     assert all(len(tokens) > 0 for tokens in our_outputs)  # the model learned to say something
 
 
-def test_bad_requests_are_one_line_errors(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_bad_requests_are_one_line_errors(
+    tiny_transformer_run: Path, tmp_path: Path, monkeypatch
+) -> None:
     runner = CliRunner()
     out = tmp_path / "ct2"
-    bad_format = runner.invoke(app, ["export", str(run_dir), "-o", str(out), "--format", "onnx"])
+    bad_format = runner.invoke(
+        app, ["export", str(tiny_transformer_run), "-o", str(out), "--format", "onnx"]
+    )
     assert bad_format.exit_code == 2 and "only export format is ctranslate2" in bad_format.stderr
-    bad_type = runner.invoke(app, ["export", str(run_dir), "-o", str(out), "--quantization", "q3"])
+    bad_type = runner.invoke(
+        app, ["export", str(tiny_transformer_run), "-o", str(out), "--quantization", "q3"]
+    )
     assert bad_type.exit_code == 2 and "--quantization 'q3'" in bad_type.stderr
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # as if it were not installed
-    missing = runner.invoke(app, ["export", str(run_dir), "-o", str(out)])
+    missing = runner.invoke(app, ["export", str(tiny_transformer_run), "-o", str(out)])
     assert missing.exit_code == 2 and "pip install 'nmt[export]'" in missing.stderr
     assert not out.exists()  # nothing half-written
 
