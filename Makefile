@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test lint format demo bench bench-peers recipe clean
+.PHONY: setup test lint format demo bench bench-peers bench-serve gpu-check recipe clean
 DEMO_MINUTES ?= 12
 
 setup: $(STAMP)
@@ -44,6 +44,17 @@ bench: $(STAMP)
 # other, 20 minutes of training each on Multi30k de-en: make bench-peers [PEERS_ARGS="--reuse"]
 bench-peers: $(STAMP)
 	$(PY) -m bench.peers $(PEERS_ARGS)
+
+# nmt serve under 1, 8 and 32 loopback clients vs nmt translate on the same 400 Multi30k sentences
+# (a minute per level at most): make bench-serve [SERVE_ARGS="--run checkpoints/RUN"]
+bench-serve: $(STAMP)
+	$(PY) -m bench.serve $(SERVE_ARGS)
+
+# On a CUDA machine: GPU tests, Multi30k in bf16, MFU and decoding vs CTranslate2, ~8.5 minutes,
+# JSON and a log in OUT (scripts/gpu-check.sh). Without a GPU: one line, exit 0. No venv needed.
+OUT ?= bench/results/gpu
+gpu-check:
+	@bash scripts/gpu-check.sh $(OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

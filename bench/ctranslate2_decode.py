@@ -1,7 +1,7 @@
 """CTranslate2 decoding a model that `nmt export` wrote: timing and outputs as JSON.
 
     python -m bench.ctranslate2_decode MODEL_DIR SRC_FILE OUT_JSON [--beam 5] [--repeats 2]
-        [--compute-type float32] [--batch 64] [--threads 2]
+        [--compute-type float32] [--batch 64] [--threads 2] [--device cpu]
 
 Run as a child of `bench.peers` (its own process: CTranslate2 brings its own OpenMP runtime).
 Like our timings, the seconds cover the search only: model loading and SentencePiece are left
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--compute-type", default="float32")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
 
     import ctranslate2
@@ -39,7 +40,7 @@ def main() -> None:
     pieces = source.encode(read_lines(args.src), out_type=str)
     translator = ctranslate2.Translator(
         str(args.model),
-        device="cpu",
+        device=args.device,
         compute_type=args.compute_type,
         inter_threads=1,
         intra_threads=args.threads,
@@ -57,6 +58,7 @@ def main() -> None:
         "tgt_tokens": sum(len(h) for h in hypotheses),
         "outputs": [target.decode(h) for h in hypotheses],
         "compute_type": args.compute_type,
+        "device": args.device,
         "version": ctranslate2.__version__,
     }
     args.out.write_text(json.dumps(record) + "\n", encoding="utf-8")

@@ -134,21 +134,22 @@ def timed_search(
     import torch
 
     from nmt.decoding.beam import count_tokens
-    from nmt.pipeline import Translator
+    from nmt.inference import Translator
 
-    settings = {"beam_size": beam, "batch_tokens": batch_tokens, "precision": precision}
-    translator = Translator([checkpoint], [], settings, device, lambda _: None)
+    translator = Translator.load(
+        checkpoint, device, beam_size=beam, batch_tokens=batch_tokens, precision=precision
+    )
     src_ids = translator.encode(lines, 0, "benchmark input")
-    translator.translate(src_ids[:64])  # warm-up: allocator, kernels, thread pool
+    translator.decode(src_ids[:64])  # warm-up: allocator, kernels, thread pool
     seconds, tokens, outputs = [], 0, []
     for _ in range(repeats):
         start = time.perf_counter()
-        hyps = translator.translate(src_ids)
+        hyps = translator.decode(src_ids)
         if translator.device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
         tokens = count_tokens(hyps)
-        outputs = [translator.detok(n[0]) for n in hyps]
+        outputs = [translator.tgt_tok.decode(n[0].tokens) for n in hyps]
     return {"seconds": seconds, "tgt_tokens": tokens, "outputs": outputs,
             "device": str(translator.device)}  # fmt: skip
 
@@ -243,28 +244,44 @@ def prepare_speed(pairs: int) -> dict[str, Any]:
 # ---- GPU: model FLOPs utilisation ----------------------------------------------------------------
 
 
-def matmul_peak_tflops(size: int = 8192, iters: int = 50) -> float:
+def matmul_peak_tflops(size: int = 8192, iters: int = 50, device: str = "cuda") -> float:
     """Measured bf16 matmul throughput of this GPU: the peak that MFU divides by."""
     import torch
 
-    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     for _ in range(5):
         a @ b
-    torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(iters):
         a @ b
-    torch.cuda.synchronize()
+    synchronize(device)
     return 2 * size**3 * iters / (time.perf_counter() - start) / 1e12
 
 
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued kernels (timings of asynchronous work); nothing on the CPU."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def transformer_base_mfu(
-    batch_tokens: int = 25000, length: int = 32, steps: int = 30, compile_model: bool = False
+    batch_tokens: int = 25000,
+    length: int = 32,
+    steps: int = 30,
+    compile_model: bool = False,
+    device: str = "cuda",
+    shape: Any = None,
+    vocab: int = 32000,
+    peak_size: int = 8192,
 ) -> dict[str, Any]:
     """Transformer-base (6+6, d512, 8 heads, FFN 2048, 32k vocabulary) training steps with bf16
     autocast and fused AdamW on random full-length batches of ~`batch_tokens` source+target tokens:
-    achieved FLOP/s from the model shape over the measured matmul peak."""
+    achieved FLOP/s from the model shape over the measured matmul peak. `device`, `shape` (a
+    TransformerConfig), `vocab` and `peak_size` shrink it to a CPU dry run of the harness."""
     import torch
 
     from nmt.config import ModelConfig, TransformerConfig
@@ -272,19 +289,20 @@ def transformer_base_mfu(
     from nmt.models.flops import transformer_train_flops
 
     torch.backends.cuda.matmul.allow_tf32 = True
-    shape = TransformerConfig(d_model=512, heads=8, enc_layers=6, dec_layers=6, ffn_dim=2048)
-    vocab = 32000
+    if shape is None:
+        shape = TransformerConfig(d_model=512, heads=8, enc_layers=6, dec_layers=6, ffn_dim=2048)
+    on_gpu = torch.device(device).type == "cuda"
     model = build_model(ModelConfig(arch="transformer", transformer=shape), vocab, vocab, True)
-    model = model.cuda()
+    model = model.to(device)
     step_model = torch.compile(model) if compile_model else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=on_gpu)
     batch = batch_tokens // (2 * length)
-    src = torch.randint(4, vocab, (batch, length), device="cuda")
-    mask = torch.ones(batch, length, dtype=torch.bool, device="cuda")
-    tgt = torch.randint(4, vocab, (batch, length + 1), device="cuda")
+    src = torch.randint(4, vocab, (batch, length), device=device)
+    mask = torch.ones(batch, length, dtype=torch.bool, device=device)
+    tgt = torch.randint(4, vocab, (batch, length + 1), device=device)
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
             logits = step_model(src, mask, tgt[:, :-1])
             loss = torch.nn.functional.cross_entropy(
                 logits.float().flatten(0, 1), tgt[:, 1:].flatten()
@@ -295,15 +313,16 @@ def transformer_base_mfu(
 
     for _ in range(5):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    synchronize(device)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    synchronize(device)
     seconds = (time.perf_counter() - start) / steps
     flops = transformer_train_flops(shape, batch, length, length, vocab)
-    peak = matmul_peak_tflops()
+    peak = matmul_peak_tflops(peak_size, device=device)
     achieved = flops / seconds / 1e12
     return {
         "bench": "mfu",
@@ -314,5 +333,6 @@ def transformer_base_mfu(
         "achieved_tflops": achieved,
         "peak_bf16_matmul_tflops": peak,
         "mfu_percent": 100 * achieved / peak,
-        "gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+        "device": device,
+        "gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
     }

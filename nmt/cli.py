@@ -6,6 +6,7 @@ Nothing here computes anything: each command is a thin shell over one pipeline f
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 import typer
 
 from nmt import __version__
-from nmt.errors import ConfigError, NmtError
+from nmt.errors import ConfigError, NmtError, Stopped
 
 app = typer.Typer(
     name="nmt",
@@ -22,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -36,13 +38,39 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except NmtError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"{'' if isinstance(exc, Stopped) else 'error: '}{exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except OSError as exc:  # the file system said no: a full disk, a read-only folder ...
+            typer.echo(f"error: {describe_os_error(exc)}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# What a failed file operation means for the user, by errno (the rest use the system's words).
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EEXIST: "exists and is not a folder (a folder was needed here)",
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+    errno.EISDIR: "is a folder; give a file name",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: the path and what went wrong."""
+    what = OS_ERROR_HINTS.get(exc.errno or 0) or exc.strerror or type(exc).__name__
+    if exc.filename is None:
+        return f"{what} ({exc})" if exc.strerror is None else what
+    # A rename names its temp file first; the destination is the path the user gave.
+    return f"{exc.filename2 or exc.filename}: {what}"
 
 
 def version_callback(value: bool) -> None:
@@ -98,17 +126,19 @@ def prepare(
     two files SRC_FILE,TGT_FILE; a .tsv/.csv/.jsonl/.parquet file (columns
     or keys named by the language codes, or the hub's {"translation": ..}
     shape); a folder written by datasets' save_to_disk (FOLDER@SPLIT picks
-    a split); or hf:NAME\\[:CONFIG]\\[@SPLIT] for a HuggingFace hub dataset.
+    a split); or hf:NAME[:CONFIG][@SPLIT] for a HuggingFace hub dataset.
 
     Settings: defaults, then --config, then --set, then the flags. A re-run
     with the same inputs and settings reuses OUT.
 
     Examples:
 
+    
       nmt prepare --src-lang de --tgt-lang en --train raw/train \\
         --valid raw/val --test raw/test_2016_flickr --vocab-size 8000 \\
         --out data/multi30k-de-en
 
+    
       nmt prepare --src-lang de --tgt-lang en --train hf:wmt14:de-en \\
         --valid hf:wmt14:de-en --test newstest2014=hf:wmt14:de-en@test \\
         --set joint_vocab=false --out data/wmt14-de-en
@@ -155,6 +185,12 @@ def train(
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this directory from its last.pt."
     ),
+    init: Path | None = typer.Option(
+        None,
+        "--init",
+        help="Fine-tune: start the new run's weights from this run (averaged.pt, else best.pt) "
+        "or .pt file.",
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a setting, e.g. --set train.lr=3e-4 (repeatable)."
     ),
@@ -166,14 +202,23 @@ def train(
     metrics.jsonl. On resume only resume-safe settings (train.max_steps, train.max_minutes,
     logging and validation intervals, decode.*) may change.
 
+    Fine-tuning (--init): only the weights come over; optimizer, schedule, counters and RNG
+    start fresh. The model section of CONFIG must match the checkpoint's (dropout may differ) or
+    be left out; without CONFIG all settings come from the init run. Prepare the new data with
+    the init run's SentencePiece model (nmt prepare ... --set spm_model=RUN/spm.model).
+    --set train.freeze=[embeddings] keeps parts fixed (encoder, decoder, embeddings).
+
     Examples:
+
+    
       nmt train configs/transformer-small.yaml --data data/multi30k-de-en --out runs/tf
       nmt train --resume runs/tf --set train.max_steps=20000
+      nmt train --init runs/tf --data data/in-domain --out runs/tf-ft --set train.lr=2e-4
       torchrun --nproc_per_node=2 -m nmt.cli train CONFIG.yaml --data DATA --out RUN_DIR
     """
     from nmt import pipeline
 
-    pipeline.train(config, data, out, list(set_), resume)
+    pipeline.train(config, data, out, list(set_), resume, init)
 
 
 @app.command()
@@ -185,7 +230,14 @@ def average(
         None, "--out", "-o", help="Output checkpoint (default: RUN_DIR/averaged.pt)."
     ),
 ) -> None:
-    """Average the weights of a run's newest periodic checkpoints (Vaswani et al. 2017, 6.1)."""
+    """Average the weights of a run's newest periodic checkpoints (Vaswani et al. 2017, 6.1).
+
+    Examples:
+
+    
+      nmt average checkpoints/m30k-tf --last 5
+      nmt translate checkpoints/m30k-tf/averaged.pt -i test.de
+    """
     from nmt import pipeline
 
     path, steps = pipeline.average(run_dir, last, out)
@@ -203,11 +255,25 @@ def export(
         None, "--quantization", help="CTranslate2 weight type, e.g. int8 or float16."
     ),
 ) -> None:
-    """Export a Transformer to CTranslate2 (needs `pip install 'nmt[export]'`)."""
+    """Export a Transformer to CTranslate2 (needs `pip install 'nmt[export]'`).
+
+    Beside the model go the run's SentencePiece models (source.spm, target.spm) and
+    nmt-decoding.json: the translate_batch settings that decode like the run's decode section,
+    and any setting CTranslate2 cannot reproduce (printed as a note).
+
+    Examples:
+
+    
+      nmt export checkpoints/m30k-tf --out exports/m30k-tf
+      nmt export checkpoints/m30k-tf/averaged.pt --out exports/m30k-int8 --quantization int8
+    """
     from nmt import pipeline
 
     path = pipeline.export(checkpoint, out, format_, quantization)
-    typer.echo(f"exported {checkpoint} -> {path} (CTranslate2; source.spm, target.spm beside it)")
+    typer.echo(
+        f"exported {checkpoint} -> {path} (CTranslate2; source.spm, target.spm and the decoding "
+        "settings nmt-decoding.json beside it)"
+    )
 
 
 # ---- translate, evaluate, align-eval, plot (issue 5) --------------------------------------------
@@ -230,7 +296,9 @@ def translate(
         None, "--nbest", help="Hypotheses per line, written as 'LINE ||| text ||| score'."
     ),
     batch_tokens: int | None = typer.Option(
-        None, "--batch-tokens", help="Padded source tokens per decoding batch."
+        None,
+        "--batch-tokens",
+        help="Decoding batch size in padded source tokens (sentences x longest, EOS included).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     attention_out: Path | None = typer.Option(
@@ -245,26 +313,42 @@ def translate(
     set_: list[str] = typer.Option(
         [], "--set", help="Override a decode setting, e.g. --set decode.len_penalty=0.6."
     ),
+    output_format: str = typer.Option(
+        "text", "--output-format", help="text (one line each; n-best: Moses) or jsonl."
+    ),
+    attention: bool = typer.Option(
+        False, "--attention", help="JSONL rows also hold the word-level attention matrix."
+    ),
 ) -> None:
     """Translate text with a trained model, keeping input order and empty lines.
 
-    Output streams as each block of lines is done. On a terminal, without -i, every typed line is
-    translated at once (Ctrl-D ends). Decode settings (nmt.config.DecodeConfig): the run's own,
+    A file is checked whole (UTF-8, gzip) before the model loads. Standard input (a pipe or a
+    terminal) is answered as lines arrive: whatever came within a few milliseconds is one batch,
+    written and flushed at once, so another program can drive it line by line (Ctrl-D ends).
+    --output-format jsonl writes one JSON object per line: translation, score, tokens,
+    token_scores (log-probabilities, EOS included), alignment (Pharaoh), nbest with --nbest > 1,
+    and the word attention with --attention.
+
+    Decode settings (nmt.config.DecodeConfig): the run's own,
     then --set decode.key=value, then --beam / --nbest / --batch-tokens. For a Transformer the
     exported attention is decoder layer decode.attention_layer (default -1, the last), averaged
     over heads (decode.attention_head=mean); 'all' keeps every layer or head.
 
     Examples:
+
+    
       nmt translate checkpoints/m30k-tf -i test.de -o test.hyp.en
       echo 'Ein Hund rennt.' | nmt translate checkpoints/m30k-tf --beam 1
       nmt translate RUN -i test.de --attention-out attn.npz --alignments-out test.align
+      nmt translate RUN -i test.de --nbest 5 --output-format jsonl --attention > test.jsonl
+      nmt translate RUN1 RUN2 -i test.de --set decode.sample=true --set decode.top_p=0.9
     """
     from nmt import pipeline
 
     flags = {"beam_size": beam, "nbest": nbest, "batch_tokens": batch_tokens}
     pipeline.translate(
         list(checkpoint), input_, output, list(set_), flags, device, attention_out,
-        alignments_out, plot_dir,
+        alignments_out, plot_dir, output_format=output_format, with_attention=attention,
     )  # fmt: skip
 
 
@@ -288,7 +372,9 @@ def evaluate(
     ),
     beam: int | None = typer.Option(None, "--beam", help="Beam size (1: greedy)."),
     batch_tokens: int | None = typer.Option(
-        None, "--batch-tokens", help="Padded source tokens per decoding batch."
+        None,
+        "--batch-tokens",
+        help="Decoding batch size in padded source tokens (sentences x longest, EOS included).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     tokenize: str | None = typer.Option(
@@ -305,6 +391,8 @@ def evaluate(
     one call with repeated --test NAME=SRC,REF.
 
     Examples:
+
+    
       nmt evaluate checkpoints/m30k-tf --src test.de --ref test.en --report scores.json
       nmt evaluate RUN --test flickr2016=t16.de,t16.en --test flickr2017=t17.de,t17.en
       nmt evaluate --hyp test.hyp.en --ref test.en
@@ -336,6 +424,12 @@ def align_eval(
 
     Indices are 0-based source-target word positions ('i-j'), words being whitespace-separated
     tokens; the gold file must use the same tokenization as the translated text.
+
+    Example:
+
+    
+      nmt translate RUN -i test.de --alignments-out test.align
+      nmt align-eval --gold test.gold.align --hyp test.align --report aer.json
     """
     from nmt import pipeline
 
@@ -364,6 +458,12 @@ def plot(
 
     A file exported with --set decode.attention_head=all (and attention_layer=all) holds every
     head; the picture is then a grid with one panel per head of --layer (default: the last).
+
+    Examples:
+
+    
+      nmt translate RUN -i test.de --attention-out attn.npz
+      nmt plot attn.npz --index 3 --out sentence3.png
     """
     from nmt import pipeline
 
@@ -385,13 +485,77 @@ def corpus(
     'bible' pairs the Japanese Kougo and the English World English Bible verse by verse (~31k
     pairs); valid and test are whole books, so near-duplicate verses cannot leak into them.
 
-    Example:  nmt corpus bible --out data/bible/raw
+    Example:
+
+    
+      nmt corpus bible --out data/bible/raw
     """
     from nmt import pipeline
 
     counts = pipeline.export_corpus(name, out)
     sizes = ", ".join(f"{split} {n:,}" for split, n in counts.items())
     typer.echo(f"wrote {name} to {out}: {sizes} pairs")
+
+
+# ---- serve ------------------------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def serve(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories (or .pt files), served under their folder names; first: default."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (0.0.0.0 opens it to the network)."
+    ),
+    port: int = typer.Option(8080, "--port", help="Port; 0 picks a free one (printed at start)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    max_batch_tokens: int | None = typer.Option(
+        None, "--max-batch-tokens", help="Source tokens decoded together (decode.batch_tokens)."
+    ),
+    max_wait_ms: float | None = typer.Option(
+        None, "--max-wait-ms", help="Once free, how long the decoder waits for more requests (5)."
+    ),
+    max_sentences: int | None = typer.Option(
+        None, "--max-sentences", help="Sentences per request (64)."
+    ),
+    max_chars: int | None = typer.Option(
+        None, "--max-chars", help="Characters per request (20000)."
+    ),
+) -> None:
+    """Serve models over HTTP, with a page at / that shows the attention.
+
+    POST /translate {"text": "..." or [...], "model", "beam", "nbest", "attention"} answers with
+    the translations, their scores, tokens and alignments; GET /models, /health and /metrics
+    (Prometheus) describe the server. Requests that arrive together are decoded together. The
+    first Ctrl-C (or SIGTERM) lets the requests in flight finish while new ones get 503.
+
+    Example:
+
+    
+      nmt serve checkpoints/m30k-tf --port 8080
+      curl -s localhost:8080/translate -d '{"text": "Ein Hund rennt."}'
+    """
+    from nmt.config import ServeConfig, from_dict
+
+    named = {
+        "host": host,
+        "port": port,
+        "device": device,
+        "max_batch_tokens": max_batch_tokens,
+        "max_wait_ms": max_wait_ms,
+        "max_sentences": max_sentences,
+        "max_chars": max_chars,
+    }
+    cfg = from_dict(ServeConfig, {k: v for k, v in named.items() if v is not None})
+    try:
+        from nmt.serve.server import serve as run_server
+    except ImportError as exc:
+        if exc.name not in ("starlette", "uvicorn"):
+            raise
+        raise ConfigError(f"nmt serve needs {exc.name}: pip install 'nmt[serve]'") from None
+    run_server(list(runs), cfg, lambda message: typer.echo(message, err=True))
 
 
 def main() -> None:

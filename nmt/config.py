@@ -8,8 +8,12 @@ prepared directories store, and `from_dict()` rebuilds the same object from it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +30,16 @@ PAD_ID = 0
 UNK_ID = 1
 BOS_ID = 2
 EOS_ID = 3
+
+# Bounds that keep a typo from reaching a library as an overflow or a terabyte allocation.
+# SentencePiece and torch take 32-bit signed integers for counts, sizes and seeds.
+INT32_MAX = 2**31 - 1
+MAX_WIDTH = 1 << 17  # d_model, ffn_dim, RNN sizes: far above any published model
+MAX_LAYERS = 1000
+MAX_POSITIONS = 1 << 20
+MAX_BEAM = 10_000  # hypotheses per sentence: the (K, V) score matrices must fit in memory
+# A language code names files (PREFIX.de) and columns: letters, digits, - and _, no path parts.
+LANG_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -68,8 +82,20 @@ class PrepareConfig:
     spm_threads: int = 2
     seed: int = 1234
     num_proc: int = 1  # processes for encoding with `datasets`
+    # "eflomal": word-align the training pairs (eflomal, both directions, grow-diag-final-and)
+    # and store the links on SentencePiece pieces, for train.guided_alignment (nmt/data/align.py).
+    alignments: Literal["none", "eflomal"] = "none"
 
     def validate(self) -> None:
+        for name in ("src_lang", "tgt_lang"):
+            if not LANG_CODE.match(getattr(self, name)):
+                raise ConfigError(
+                    f"{name} {show(getattr(self, name))}: expected a language code of letters, "
+                    "digits, - and _ (de, pt_BR, zh-Hans)"
+                )
+        for name in ("vocab_size", "spm_max_sentences", "spm_threads", "seed", "num_proc"):
+            if not 0 <= getattr(self, name) <= INT32_MAX:
+                raise ConfigError(f"{name} must be in [0, {INT32_MAX}], got {getattr(self, name)}")
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"src_lang and tgt_lang are both {self.src_lang!r}; they must differ")
         if self.vocab_size < 8:
@@ -92,6 +118,11 @@ class PrepareConfig:
             raise ConfigError("set both src_column and tgt_column, or neither")
 
 
+# "local" is Luong's local-p (predicted window centre), "local-m" his monotonic local attention;
+# "hard" attends to one source position (Xu et al. 2015), sampled in training, argmax otherwise.
+RNNAttention = Literal["bahdanau", "luong-dot", "luong-general", "local", "local-m", "hard"]
+
+
 @dataclass(frozen=True)
 class RNNConfig:
     """RNN encoder-decoder with attention (Bahdanau et al. 2015; Luong et al. 2015)."""
@@ -101,24 +132,49 @@ class RNNConfig:
     hidden_size: int = 512  # decoder size; each encoder direction has hidden_size // 2
     enc_layers: int = 1
     dec_layers: int = 1
-    attention: Literal["bahdanau", "luong-dot", "luong-general", "local"] = "bahdanau"
+    attention: RNNAttention = "bahdanau"
     attn_dim: int = 512  # size of the additive attention's hidden layer
-    local_window: int = 10  # D of Luong's local-p attention: window [p - D, p + D], sigma = D / 2
+    local_window: int = 10  # D of Luong's local attention: window [p - D, p + D], sigma = D / 2
+    gumbel_tau: float = 1.0  # temperature of hard attention's straight-through Gumbel-softmax
     # The attention result enters the decoder recurrence: the context c_t for Bahdanau (the paper's
     # model), the previous readout for the Luong variants (their "input feeding"). False lets
     # teacher forcing run the decoder RNN over the whole target in one call.
     input_feeding: bool = True
     dropout: float = 0.3
+    # Longest sentence in positions (subwords plus the EOS or BOS) that training keeps and that
+    # translation takes (longer sources are cut, with a warning): the bound a Transformer's
+    # max_positions sets, so that one stray long line cannot take minutes or all memory.
+    max_positions: int = 1024
 
     def validate(self) -> None:
         if self.hidden_size % 2:
             raise ConfigError("model.rnn.hidden_size must be even (two encoder directions)")
-        if min(self.enc_layers, self.dec_layers, self.emb_dim, self.attn_dim) < 1:
-            raise ConfigError("model.rnn sizes and layer counts must be >= 1")
-        if self.attention == "local" and self.local_window < 1:
+        check_sizes(
+            "model.rnn",
+            widths={"emb_dim": self.emb_dim, "attn_dim": self.attn_dim,
+                    "hidden_size": self.hidden_size},
+            layers={"enc_layers": self.enc_layers, "dec_layers": self.dec_layers},
+            max_positions=self.max_positions,
+        )  # fmt: skip
+        if self.attention in ("local", "local-m") and self.local_window < 1:
             raise ConfigError(f"model.rnn.local_window must be >= 1, got {self.local_window}")
+        if not self.gumbel_tau > 0:
+            raise ConfigError(f"model.rnn.gumbel_tau must be > 0, got {self.gumbel_tau}")
         if not 0 <= self.dropout < 1:
             raise ConfigError("model.rnn.dropout must be in [0, 1)")
+
+
+def check_sizes(
+    section: str, widths: dict[str, int], layers: dict[str, int], max_positions: int
+) -> None:
+    """ConfigError unless every width is in [1, MAX_WIDTH], every layer count in [1, MAX_LAYERS]
+    and max_positions in [2, MAX_POSITIONS] (a subword and its EOS)."""
+    bounds = [(name, value, 1, MAX_WIDTH) for name, value in widths.items()]
+    bounds += [(name, value, 1, MAX_LAYERS) for name, value in layers.items()]
+    bounds.append(("max_positions", max_positions, 2, MAX_POSITIONS))
+    for name, value, low, high in bounds:
+        if not low <= value <= high:
+            raise ConfigError(f"{section}.{name} must be in [{low}, {high:,}], got {show(value)}")
 
 
 @dataclass(frozen=True)
@@ -138,6 +194,12 @@ class TransformerConfig:
     max_positions: int = 1024
 
     def validate(self) -> None:
+        check_sizes(
+            "model.transformer",
+            widths={"d_model": self.d_model, "heads": self.heads, "ffn_dim": self.ffn_dim},
+            layers={"enc_layers": self.enc_layers, "dec_layers": self.dec_layers},
+            max_positions=self.max_positions,
+        )
         if self.d_model % self.heads:
             raise ConfigError(
                 f"model.transformer.d_model ({self.d_model}) must be divisible by "
@@ -155,9 +217,21 @@ class ModelConfig:
     rnn: RNNConfig = field(default_factory=RNNConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
+    @property
+    def max_positions(self) -> int:
+        """Positions one sentence may take on either side (its subwords plus EOS or BOS)."""
+        return self.rnn.max_positions if self.arch == "rnn" else self.transformer.max_positions
+
     def validate(self) -> None:
         self.rnn.validate()
         self.transformer.validate()
+
+
+FREEZABLE_PARTS = ("encoder", "decoder", "embeddings")
+# The Transformer cross-attention head that train.guided_alignment supervises and that hard
+# alignments then come from: (decoder layer, head), head 0 of the penultimate layer as in
+# Garg et al. 2019.
+GUIDED_ALIGNMENT_HEAD = (-2, 0)
 
 
 @dataclass(frozen=True)
@@ -195,8 +269,28 @@ class TrainConfig:
         False  # torch.use_deterministic_algorithms (CPU runs are bitwise repeatable)
     )
     num_threads: int = 0  # torch CPU threads; 0: torch's default
+    # Fine-tuning (`nmt train --init`): the checkpoint file the weights start from and its sha256,
+    # filled in by `nmt train`; empty for a run from random weights. Optimizer, schedule, counters
+    # and RNG start fresh either way.
+    init: str = ""
+    init_sha256: str = ""
+    # Parts whose weights stay fixed (left out of the optimizer), any of FREEZABLE_PARTS:
+    # "encoder" and "decoder" are their layers (an RNN's bridge and attention count as decoder);
+    # "embeddings" is every embedding table (source, target, learned positions), which includes
+    # the output layer's weight when tie_embeddings makes it the same tensor.
+    freeze: tuple[str, ...] = ()
+    # lambda of the guided-alignment loss (needs data prepared with alignments=eflomal): the
+    # cross-entropy between the stored links and one cross-attention head of the penultimate
+    # Transformer decoder layer (Garg et al. 2019), or the RNN's attention (Liu et al. 2016).
+    guided_alignment: float = 0.0
 
     def validate(self) -> None:
+        unknown = [part for part in self.freeze if part not in FREEZABLE_PARTS]
+        if unknown:
+            raise ConfigError(
+                f"train.freeze: unknown part {unknown[0]!r}; valid parts: "
+                f"{', '.join(FREEZABLE_PARTS)}"
+            )
         if self.max_steps < 1:
             raise ConfigError("train.max_steps must be >= 1")
         if self.batch_tokens < 16:
@@ -211,6 +305,22 @@ class TrainConfig:
             raise ConfigError("train.log_every, valid_every and save_every must be >= 1")
         if self.max_minutes < 0:
             raise ConfigError("train.max_minutes must be >= 0")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ConfigError(f"train.betas must both be in [0, 1), got {list(self.betas)}")
+        if not 0 < self.plateau_factor <= 1:
+            raise ConfigError("train.plateau_factor must be in (0, 1]")
+        if self.valid_beam < 1 or self.max_nan_steps < 1:
+            raise ConfigError("train.valid_beam and train.max_nan_steps must be >= 1")
+        counts = ("max_epochs", "warmup_steps", "plateau_patience", "keep_last",
+                  "valid_max_sentences", "patience", "num_threads", "seed")  # fmt: skip
+        for name in counts:
+            if not 0 <= getattr(self, name) <= INT32_MAX:
+                raise ConfigError(
+                    f"train.{name} must be in [0, {INT32_MAX}], got {getattr(self, name)}"
+                )
+        for name in ("weight_decay", "min_lr", "clip_norm", "guided_alignment"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -219,11 +329,16 @@ class DecodeConfig:
 
     beam_size: int = 5  # 1: greedy search
     nbest: int = 1  # hypotheses per sentence (beam search), or samples per sentence (sampling)
-    # Length normalisation of finished hypotheses: "gnmt" divides by ((5 + len) / 6) ** len_penalty
-    # (Wu et al. 2016), "avg" by the length, "none" keeps the summed log-probability. Lengths
-    # count the EOS.
-    length_norm: Literal["gnmt", "avg", "none"] = "gnmt"
+    # Length normalisation of finished hypotheses: "power" divides the summed log-probability by
+    # len ** len_penalty (fairseq's and CTranslate2's rule, so an export decodes alike), "gnmt" by
+    # ((5 + len) / 6) ** len_penalty (Wu et al. 2016), "avg" by len, "none" by 1. Lengths count
+    # the EOS.
+    length_norm: Literal["power", "gnmt", "avg", "none"] = "power"
     len_penalty: float = 1.0
+    # beta of GNMT's coverage penalty (Wu et al. 2016), added to the normalised score of finished
+    # hypotheses: beta * sum over source positions of log(min(attention received, 1)). Needs the
+    # attention rows, so > 0 makes the search compute them; 0 leaves it as it was.
+    coverage_penalty: float = 0.0
     # max target length = floor(a * S + b), S = source tokens + EOS; EOS is forced there
     max_len_a: float = 1.5
     max_len_b: int = 10
@@ -257,6 +372,8 @@ class DecodeConfig:
     def validate(self) -> None:
         if self.beam_size < 1 or self.nbest < 1:
             raise ConfigError("need decode.beam_size >= 1 and decode.nbest >= 1")
+        if max(self.beam_size, self.nbest) > MAX_BEAM:
+            raise ConfigError(f"decode.beam_size and decode.nbest must be <= {MAX_BEAM:,}")
         if not self.sample and self.nbest > self.beam_size:
             raise ConfigError(
                 f"decode.nbest ({self.nbest}) cannot exceed decode.beam_size ({self.beam_size})"
@@ -265,10 +382,18 @@ class DecodeConfig:
             raise ConfigError(
                 "need decode.temperature > 0, 0 < decode.top_p <= 1, decode.top_k >= 0"
             )
+        if self.coverage_penalty < 0:
+            raise ConfigError(f"decode.coverage_penalty must be >= 0, got {self.coverage_penalty}")
         if self.max_len_a < 0 or self.max_len_b < 0 or self.min_len < 0:
             raise ConfigError("decode.max_len_a, max_len_b and min_len must be >= 0")
+        if self.max_len_a > MAX_POSITIONS or max(self.max_len_b, self.min_len) > MAX_POSITIONS:
+            raise ConfigError(
+                f"decode.max_len_a, max_len_b and min_len must be <= {MAX_POSITIONS:,}"
+            )
         if self.no_repeat_ngram < 0 or self.batch_tokens < 1:
             raise ConfigError("need decode.no_repeat_ngram >= 0 and decode.batch_tokens >= 1")
+        if not 0 <= self.seed <= INT32_MAX:
+            raise ConfigError(f"decode.seed must be in [0, {INT32_MAX}], got {self.seed}")
         if not 0 <= self.align_threshold <= 1:
             raise ConfigError("decode.align_threshold must be in [0, 1] (0: argmax per word)")
         for name in ("attention_layer", "attention_head"):
@@ -291,6 +416,41 @@ class RunConfig:
         self.model.validate()
         self.train.validate()
         self.decode.validate()
+        layers = self.model.transformer.dec_layers
+        if self.train.guided_alignment > 0 and self.model.arch == "transformer" and layers < 2:
+            raise ConfigError(
+                "train.guided_alignment supervises a head of the penultimate decoder layer: it "
+                f"needs model.transformer.dec_layers >= 2, got {layers}"
+            )
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How `nmt serve` (nmt/serve/) listens, batches requests together and bounds them."""
+
+    host: str = "127.0.0.1"  # loopback only, unless a wider address is asked for
+    port: int = 8080  # 0: any free port (the address is printed at start)
+    device: str = "auto"
+    # Source subwords (+1 EOS per sentence) queued requests may add up to before they are decoded
+    # together; 0: the first model's decode.batch_tokens.
+    max_batch_tokens: int = 0
+    # Once the decoder is free and a request waits, how long it waits for more to join the batch.
+    max_wait_ms: float = 5.0
+    max_sentences: int = 64  # per request
+    max_chars: int = 20000  # per request, all sentences together
+    max_beam: int = 16
+    max_queue: int = 2048  # sentences waiting; beyond it new requests get 503
+    drain_seconds: float = 30.0  # after SIGINT/SIGTERM, time left to in-flight requests
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve port {self.port}: expected 0-65535 (0: any free port)")
+        if self.max_batch_tokens < 0 or self.max_wait_ms < 0 or self.drain_seconds < 0:
+            raise ConfigError("need max_batch_tokens >= 0, max_wait_ms >= 0, drain_seconds >= 0")
+        limits = ("max_sentences", "max_chars", "max_beam", "max_queue")
+        for name in limits:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"serve {name} must be >= 1, got {getattr(self, name)}")
 
 
 # Fields that may differ between a stored run and a resumed one: they change when or how long the
@@ -313,6 +473,12 @@ RESUME_SAFE_FIELDS = frozenset(
     }
 )
 RESUME_SAFE_SECTIONS = ("decode.",)
+
+# Model fields that regularise training without changing the weights' shapes or meaning: a
+# fine-tuning run (`nmt train --init`) may set them differently from its init checkpoint.
+MODEL_REGULARISATION_FIELDS = frozenset(
+    {"model.rnn.dropout", "model.transformer.dropout", "model.transformer.attn_dropout"}
+)
 
 C = TypeVar("C")
 
@@ -348,7 +514,7 @@ def _build(cls: Any, data: Any, where: str) -> Any:
     for key, value in data.items():
         dotted = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise ConfigError(f"unknown config key {dotted!r}{_suggest(key, names, where)}")
+            raise ConfigError(f"unknown config key {show(dotted)}{_suggest(key, names, where)}")
         kwargs[key] = _coerce(hints[key], value, dotted)
     return cls(**kwargs)
 
@@ -373,42 +539,59 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"config key {key!r}: got {value!r}, expected one of {choices}")
+            raise ConfigError(f"config key {key!r}: got {show(value)}, expected one of {choices}")
         return value
     if origin is tuple:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+            raise ConfigError(f"config key {key!r}: expected a list, got {show(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, key) for v in value)
         if len(value) != len(args):
-            raise ConfigError(f"config key {key!r}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"config key {key!r}: expected {len(args)} values, got {show(value)}")
         return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected true or false, got {show(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected an integer, got {show(value)}")
     if hint is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None and math.isfinite(number):
+            return number
+        if number is not None:
+            raise ConfigError(f"config key {key!r}: expected a finite number, got {show(value)}")
+        raise ConfigError(f"config key {key!r}: expected a number, got {show(value)}")
     if hint is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected a string, got {show(value)}")
     return value
+
+
+# Error messages quote a value through `show`, cut to a few items and characters: a YAML value
+# built from nested aliases is small in memory, but its full repr can take gigabytes.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 3, 3, 3
+_SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 60, 40, 60
+
+
+def show(value: Any) -> str:
+    """`repr(value)` cut short (at most ~200 characters, built without the full repr)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<an integer of {value.bit_length():,} bits>"  # repr of a huge int is refused
+    return _SHORT.repr(value)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -417,13 +600,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(
             f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})"
         ) from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+        raise ConfigError(f"{path}: not a usable config ({str(exc)[:120]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -440,7 +629,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):
             value = raw
         parts = key.strip().split(".")
         node = nested
@@ -493,6 +682,19 @@ def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(name)
     return out
+
+
+def architecture_conflicts(stored: ModelConfig, requested: ModelConfig) -> list[str]:
+    """Model fields that differ between a checkpoint's config and a requested one and change the
+    architecture (dotted names, `model.` prefix). Regularisation fields may differ, and so may the
+    section of an architecture that neither config uses."""
+    unused = {"rnn", "transformer"} - {stored.arch, requested.arch}
+    return [
+        name
+        for name in diff(stored, requested, "model.")
+        if name not in MODEL_REGULARISATION_FIELDS
+        and not any(name.startswith(f"model.{arch}.") for arch in unused)
+    ]
 
 
 def resume_conflicts(stored: RunConfig, requested: RunConfig) -> list[str]:

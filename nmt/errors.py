@@ -24,3 +24,12 @@ class DataError(NmtError):
 
 class CheckpointError(NmtError):
     """A checkpoint or run directory that is missing, corrupt or incompatible."""
+
+
+class Stopped(NmtError):
+    """Training stopped on SIGINT / SIGTERM after saving its progress. Exits 128 + the signal
+    number (130, 143); the message is the whole report, printed without `error:`."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -8,10 +8,15 @@ half written one.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -38,30 +43,136 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _process_start() -> float:
+    """When this process started (Unix time, a second early to be safe): from /proc on Linux,
+    else the time this module was imported."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of proc(5): start time in clock ticks after boot
+        lines = Path("/proc/stat").read_text().splitlines()
+        boot = next(int(line.split()[1]) for line in lines if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK") - 1.0
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+# A temp file last changed before then cannot belong to this process.
+_STARTED = _process_start()
+
+
+def _is_special(path: Path) -> bool:
+    """A device, FIFO or socket (/dev/stdout, /dev/null): written in place, never replaced."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 @contextlib.contextmanager
 def atomic_open(
     path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"
 ) -> Iterator[IO]:
     """Open a temp file beside `path`; on success fsync it and rename it over `path`.
 
-    On an exception the temp file is removed and `path` is left untouched.
+    On an exception the temp file is removed and `path` is left untouched. An OSError without a
+    file name (a full disk) is given `path` as its file name. A device or FIFO (/dev/stdout) is
+    written directly: renaming over it would replace the device with a file. The temp file is
+    locked while open, so that `remove_stale_temps` of another process leaves it alone.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, _umask_mode(0o666))  # mkstemp makes 0600; give the usual permissions
     binary = "b" in mode
     try:
+        if _is_special(path):
+            with open(path, mode, encoding=None if binary else encoding) as handle:
+                yield handle
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.chmod(tmp, _umask_mode(0o666))  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:
+            exc.filename = str(path)
         raise
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Raise the OSError that writing the file `path` would meet, before any work is spent on it:
+    `path` is a folder, the nearest existing folder above it is a file, or it is not writable.
+    (A full disk shows only on the write itself; `atomic_open` names the file then.)"""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    for parent in path.parents:  # nearest first
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(parent))
+        return
+
+
+def _temp_pattern(path: Path) -> re.Pattern[str]:
+    # The names tempfile.mkstemp / mkdtemp give with prefix ".NAME." and suffix ".tmp".
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files and folders that an earlier, killed write of `path` left beside it.
+
+    Conservative: only names `atomic_open` / `atomic_dir` give for this very `path`, last changed
+    before this process started, and not locked by a live writer; symlinks are never followed.
+    Returns what was removed.
+    """
+    path = Path(path)
+    pattern = _temp_pattern(path)
+    removed: list[Path] = []
+    try:
+        entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name)]
+    except OSError:
+        return removed
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode) or info.st_mtime >= _STARTED:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by a live writer: skip
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            finally:
+                os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def hold_lock(folder: Path) -> Iterator[None]:
+    """Lock the temp folder `folder` while it is being built (see `remove_stale_temps`)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -93,28 +204,119 @@ def append_jsonl(path: str | os.PathLike, row: Any) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """The records of a JSONL file. A last line without its newline that is not valid JSON is
+    dropped: it is a record torn by a kill in the middle of `append_jsonl`. Any other bad line
+    raises ValueError naming its line."""
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        lines = handle.read().split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # no newline after it: torn
+                break
+            raise ValueError(f"line {number}: {exc.msg}") from None
+    return rows
+
+
+# Written into every folder `atomic_dir` builds: which command made it and what it holds. It is the
+# proof that lets a later run of that command replace the folder; without it nothing is replaced.
+OUTPUT_MARKER = ".nmt-output.json"
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def output_problem(
+    path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike] = ()
+) -> str | None:
+    """Why the folder `path` may not be written (or replaced) by `nmt KIND`, or None when it may.
+
+    It may when it is absent, an empty folder, or a folder that an earlier `nmt KIND` wrote: its
+    `OUTPUT_MARKER` names `kind` and it holds no top-level entry besides the ones listed there.
+    Never when it is, or contains, one of `inputs` (paths are compared resolved).
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    for source in inputs:
+        if _is_within(Path(source).resolve(), resolved):
+            return f"{path}: holds the input {source}; write the output to another folder"
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not path.is_dir():
+        return f"{path}: exists and is not a folder; choose another --out"
+    entries = {entry.name for entry in path.iterdir()}
+    if not entries:
+        return None
+    try:
+        marker = read_json(path / OUTPUT_MARKER)
+    except (OSError, ValueError):
+        marker = None
+    if not isinstance(marker, dict) or marker.get("kind") != kind:
+        return (
+            f"{path}: exists and holds no {OUTPUT_MARKER} naming it an `nmt {kind}` output, so "
+            "it is not replaced; choose another --out or remove it yourself"
+        )
+    foreign = sorted(entries - set(marker.get("entries", [])) - {OUTPUT_MARKER})
+    if foreign:
+        return (
+            f"{path}: holds {foreign[0]}, which `nmt {kind}` did not write, so it is not "
+            "replaced; move that out or choose another --out"
+        )
+    return None
+
+
+def write_output_marker(folder: Path, kind: str) -> None:
+    entries = sorted(entry.name for entry in folder.iterdir() if entry.name != OUTPUT_MARKER)
+    write_json(folder / OUTPUT_MARKER, {"kind": kind, "entries": entries})
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Build a directory under a temp name beside `path`; rename it into place only on success.
+def atomic_dir(
+    path: str | os.PathLike,
+    kind: str,
+    inputs: Iterable[str | os.PathLike] = (),
+    refused: type[Exception] = FileExistsError,
+) -> Iterator[Path]:
+    """Build the output folder of `nmt KIND` under a temp name beside `path`; on success mark it
+    (`OUTPUT_MARKER`) and rename it into place.
 
-    An existing `path` is replaced only after the new one is complete, so a crash or Ctrl-C leaves
-    either the old directory or nothing, never a half-written one that a later run would trust.
+    An existing `path` is replaced only when `output_problem` allows it, checked on entry and again
+    right before the rename; otherwise `refused(message)` is raised (callers pass an NmtError
+    kind) and nothing is touched. The old folder is moved aside under a fresh temp name and removed
+    only after the new one is in place, so a crash or Ctrl-C leaves either the old folder or the
+    new one, never a half-written one that a later run would trust.
     """
     path = Path(path)
+    inputs = list(inputs)
+    problem = output_problem(path, kind, inputs)
+    if problem:
+        raise refused(problem)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes 0700; give the usual permissions
     try:
-        yield tmp
+        with hold_lock(tmp):
+            yield tmp
+        write_output_marker(tmp, kind)
+        problem = output_problem(path, kind, inputs)  # something may have appeared meanwhile
+        if problem:
+            raise refused(problem)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            # An empty folder of our own making: renaming `path` over it is atomic, and no name
+            # that someone else could own is ever deleted.
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)

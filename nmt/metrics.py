@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nmt.errors import DataError
+from nmt.errors import ConfigError, DataError
 
 
 def corpus_scores(
@@ -66,6 +66,24 @@ def corpus_scores(
         "ter": t.score,
         "ter_signature": str(ter.get_signature()),
     }
+
+
+def check_tokenize(tokenize: str | None) -> None:
+    """ConfigError unless sacreBLEU can build the BLEU tokenizer `tokenize` (None: its default).
+    Called before any translation, so that a typo costs nothing."""
+    from sacrebleu.metrics import BLEU
+
+    if tokenize is None:
+        return
+    try:
+        BLEU(tokenize=tokenize)
+    except KeyError:
+        from sacrebleu.metrics.bleu import _TOKENIZERS
+
+        names = ", ".join(_TOKENIZERS)
+        raise ConfigError(f"--tokenize {tokenize!r}: unknown; sacreBLEU has {names}") from None
+    except (ImportError, OSError, RuntimeError) as exc:  # ja-mecab etc. need extra packages
+        raise ConfigError(f"--tokenize {tokenize}: not usable here ({exc})") from None
 
 
 def read_lines(path: str | Path) -> list[str]:

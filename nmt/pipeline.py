@@ -9,20 +9,19 @@ import contextlib
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nmt.config import PrepareConfig, dump_yaml
-from nmt.errors import ConfigError, DataError, NmtError
-from nmt.io import atomic_dir, write_text
+from nmt.errors import ConfigError, DataError
+from nmt.io import atomic_dir, atomic_open, output_problem, remove_stale_temps, write_text
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from nmt.config import RunConfig
     from nmt.data.store import PreparedData
-    from nmt.decoding.alignment import AttentionRecord
-    from nmt.decoding.beam import Hypothesis
 
 # ---- prepare (issue 2) --------------------------------------------------------------------------
 
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PADDING_REPORT_TOKENS = 4096  # batch size at which stats.json reports the sampler's padding
+PREPARE_KIND = "prepare"  # the command a prepared directory's output marker names
 
 
 def prepare(
@@ -70,9 +70,16 @@ def prepare(
     specs = {
         role: corpus.parse_spec(text, cfg.src_lang, cfg.tgt_lang) for role, text in roles.items()
     }
+    sources = [path for spec in specs.values() for path in spec.paths]
+    sources += [Path(model) for model in (cfg.spm_model, cfg.spm_tgt_model) if model]
+    if overwrite and (out / store.MANIFEST).is_file():
+        problem = output_problem(out, PREPARE_KIND, sources)
+        if problem:
+            raise DataError(problem)  # before hashing: --overwrite replaces only our own output
     with console.status("hashing the inputs"):
         inputs = store.describe_inputs(specs)
     key = store.cache_key(cfg, inputs)
+    remove_stale_temps(out)  # left by a killed earlier run (a reuse skips atomic_dir)
     existing = store.check_out_dir(out, key, cfg, inputs, overwrite)
     if existing is not None:
         console.print(
@@ -82,7 +89,7 @@ def prepare(
         return existing
 
     started = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, PREPARE_KIND, sources, refused=DataError) as tmp:
         # Cleaned text goes to Arrow files in a scratch folder (removed before `out` appears) and
         # is memory-mapped from there: no step holds the corpus in memory.
         scratch = tmp / ".text"
@@ -109,6 +116,9 @@ def prepare(
             with contextlib.nullcontext() if big else console.status(status):
                 split = store.write_split(tmp, role, text, src_tok, tgt_tok, cfg.num_proc)
                 stats[role] = store.split_stats(split, tallies[role].read, tallies[role].dropped)
+            if role == "train" and cfg.alignments == "eflomal":
+                with console.status(f"word-aligning {len(text):,} training pairs (eflomal)"):
+                    split = store.add_alignments(tmp, role, split, src_tok, tgt_tok)
             if role == "train":
                 lens = store.split_lengths(split)
                 sampler = TokenBatchSampler(*lens, PADDING_REPORT_TOKENS, seed=cfg.seed)
@@ -208,23 +218,30 @@ def train(
     out: Path | None,
     overrides: list[str],
     resume: Path | None = None,
+    init: Path | None = None,
 ) -> dict[str, Any]:
     """`nmt train`: a new run from CONFIG (+ `--set` overrides) on the prepared `data`, written to
-    the run directory `out`; or, with `resume`, that run continued from its last.pt.
+    the run directory `out`; or, with `resume`, that run continued from its last.pt. With `init`
+    (or `train.init` in CONFIG) the new run's weights start from that run or checkpoint
+    (fine-tuning, nmt/training/finetune.py).
 
     Everything a user can get wrong is checked here, before any rank of a torchrun job writes a
     file: the config, the prepared directory, a run directory that already holds a run, and on
     resume the fields that may not change (listed with their old and new values) and the data hash.
     Returns the summary dict of `nmt.training.loop.train`.
     """
+    from nmt import checkpoint as ckpt
     from nmt.config import RunConfig, load_config, replace, resume_conflicts, to_dict
     from nmt.data.store import load_prepared
     from nmt.errors import CheckpointError
-    from nmt.training import checkpoint as ckpt
+    from nmt.training.finetune import check_vocabulary
     from nmt.training.loop import train as run_training
+    from nmt.training.run_folder import check_unlocked
 
     if resume is not None:
         run_dir = Path(resume)
+        if init is not None:
+            raise ConfigError("--init starts a new run and --resume continues one; give one")
         if config is not None:
             raise ConfigError(
                 "--resume continues a run with its stored config; drop CONFIG and change "
@@ -232,6 +249,7 @@ def train(
             )
         if out is not None and Path(out).resolve() != run_dir.resolve():
             raise ConfigError("--resume RUN_DIR writes to RUN_DIR; drop --out")
+        check_unlocked(run_dir)  # another `nmt train` writing it: refused with its PID
         if not (run_dir / ckpt.LAST).is_file():
             raise CheckpointError(
                 f"{run_dir}: nothing to resume (no {ckpt.LAST}); the run saved no checkpoint yet "
@@ -259,21 +277,66 @@ def train(
             )
         return run_training(requested, data_dir, run_dir, resume=True)
 
-    if config is None:
-        raise ConfigError("nmt train needs CONFIG.yaml (or --resume RUN_DIR)")
+    if config is None and init is None:
+        raise ConfigError("nmt train needs CONFIG.yaml (or --resume RUN_DIR, or --init RUN)")
     if data is None:
         raise ConfigError("nmt train CONFIG.yaml needs --data PREPARED_DIR (from `nmt prepare`)")
-    cfg = load_config(RunConfig, config, overrides)
-    load_prepared(data)  # a missing or broken prepared directory fails here, before any work
-    run_dir = Path(out) if out is not None else Path("checkpoints") / f"{Path(config).stem}"
+    if config is None and out is None:
+        raise ConfigError("nmt train --init without CONFIG needs --out NEW_RUN_DIR")
+    if init is None and config is not None:
+        cfg = load_config(RunConfig, config, overrides)
+        init = Path(cfg.train.init) if cfg.train.init else None  # a fine-tuning run's config
+    if init is not None:
+        cfg, init_payload = _finetune_config(config, overrides, Path(init))
+    prepared = load_prepared(data)  # a missing or broken prepared directory fails here
+    if init is not None:
+        check_vocabulary(init_payload, prepared, Path(cfg.train.init))
+    run_dir = Path(out) if out is not None else Path("checkpoints") / f"{Path(str(config)).stem}"
+    if run_dir.is_dir():
+        check_unlocked(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         hint = (
             f"continue it with `nmt train --resume {run_dir}`"
+            if (run_dir / ckpt.LAST).is_file()
+            else "a run killed before its first checkpoint: nothing to resume; remove it to start "
+            "again"
             if (run_dir / ckpt.CONFIG_FILE).is_file()
             else "it is not empty"
         )
         raise ConfigError(f"{run_dir}: already exists ({hint}); choose another --out")
     return run_training(cfg, data, run_dir)
+
+
+def _finetune_config(
+    config: Path | None, overrides: list[str], init: Path
+) -> tuple[RunConfig, dict[str, Any]]:
+    """The RunConfig of a fine-tuning run and the payload of its init checkpoint.
+
+    The model section comes from CONFIG, or from the checkpoint when CONFIG has none; without
+    CONFIG everything does (except the checkpoint's own init and freeze). `--set` applies on top,
+    and train.init / train.init_sha256 record the checkpoint file. Raises ConfigError when the
+    model section describes another architecture than the checkpoint's.
+    """
+    from nmt import checkpoint as ckpt
+    from nmt.config import RunConfig, from_dict, load_yaml, merge, parse_overrides, to_dict
+    from nmt.training import finetune
+
+    path, why = finetune.resolve_init(init)
+    payload = ckpt.load_checkpoint(path)
+    stored = ckpt.config_from_payload(payload, path)
+    if config is not None:
+        base = load_yaml(config)
+        base.setdefault("model", to_dict(stored.model))
+    else:
+        base = to_dict(stored)
+        for key in ("init", "init_sha256", "freeze"):
+            base["train"].pop(key, None)
+    sha = ckpt.sha256_file(path)
+    record = {"train": {"init": str(path.resolve()), "init_sha256": sha}}
+    cfg = from_dict(RunConfig, merge(merge(base, parse_overrides(overrides)), record))
+    finetune.check_architecture(stored.model, cfg.model, path)
+    _log_stderr(f"fine-tuning: weights from {why}, sha256 {sha[:12]}...")
+    return cfg, payload
 
 
 def _dotted(tree: dict[str, Any], name: str) -> Any:
@@ -286,25 +349,35 @@ def average(run_dir: Path, last: int, out: Path | None) -> tuple[Path, list[int]
     """`nmt average`: the mean of the `last` newest periodic checkpoints of `run_dir`, written to
     `out` (default RUN_DIR/averaged.pt) beside the run's tokenizer files. Returns the file and
     the steps averaged."""
-    from nmt.training import checkpoint as ckpt
+    from nmt.training import checkpoint as saving
 
     if last < 1:
         raise ConfigError(f"--last must be >= 1, got {last}")
-    return ckpt.average_run(Path(run_dir), last, Path(out) if out is not None else None)
+    return saving.average_run(Path(run_dir), last, Path(out) if out is not None else None)
 
 
 # CTranslate2 weight types (`--quantization`); None keeps float32.
 CT2_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
                      "bfloat16", "float32")  # fmt: skip
+EXPORT_KIND = "export"  # the command an exported model folder's output marker names
 
 
-def export(checkpoint: Path, out: Path, fmt: str, quantization: str | None) -> Path:
+def export(
+    checkpoint: Path,
+    out: Path,
+    fmt: str,
+    quantization: str | None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """`nmt export`: a trained Transformer as a CTranslate2 model directory `out` (model.bin,
     config.json, vocabularies) with the run's SentencePiece models beside it as source.spm and
-    target.spm. Written under a temp name and renamed, so `out` is never half-written."""
-    from nmt.models.ctranslate2 import transformer_spec
+    target.spm. Written under a temp name and renamed, so `out` is never half-written; an existing
+    `out` is replaced only when an earlier `nmt export` wrote it, and never when it holds
+    `checkpoint`."""
+    from nmt.checkpoint import load_for_inference
+    from nmt.io import write_json
+    from nmt.models.ctranslate2 import DECODING_FILE, transformer_spec, translate_options
     from nmt.models.transformer import TransformerModel
-    from nmt.training.checkpoint import load_for_inference
 
     if fmt != "ctranslate2":
         raise ConfigError(f"--format {fmt!r}: the only export format is ctranslate2")
@@ -312,6 +385,9 @@ def export(checkpoint: Path, out: Path, fmt: str, quantization: str | None) -> P
         raise ConfigError(
             f"--quantization {quantization!r}: expected one of {', '.join(CT2_QUANTIZATIONS)}"
         )
+    problem = output_problem(out, EXPORT_KIND, [checkpoint])
+    if problem:
+        raise ConfigError(problem)
     model, cfg, src_tok, tgt_tok = load_for_inference(checkpoint, "cpu")
     if not isinstance(model, TransformerModel):
         raise ConfigError(
@@ -322,201 +398,37 @@ def export(checkpoint: Path, out: Path, fmt: str, quantization: str | None) -> P
     tgt_pieces = tgt_tok.pieces(range(tgt_tok.vocab_size))
     spec = transformer_spec(model, cfg.model.transformer, src_pieces, tgt_pieces)
     spec.optimize(quantization=quantization)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, EXPORT_KIND, [checkpoint], refused=ConfigError) as tmp:
         spec.save(str(tmp))
         (tmp / "source.spm").write_bytes(src_tok.model_bytes)
         (tmp / "target.spm").write_bytes(tgt_tok.model_bytes)
+        options = translate_options(cfg.decode)
+        write_json(tmp / DECODING_FILE, options)
+    for difference in options["differences"]:
+        (log or _log_stderr)(f"note: CTranslate2 will decode differently: {difference}")
     return out
 
 
 # ---- translate, evaluate, align-eval, plot (issue 5) --------------------------------------------
 
-# Lines translated together: enough for length-sorted batches, small enough that output streams.
-TRANSLATE_CHUNK_LINES = 1000
+OUTPUT_FORMATS = ("text", "jsonl")
 
 
-def resolve_decode_device(name: str) -> Any:
-    """--device auto|cpu|cuda -> torch.device; asking for CUDA without a GPU is an error."""
-    import torch
-
-    if name not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
-    return torch.device(name)
-
-
-class Translator:
-    """One or more trained models (an ensemble shares one vocabulary) plus the decode settings:
-    text lines in, n-best lists and attention records out, in input order.
-
-    Decode settings: the first checkpoint's `decode` section, then `--set decode.key=value`
-    overrides, then the named flags. Only `decode.*` may change: the model comes from the
-    checkpoint alone.
-    """
-
-    def __init__(
-        self,
-        checkpoints: list[Path],
-        overrides: list[str],
-        flags: dict[str, Any],
-        device: str,
-        log: Callable[[str], None],
-    ) -> None:
-        import torch
-
-        from nmt.config import DecodeConfig, from_dict, merge, parse_overrides, to_dict
-        from nmt.decoding.beam import Ensemble
-        from nmt.errors import CheckpointError
-        from nmt.training.checkpoint import load_for_inference
-
-        if not checkpoints:
-            raise ConfigError("give a run directory or checkpoint file (several make an ensemble)")
-        nested = parse_overrides(overrides)
-        if set(nested) - {"decode"}:
-            wrong = ", ".join(sorted(set(nested) - {"decode"}))
-            raise ConfigError(
-                f"--set {wrong}.*: only decode.* settings can change at translation time; the "
-                "model is rebuilt from the checkpoint"
-            )
-        self.device = resolve_decode_device(device)
-        self.log = log
-        loaded = [load_for_inference(path, self.device) for path in checkpoints]
-        self.models = [model for model, _, _, _ in loaded]
-        _, self.run_cfg, self.src_tok, self.tgt_tok = loaded[0]
-        for path, (_, _, src_tok, tgt_tok) in zip(checkpoints, loaded, strict=True):
-            if (src_tok.sha256, tgt_tok.sha256) != (self.src_tok.sha256, self.tgt_tok.sha256):
-                raise CheckpointError(
-                    f"{path}: uses other SentencePiece models than {checkpoints[0]}; an ensemble "
-                    "needs one shared vocabulary"
-                )
-        decode = merge(to_dict(self.run_cfg.decode), nested.get("decode", {}))
-        decode = merge(decode, {k: v for k, v in flags.items() if v is not None})
-        self.cfg: DecodeConfig = from_dict(DecodeConfig, decode, "decode")
-        if self.cfg.precision == "bf16":
-            # oneDNN's kernel caches stay on: decoding shapes are few (rows x one position) and
-            # rebuilding kernels made bf16 greedy search 2.6x slower (bench/NOTES.md).
-            self.models = [model.to(torch.bfloat16) for model in self.models]
-        # Longest source the models accept: positions for the subwords and the EOS.
-        self.max_src_len = Ensemble(self.models).max_positions
-        if self.max_src_len is not None:
-            self.max_src_len -= 1
-        self.arch = self.run_cfg.model.arch
-        self.prepare_cfg = _prepare_config_of(checkpoints[0], log)
-        names = ", ".join(str(p) for p in checkpoints)
-        search = "sampling" if self.cfg.sample else "greedy" if self.cfg.beam_size == 1 else "beam"
-        log(
-            f"loaded {names} ({self.arch}) on {self.device} ({self.cfg.precision}); {search} "
-            f"search, beam {self.cfg.beam_size}, nbest {self.cfg.nbest}"
-        )
-
-    def encode(self, lines: list[str], first: int, where: str) -> list[list[int]]:
-        """Source ids per line; empty lines give []; too long lines follow decode.too_long."""
-        from nmt.data.corpus import clean_text
-
-        # The same normalisation as the training data got (NFKC, spaces, lowercasing).
-        ids = self.src_tok.encode_batch([clean_text(line, self.prepare_cfg) for line in lines])
-        limit = self.max_src_len
-        for n, seq in enumerate(ids):
-            if not lines[n].strip():
-                ids[n] = []
-            elif limit is not None and len(seq) > limit:
-                lineno = first + n + 1
-                if self.cfg.too_long == "error":
-                    raise DataError(
-                        f"{where}:{lineno}: {len(seq)} subwords, more than the model's maximum of "
-                        f"{limit}; shorten the line or pass --set decode.too_long=truncate"
-                    )
-                self.log(
-                    f"warning: {where}:{lineno}: {len(seq)} subwords, truncated to the model's "
-                    f"maximum of {limit} (decode.too_long=truncate)"
-                )
-                ids[n] = seq[:limit]
-        return ids
-
-    def translate(
-        self, src_ids: list[list[int]], need_attention: bool = False
-    ) -> list[list[Hypothesis]]:
-        from nmt.decoding.beam import decode_corpus
-
-        return decode_corpus(self.models, src_ids, self.cfg, self.device, need_attention)
-
-    def detok(self, hyp: Hypothesis) -> str:
-        return self.tgt_tok.decode(hyp.tokens)
-
-    def record(self, index: int, src: list[int], hyp: Hypothesis) -> AttentionRecord:
-        from nmt.decoding.alignment import make_record
-
-        return make_record(
-            index,
-            self.src_tok.pieces(src),
-            self.tgt_tok.pieces(hyp.tokens),
-            hyp.attention,
-            self.cfg.attention_layer,
-            self.cfg.attention_head,
-        )
-
-    def alignment(self, record: AttentionRecord, hyp: Hypothesis) -> list[tuple[int, int]]:
-        """Hard word links of the best hypothesis; "all" layers/heads are averaged for them."""
-        from nmt.decoding.alignment import hard_alignment, make_record
-
-        words = record.word_matrix
-        if words.ndim == 4:
-            layer = "mean" if self.cfg.attention_layer == "all" else self.cfg.attention_layer
-            head = "mean" if self.cfg.attention_head == "all" else self.cfg.attention_head
-            words = make_record(
-                record.index, record.src_pieces, record.tgt_pieces, hyp.attention, layer, head
-            ).word_matrix
-        return hard_alignment(words, self.cfg.align_threshold)
-
-
-def _prepare_config_of(checkpoint: Path, log: Callable[[str], None]) -> PrepareConfig:
-    """The cleaning settings of the data a run was trained on (its prepared directory's manifest,
-    found through the run's data.json), so that text to translate is normalised the same way.
-    Falls back to the defaults (NFKC, no lowercasing) when that directory is gone."""
-    from nmt.config import from_dict
-    from nmt.io import read_json
-
-    run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-    try:
-        info = read_json(run_dir / "data.json")
-        manifest = read_json(Path(info["path"]) / "manifest.json")
-        return from_dict(PrepareConfig, manifest["config"])
-    except (OSError, ValueError, KeyError, TypeError, NmtError):
-        log(
-            f"note: the prepared data of {run_dir} was not found; input is normalised with the "
-            "default cleaning (NFKC, whitespace; no lowercasing)"
-        )
-        return PrepareConfig()
-
-
-def _open_text(path: Path) -> Any:
-    """A UTF-8 line reader for a file (.gz allowed); DataError if it is missing."""
-    import gzip
-
-    if not path.is_file():
-        raise DataError(f"{path}: input file not found")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-    return open(path, encoding="utf-8", newline="\n")
-
-
-def _chunks(handle: Any, size: int, where: str) -> Iterator[list[str]]:
-    """Lines (without their newline) in lists of up to `size`, read lazily."""
-    chunk: list[str] = []
-    lineno = 0
-    try:
-        for lineno, line in enumerate(handle, 1):  # noqa: B007 (used in the error below)
-            chunk.append(line.rstrip("\r\n"))
-            if len(chunk) == size:
-                yield chunk
-                chunk = []
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{where}:{lineno + 1}: not UTF-8 text ({exc.reason})") from None
-    if chunk:
-        yield chunk
+def check_output_path(path: Path, flag: str, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Refuse, before any work, an output that cannot be written as a file: a directory, a path
+    under a regular file, or one of the command's own inputs (it would be replaced)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: {parent} is not a directory")
+    for source in inputs:
+        if source is not None and path.exists() and Path(source).exists():
+            if path.resolve() == Path(source).resolve():
+                raise ConfigError(f"{flag} {path}: is also an input; write to another file")
 
 
 def translate(
@@ -530,76 +442,168 @@ def translate(
     alignments_out: Path | None = None,
     plot_dir: Path | None = None,
     log: Callable[[str], None] | None = None,
+    output_format: str = "text",
+    with_attention: bool = False,
 ) -> dict[str, Any]:
-    """`nmt translate`: lines from `input_path` (or stdin) to detokenized translations in
-    `output_path` (or stdout), in input order, `TRANSLATE_CHUNK_LINES` at a time so that output
-    streams. Empty lines stay empty. With nbest > 1 each input line gives nbest lines
-    `LINE ||| translation ||| score` (Moses n-best format, LINE counted from 0). Attention of the
-    best hypothesis goes to `attention_out` (.npz/.jsonl), hard word alignments to
-    `alignments_out` (Pharaoh), heatmaps to `plot_dir/attention_<LINE>.png`. On a terminal
-    (stdin a TTY, no input file) it translates line by line as they are typed.
+    """`nmt translate`: lines from `input_path` (or stdin) to translations in `output_path` (or
+    stdout), in input order. Empty lines stay empty.
+
+    Text output: one translation per line; with nbest > 1, nbest lines `LINE ||| translation |||
+    score` per input line (Moses n-best format, LINE counted from 0). JSONL output: one object
+    per line (`TranslationResult.to_dict`: translation, score, tokens, token_scores, alignment;
+    nbest when nbest > 1; the word attention with `with_attention`). Attention of the best
+    hypothesis goes to `attention_out` (.npz/.jsonl), hard word alignments to `alignments_out`
+    (Pharaoh), heatmaps to `plot_dir/attention_<LINE>.png`.
+
+    A file is checked whole (UTF-8, gzip) before the model loads and then read in chunks; stdin
+    (a pipe or a terminal) is answered in micro-batches as lines arrive, flushed after each.
     Returns {"sentences", "tokens", "seconds"}.
     """
     import sys
 
-    from nmt.decoding.alignment import AttentionWriter, write_pharaoh
-    from nmt.decoding.plot import plot_attention
-    from nmt.io import atomic_open
+    from nmt.data import textio
+    from nmt.inference import Translator
 
     log = log or _log_stderr
-    flags = flags or {}
-    interactive = input_path is None and sys.stdin.isatty()
-    for path in (attention_out,):
-        if path is not None and Path(path).suffix.lower() not in (".npz", ".jsonl"):
-            raise ConfigError(f"--attention-out {path}: the file must end in .npz or .jsonl")
-    if input_path is not None and not Path(input_path).is_file():
-        raise DataError(f"{input_path}: input file not found")
-    translator = Translator(checkpoints, overrides or [], flags, device, log)
-    cfg = translator.cfg
-    need_attention = bool(attention_out or alignments_out or plot_dir)
-    where = str(input_path) if input_path is not None else "<stdin>"
-    meta = {
-        "arch": translator.arch,
-        "attention_layer": cfg.attention_layer,
-        "attention_head": cfg.attention_head,
-    }
-    alignments: list[list[tuple[int, int]]] = []
-    count = tokens = 0
+    if output_format not in OUTPUT_FORMATS:
+        raise ConfigError(f"--output-format {output_format!r}: expected text or jsonl")
+    if with_attention and output_format != "jsonl":
+        raise ConfigError("--attention adds the attention matrix to JSONL rows: use it with "
+                          "--output-format jsonl (or --attention-out FILE)")  # fmt: skip
+    if attention_out is not None and Path(attention_out).suffix.lower() not in (".npz", ".jsonl"):
+        raise ConfigError(f"--attention-out {attention_out}: the file must end in .npz or .jsonl")
+    for flag, path in (("-o", output_path), ("--attention-out", attention_out),
+                       ("--alignments-out", alignments_out)):  # fmt: skip
+        if path is not None:
+            check_output_path(path, flag, (input_path,))
+    if plot_dir is not None and Path(plot_dir).exists() and not Path(plot_dir).is_dir():
+        raise ConfigError(f"--plot-dir {plot_dir}: is a file; give a folder")
+    if input_path is not None:
+        textio.check_text_file(Path(input_path))
+        batches = textio.file_chunks(Path(input_path))
+        where = str(input_path)
+    else:
+        batches = textio.micro_batches(textio.stdin_binary(sys.stdin))
+        where = "<stdin>"
+    translator = Translator.load(checkpoints, device, overrides or [], log, **(flags or {}))
+    writer = TranslationWriter(translator, output_format, with_attention)
+    need_attention = bool(attention_out or alignments_out or plot_dir or output_format == "jsonl")
+    if input_path is None and sys.stdin is not None and sys.stdin.isatty():
+        log("type a sentence and press Enter; Ctrl-D ends")
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        reader = stack.enter_context(_open_text(Path(input_path))) if input_path else sys.stdin
         out = stack.enter_context(atomic_open(output_path)) if output_path else sys.stdout
-        writer = None
-        if attention_out is not None:
-            writer = stack.enter_context(AttentionWriter(attention_out, meta))
-        if interactive:
-            log("type a sentence and press Enter; Ctrl-D ends")
-        for lines in _chunks(reader, 1 if interactive else TRANSLATE_CHUNK_LINES, where):
-            src = translator.encode(lines, count, where)
-            hyps = translator.translate(src, need_attention)
-            for n, nbest in enumerate(hyps):
-                index = count + n
-                if cfg.nbest > 1:
-                    for hyp in nbest:
-                        out.write(f"{index} ||| {translator.detok(hyp)} ||| {hyp.score:.4f}\n")
-                else:
-                    out.write(translator.detok(nbest[0]) + "\n")
-                tokens += len(nbest[0].tokens)
-                if need_attention:
-                    record = translator.record(index, src[n], nbest[0])
-                    if writer is not None:
-                        writer.write(record)
-                    if alignments_out is not None:
-                        alignments.append(translator.alignment(record, nbest[0]))
-                    if plot_dir is not None and record.word_matrix.size:
-                        plot_attention(record, Path(plot_dir) / f"attention_{index}.png")
-            out.flush()
-            count += len(lines)
-    if alignments_out is not None:
-        write_pharaoh(alignments_out, alignments)
+        sinks = stack.enter_context(
+            AttentionSinks(translator, attention_out, alignments_out, plot_dir)
+        )
+        for lines in batches:
+            results = translator.translate_full(
+                lines, attention=need_attention, first_index=writer.count, where=where
+            )
+            writer.write(out, results)
+            sinks.write(results)
+            _flush(out, writer.count)
     seconds = time.perf_counter() - started
-    log(f"translated {count:,} lines in {seconds:.1f} s")
-    return {"sentences": count, "tokens": tokens, "seconds": seconds}
+    log(f"translated {writer.count:,} lines in {seconds:.1f} s")
+    return {"sentences": writer.count, "tokens": writer.tokens, "seconds": seconds}
+
+
+def _flush(out: Any, lines_done: int) -> None:
+    """Flush after each batch, so that a pipe's reader gets its answers at once."""
+    try:
+        out.flush()
+    except BrokenPipeError:
+        raise _reader_gone(lines_done) from None
+
+
+def _reader_gone(lines_done: int) -> DataError:
+    """The error for a reader that closed our stdout (`nmt translate ... | head`). Standard
+    output is pointed at /dev/null first, so that the interpreter's own last flush is silent."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return DataError(f"<stdout>: the reader closed the pipe after {lines_done:,} lines")
+
+
+class TranslationWriter:
+    """Writes results as text (or Moses n-best) or JSONL, counting lines and target tokens."""
+
+    def __init__(self, translator: Any, output_format: str, with_attention: bool) -> None:
+        self.nbest = translator.cfg.nbest > 1
+        self.jsonl = output_format == "jsonl"
+        self.with_attention = with_attention
+        self.count = 0
+        self.tokens = 0
+
+    def write(self, out: Any, results: list[Any]) -> None:
+        import json
+
+        try:
+            for result in results:
+                if self.jsonl:
+                    row = result.to_dict(nbest=self.nbest, attention=self.with_attention)
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                elif self.nbest:
+                    for cand in result.nbest:
+                        out.write(f"{self.count} ||| {cand.translation} ||| {cand.score:.4f}\n")
+                else:
+                    out.write(result.translation + "\n")
+                self.count += 1
+                self.tokens += max(0, len(result.tokens) - 1)  # EOS not counted
+        except BrokenPipeError:
+            raise _reader_gone(self.count) from None
+
+
+class AttentionSinks:
+    """The attention outputs of `nmt translate`: matrices (.npz/.jsonl), Pharaoh links, heatmaps.
+    The files appear only when translation finished without an error."""
+
+    def __init__(
+        self,
+        translator: Any,
+        attention_out: Path | None,
+        alignments_out: Path | None,
+        plot_dir: Path | None,
+    ) -> None:
+        self.translator = translator
+        self.paths = (attention_out, alignments_out)
+        self.plot_dir = plot_dir
+        self.links: list[Any] = []
+        self._stack = contextlib.ExitStack()
+        self.attention: Any = None
+        self.alignments: Any = None
+
+    def __enter__(self) -> AttentionSinks:
+        from nmt.decoding.alignment import AttentionWriter
+
+        attention_out, alignments_out = self.paths
+        cfg = self.translator.cfg
+        meta = {"arch": self.translator.arch, "attention_layer": cfg.attention_layer,
+                "attention_head": cfg.attention_head}  # fmt: skip
+        if attention_out is not None:
+            self.attention = self._stack.enter_context(AttentionWriter(attention_out, meta))
+        if alignments_out is not None:
+            # Opened now, so that an unwritable path fails before any translation.
+            self.alignments = self._stack.enter_context(atomic_open(alignments_out))
+        return self
+
+    def write(self, results: list[Any]) -> None:
+        from nmt.decoding.alignment import format_pharaoh
+        from nmt.decoding.plot import plot_attention
+
+        for result in results:
+            record = result.record
+            if self.attention is not None and record is not None:
+                self.attention.write(record)
+            if self.alignments is not None:
+                self.alignments.write(format_pharaoh(result.alignment) + "\n")
+            if self.plot_dir is not None and record is not None and record.word_matrix.size:
+                plot_attention(record, Path(self.plot_dir) / f"attention_{record.index}.png")
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.__exit__(*exc)
 
 
 def _log_stderr(message: str) -> None:
@@ -659,10 +663,14 @@ def evaluate(
     Returns (and writes to `report_path` as JSON) {"models", "decode", "tests": {NAME: ...}}.
     """
     from nmt.config import to_dict
-    from nmt.io import write_json, write_text
-    from nmt.metrics import corpus_scores, read_lines
+    from nmt.io import check_output_file, write_json, write_text
+    from nmt.metrics import check_tokenize, corpus_scores, read_lines
 
     log = log or _log_stderr
+    check_tokenize(tokenize)
+    for path in (report_path, hyp_out if hyp_out is not None and len(sets) == 1 else None):
+        if path is not None:
+            check_output_file(path)
     uses_model = any(s["hyp"] is None for s in sets.values())
     if uses_model and not checkpoints:
         raise ConfigError(
@@ -677,6 +685,8 @@ def evaluate(
         refs = [read_lines(r) for r in files["refs"]]
         first = files["hyp"] if files["hyp"] is not None else files["src"]
         lines = read_lines(first)
+        if not lines:
+            raise DataError(f"{first}: no lines to score; evaluate needs at least one sentence")
         for ref_path, ref in zip(files["refs"], refs, strict=True):
             if len(ref) != len(lines):
                 raise DataError(
@@ -686,7 +696,9 @@ def evaluate(
         texts[name] = {"lines": lines, "refs": refs}
     translator = None
     if uses_model:
-        translator = Translator(checkpoints, overrides or [], flags or {}, device, log)
+        from nmt.inference import Translator
+
+        translator = Translator.load(checkpoints, device, overrides or [], log, **(flags or {}))
     results: dict[str, Any] = {}
     for name, files in sets.items():
         lines, refs = texts[name]["lines"], texts[name]["refs"]
@@ -696,11 +708,10 @@ def evaluate(
         }
         if translator is not None and files["hyp"] is None:
             started = time.perf_counter()
-            src_ids = translator.encode(lines, 0, str(files["src"]))
-            nbests = translator.translate(src_ids)
+            outputs = translator.translate_full(lines, where=str(files["src"]))
             seconds = time.perf_counter() - started
-            hyps = [translator.detok(n[0]) for n in nbests]
-            out_tokens = sum(len(n[0].tokens) for n in nbests)  # target subwords, EOS not counted
+            hyps = [r.translation for r in outputs]
+            out_tokens = sum(max(0, len(r.tokens) - 1) for r in outputs)  # EOS not counted
             entry["decode_seconds"] = round(seconds, 3)
             entry["sentences_per_second"] = round(len(hyps) / seconds, 2) if seconds else None
             entry["tokens_per_second"] = round(out_tokens / seconds, 1) if seconds else None
@@ -761,6 +772,10 @@ def align_eval(gold: Path, hyp: Path, report_path: Path | None = None) -> dict[s
 
     gold_links = read_pharaoh(gold)
     hyp_links = read_pharaoh(hyp)
+    if not any(sure | possible for sure, possible in gold_links):
+        raise DataError(
+            f"{gold}: holds no gold links ({len(gold_links):,} lines); AER needs at least one"
+        )
     if len(gold_links) != len(hyp_links):
         raise DataError(
             f"{hyp}: {len(hyp_links):,} lines, but {gold} has {len(gold_links):,}; one line of "

@@ -9,7 +9,10 @@ NMT="${NMT:-.venv/bin/nmt}"
 MINUTES="${DEMO_MINUTES:-12}"
 RAW=data/bible/raw
 PREPARED=data/bible/ja-en
+# Each demo trains a new run; an earlier one is kept (bible-demo, bible-demo-2, ...).
 RUN=checkpoints/bible-demo
+n=1
+while [ -e "$RUN" ]; do n=$((n + 1)); RUN=checkpoints/bible-demo-$n; done
 OUT=$RUN/demo
 start=$(date +%s)
 step() { printf '\n\033[1m== %s\033[0m (%ds)\n' "$1" $(( $(date +%s) - start )); }
@@ -21,8 +24,7 @@ step "2/6 prepare: clean, train SentencePiece, encode to Arrow (reused when unch
 "$NMT" prepare --src-lang ja --tgt-lang en --train "$RAW/train" --valid "$RAW/valid" \
   --test "test=$RAW/test" --config configs/bible/prepare.yaml --out "$PREPARED"
 
-step "3/6 train: Transformer, ${MINUTES} minutes of wall clock"
-rm -rf "$RUN"
+step "3/6 train: Transformer, ${MINUTES} minutes of wall clock, into $RUN"
 "$NMT" train configs/bible/transformer.yaml --data "$PREPARED" --out "$RUN" \
   --set "train.max_minutes=$MINUTES"
 

@@ -10,8 +10,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from nmt.checkpoint import load_checkpoint, load_for_inference
 from nmt.cli import app
-from nmt.training.checkpoint import load_checkpoint, load_for_inference
 
 TINY_YAML = """
 model:

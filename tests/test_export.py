@@ -80,7 +80,7 @@ def test_ctranslate2_scores_every_token_as_we_do(settings: dict, tmp_path: Path)
 
 
 def test_exported_model_translates_like_nmt(tiny_transformer_run: Path, tmp_path: Path) -> None:
-    from nmt.pipeline import Translator
+    from nmt.inference import Translator
 
     out = tmp_path / "ct2"
     result = CliRunner().invoke(app, ["export", str(tiny_transformer_run), "--out", str(out)])
@@ -88,16 +88,90 @@ def test_exported_model_translates_like_nmt(tiny_transformer_run: Path, tmp_path
     assert {"model.bin", "config.json", "source.spm", "target.spm"} <= {
         p.name for p in out.iterdir()
     }
-    ours = Translator([tiny_transformer_run], [], {"beam_size": 1}, "cpu", lambda _: None)
+    ours = Translator.load(tiny_transformer_run, "cpu", beam_size=1)
     lines = ["ba ce do", "fo ge ha", "ke lo ba ce do fe"]
     src_ids = ours.encode(lines, 0, "test input")
-    our_outputs = [nbest[0].tokens for nbest in ours.translate(src_ids)]
+    our_outputs = [nbest[0].tokens for nbest in ours.decode(src_ids)]
 
     translator = ctranslate2.Translator(str(out), device="cpu", inter_threads=1)
     pieces = [ours.src_tok.pieces(ids) for ids in src_ids]
     theirs = translator.translate_batch(pieces, beam_size=1, max_decoding_length=32)
     assert [r.hypotheses[0] for r in theirs] == [ours.tgt_tok.pieces(t) for t in our_outputs]
     assert all(len(tokens) > 0 for tokens in our_outputs)  # the model learned to say something
+
+
+def random_sentences(count: int, seed: int) -> list[str]:
+    """Sentences over the tiny corpus' words (tests/conftest.py), 2-8 words each."""
+    import random
+
+    rng = random.Random(seed)
+    words = [f"{c}{d}" for c in "bcdfghkl" for d in "aeo"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(2, 8))) for _ in range(count)]
+
+
+def export_and_compare(run: Path, out: Path) -> tuple[int, dict]:
+    """Export `run`, decode 100 sentences with both engines, CTranslate2 with the settings of
+    `nmt-decoding.json`, and count the identical 1-best outputs."""
+    import json
+
+    from nmt.inference import Translator
+
+    ours = Translator.load(run, "cpu")
+    exported = CliRunner().invoke(app, ["export", str(run), "-o", str(out)])
+    assert exported.exit_code == 0, exported.output
+    settings = json.loads((out / "nmt-decoding.json").read_text(encoding="utf-8"))
+    lines = random_sentences(100, seed=7)
+    src_ids = ours.encode(lines, 0, "test")
+    our_pieces = [ours.tgt_tok.pieces(n[0].tokens) for n in ours.decode(src_ids)]
+    theirs = ctranslate2.Translator(str(out), device="cpu", inter_threads=1, intra_threads=1)
+    rule = settings["max_decoding_length"]
+    same = 0
+    for ids, mine in zip(src_ids, our_pieces, strict=True):
+        limit = int(rule["a"] * (len(ids) + 1) + rule["b"])
+        result = theirs.translate_batch(
+            [ours.src_tok.pieces(ids)], max_decoding_length=limit, **settings["translate_batch"]
+        )
+        same += result[0].hypotheses[0] == mine
+    return same, settings
+
+
+def test_export_decodes_like_nmt_with_the_default_beam(
+    tiny_transformer_run: Path, tmp_path: Path
+) -> None:
+    """Default decode settings (beam 5, length ** 1 normalisation): at least 98 of 100 equal."""
+    from nmt.config import DecodeConfig, to_dict
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in tiny_transformer_run.iterdir():
+        if f.is_file():
+            (run / f.name).write_bytes(f.read_bytes())
+    payload = torch.load(run / "best.pt", weights_only=True)
+    payload["config"]["decode"] = to_dict(DecodeConfig())  # a run trained with the defaults
+    torch.save(payload, run / "best.pt")
+    same, settings = export_and_compare(run, tmp_path / "ct2")
+    assert settings["differences"] == []
+    assert settings["translate_batch"]["length_penalty"] == 1.0
+    assert same >= 98, same
+
+
+def test_export_names_the_settings_it_cannot_reproduce() -> None:
+    from nmt.config import DecodeConfig
+    from nmt.models.ctranslate2 import translate_options
+
+    options = translate_options(
+        DecodeConfig(length_norm="gnmt", len_penalty=0.6, min_len=2, coverage_penalty=0.2)
+    )
+    assert [d.split(":")[0] for d in options["differences"]] == [
+        "decode.length_norm=gnmt",
+        "decode.coverage_penalty=0.2",
+        "decode.min_len=2",
+    ]
+    assert "coverage_penalty" not in options["translate_batch"]
+    assert (
+        translate_options(DecodeConfig(length_norm="none"))["translate_batch"]["length_penalty"]
+        == 0.0
+    )
 
 
 def test_bad_requests_are_one_line_errors(

@@ -1,5 +1,7 @@
-"""The import direction of STYLE.md, checked: cli -> pipeline -> training -> decoding ->
-models / data / metrics -> config -> errors, io. A module imports only what stands to its right."""
+"""The import direction of STYLE.md, checked: cli -> pipeline / serve -> training, inference ->
+decoding, checkpoint -> models / data / metrics -> config -> errors, io. A module imports only what
+stands to its right, no two modules import each other (directly or round a cycle), and the
+inference side (translate, evaluate, export) never loads the training package."""
 
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ RANK = {
     "nmt.data": 2,
     "nmt.metrics": 2,
     "nmt.decoding": 3,
+    "nmt.checkpoint": 3,
     "nmt.training": 4,
+    "nmt.inference": 4,
     "nmt.pipeline": 5,
+    "nmt.serve": 5,
     "nmt.cli": 6,
 }
 
@@ -44,8 +49,8 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imported_nmt_modules(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+def imported_nmt_modules(path: Path, tree: ast.AST | None = None) -> list[str]:
+    tree = tree if tree is not None else ast.parse(path.read_text(encoding="utf-8"))
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -59,11 +64,18 @@ def imported_nmt_modules(path: Path) -> list[str]:
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
+# The package root re-exports `Translator` on first use (PEP 562 `__getattr__`), so that
+# `from nmt import Translator` works without `import nmt` loading torch.
+LAZY_EXPORTS = {"nmt": {"nmt.inference"}}
+
+
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_imports_point_right(path: Path) -> None:
     importer = module_name(path)
     src_layer = layer_of(importer)
     for target in imported_nmt_modules(path):
+        if target in LAZY_EXPORTS.get(importer, set()):
+            continue
         dst_layer = layer_of(target)
         if dst_layer == src_layer:
             continue
@@ -82,4 +94,78 @@ def test_importing_nmt_runs_no_work() -> None:
     import sys
 
     code = "import sys, nmt; assert 'torch' not in sys.modules, 'import nmt pulled in torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def known_module(name: str, modules: set[str]) -> str | None:
+    """`nmt.models.rnn.RNNModel`-style targets and packages mapped onto a module of ours."""
+    parts = name.split(".")
+    for n in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:n])
+        if candidate in modules:
+            return candidate
+    return None
+
+
+def module_level_imports(path: Path) -> list[str]:
+    """Imports run when the module loads (function bodies and TYPE_CHECKING blocks left out):
+    the ones whose cycles break an import."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top = ast.Module(
+        body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))],
+        type_ignores=[],
+    )
+    return imported_nmt_modules(path, top)
+
+
+def test_no_import_cycles() -> None:
+    names = {module_name(p): p for p in MODULES}
+    graph = {
+        name: {
+            t
+            for t in (known_module(i, set(names)) for i in module_level_imports(path))
+            if t is not None and t != name and t not in LAZY_EXPORTS.get(name, set())
+        }
+        for name, path in names.items()
+    }
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt) :] + [nxt] if nxt in trail else [node, nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def function_imports(path: Path, function: str) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return imported_nmt_modules(path, node)
+    raise AssertionError(f"{function} not found in {path}")
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate", "export"])
+def test_inference_commands_do_not_import_training(command: str) -> None:
+    imported = function_imports(PACKAGE / "pipeline.py", command)
+    assert not [m for m in imported if m.startswith("nmt.training")], imported
+
+
+def test_inference_layer_loads_without_training() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from nmt import Translator; import nmt.pipeline; "
+        "bad = sorted(m for m in sys.modules if m.startswith('nmt.training')); "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -156,6 +156,9 @@ class Batch:
     tgt_out_ids: torch.Tensor  # (B, T) int64: ids, EOS, PAD...
     tgt_mask: torch.Tensor  # (B, T) bool: True where tgt_out_ids is real
     indices: list[int]  # the sentences' row numbers in their split
+    # (B, T, S) bool: True where target piece t (row t, as in tgt_out_ids) is linked to source
+    # piece s by the stored word alignment; None unless guided alignment asked for it.
+    alignment: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -182,6 +185,7 @@ class Batch:
             tgt_in_ids=move(self.tgt_in_ids),
             tgt_out_ids=move(self.tgt_out_ids),
             tgt_mask=move(self.tgt_mask),
+            alignment=None if self.alignment is None else move(self.alignment),
         )
 
     def pin_memory(self) -> Batch:
@@ -192,6 +196,7 @@ class Batch:
             tgt_in_ids=self.tgt_in_ids.pin_memory(),
             tgt_out_ids=self.tgt_out_ids.pin_memory(),
             tgt_mask=self.tgt_mask.pin_memory(),
+            alignment=None if self.alignment is None else self.alignment.pin_memory(),
         )
 
 
@@ -223,14 +228,24 @@ def make_src_batch(src_seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, tor
 
 
 def collate(
-    src_seqs: Sequence[Sequence[int]], tgt_seqs: Sequence[Sequence[int]], indices: Sequence[int]
+    src_seqs: Sequence[Sequence[int]],
+    tgt_seqs: Sequence[Sequence[int]],
+    indices: Sequence[int],
+    links: Sequence[Sequence[int]] | None = None,
 ) -> Batch:
-    """Build a `Batch` from id lists without BOS/EOS (as stored by `nmt prepare`)."""
+    """Build a `Batch` from id lists without BOS/EOS (as stored by `nmt prepare`), with the
+    alignment matrix when `links` gives each pair's stored piece links [s0, t0, s1, t1, ...]."""
     if not len(src_seqs) == len(tgt_seqs) == len(indices):
         raise ValueError("collate needs as many targets and indices as sources")
     src_ids, src_mask = make_src_batch(src_seqs)
     tgt_in, _ = _pad(tgt_seqs, BOS_ID, None)
     tgt_out, tgt_mask = _pad(tgt_seqs, None, EOS_ID)
+    alignment = None
+    if links is not None:
+        alignment = torch.zeros(len(indices), tgt_out.size(1), src_ids.size(1), dtype=torch.bool)
+        for row, flat in enumerate(links):
+            pairs = torch.as_tensor(np.asarray(flat, dtype=np.int64)).view(-1, 2)  # (links, 2)
+            alignment[row, pairs[:, 1], pairs[:, 0]] = True
     return Batch(
         src_ids=src_ids,
         src_mask=src_mask,
@@ -238,4 +253,5 @@ def collate(
         tgt_out_ids=tgt_out,
         tgt_mask=tgt_mask,
         indices=list(indices),
+        alignment=alignment,
     )

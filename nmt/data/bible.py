@@ -16,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.errors import DataError
-from nmt.io import atomic_dir
+from nmt.errors import ConfigError, DataError
+from nmt.io import atomic_dir, output_problem
+
+CORPUS_KIND = "corpus"  # the command the corpus folder's output marker names
 
 # Canonical positions (1 = Genesis ... 66 = Revelation) of the held-out books.
 TEST_BOOKS = {
@@ -99,13 +101,17 @@ def split_of(verse: Verse) -> str:
 def export_bible(out_dir: str | Path) -> dict[str, int]:
     """Write `{train,valid,test}.{ja,en}` (a verse per line) and `{split}.ref` (book chapter:verse).
 
-    The folder is written atomically. Returns the number of pairs per split.
+    The folder is written atomically; an existing one is replaced only when an earlier
+    `nmt corpus` wrote it (ConfigError otherwise). Returns the number of pairs per split.
     """
+    problem = output_problem(out_dir, CORPUS_KIND)
+    if problem:
+        raise ConfigError(problem)
     pairs = read_bible_pairs()
     splits: dict[str, list[Verse]] = {"train": [], "valid": [], "test": []}
     for verse in pairs:
         splits[split_of(verse)].append(verse)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, CORPUS_KIND, refused=ConfigError) as tmp:
         for name, verses in splits.items():
             for lang in ("ja", "en"):
                 lines = (getattr(v, lang).replace("\n", " ") + "\n" for v in verses)

@@ -423,7 +423,7 @@ def _read_jsonl(path: Path, cfg: PrepareConfig) -> tuple[list[str], list[str]]:
             else record
         )
         if want_src not in fields or want_tgt not in fields:
-            found = ", ".join(map(str, fields)) or "none"
+            found = ", ".join(map(str, itertools.islice(fields, 20)))[:200] or "none"
             inside = " inside 'translation'" if nested else ""
             raise DataError(
                 f"{path}:{line_no}: no key {want_src!r} and {want_tgt!r}{inside}; found: {found} "
@@ -436,12 +436,17 @@ def _read_jsonl(path: Path, cfg: PrepareConfig) -> tuple[list[str], list[str]]:
 
 
 def _as_text(value: Any, where: str) -> str:
+    """A JSON value as a sentence: a string, or null for a missing side (an empty sentence, which
+    cleaning drops). A number is refused: NaN or 1e999 would be stored as "nan" / "inf"."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
+    if isinstance(value, bool | int | float):
+        raise DataError(
+            f"{where}: expected a string, found the JSON value {json.dumps(value)[:40]}; put "
+            "the sentence in quotes"
+        )
     raise DataError(f"{where}: expected a string, found {type(value).__name__}")
 
 

@@ -202,3 +202,33 @@ def _one_tokenizer(
         reused = None
     tok.write_vocab(path.with_suffix(".vocab"))
     return tok, reused
+
+
+# ---- words of a piece sequence ---------------------------------------------------------------
+
+# Scripts written without spaces between words: CJK ideographs and punctuation, kana, Thai, Lao,
+# Myanmar, Khmer and the fullwidth/halfwidth forms.
+_SPACELESS_SCRIPT = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3000-\u30ff\u31f0-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003134f]"
+)
+WORD_START = "\u2581"  # SentencePiece's "▁"
+
+
+def word_groups(pieces: Sequence[str]) -> list[list[int]]:
+    """Piece indices of each word: a piece starting with "▁" opens a new word (so does the first
+    piece, whatever it looks like). ["▁Ein", "▁Hund", "e", "."] -> [[0], [1, 2, 3]].
+
+    Text written without spaces (Japanese, Chinese, Thai) would otherwise make a whole sentence
+    one word, which no alignment or picture can use, so a piece in such a script is a unit of its
+    own: ["▁初", "に", "▁i", "Phone"] -> [[0], [1], [2, 3]].
+    """
+    spaceless = [bool(_SPACELESS_SCRIPT.search(piece)) for piece in pieces]
+    groups: list[list[int]] = []
+    for i, piece in enumerate(pieces):
+        after_spaceless = i > 0 and (spaceless[i] or spaceless[i - 1])
+        if not groups or piece.startswith(WORD_START) or after_spaceless:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    return groups

@@ -8,7 +8,10 @@ Layout of `DIR/`:
                           reason; for train also the batch sampler's padding at 4,096 tokens
     spm.model, spm.vocab  the joint SentencePiece model (or spm.<lang>.model/.vocab per side)
     splits/<name>/        one `datasets` Arrow folder per split (train, valid, test names), columns
-                          src, tgt (cleaned text), src_ids, tgt_ids (int32, no BOS/EOS)
+                          src, tgt (cleaned text), src_ids, tgt_ids (int32, no BOS/EOS); with
+                          alignments=eflomal the train split also has `align` (piece links)
+    .nmt-output.json      marks the folder as written by `nmt prepare` and lists its entries: the
+                          proof `--overwrite` needs before it replaces the folder (nmt.io)
 
 The directory is built under a temporary name and renamed into place (`nmt.io.atomic_dir`), so a
 directory with a manifest is always complete. The cache key hashes what determines the contents
@@ -20,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +44,7 @@ MANIFEST = "manifest.json"
 STATS = "stats.json"
 CONFIG = "config.yaml"
 SPLITS_DIR = "splits"
+ALIGN_COLUMN = "align"  # piece links [s0, t0, s1, t1, ...] of a pair (prepare alignments=eflomal)
 PERCENTILES = (50, 90, 95, 99)
 # Config fields that change how fast prepare runs, not what it writes: left out of the cache key.
 CACHE_NEUTRAL_FIELDS = ("num_proc",)
@@ -111,10 +117,35 @@ class PreparedData:
         if name not in self.manifest["splits"]:
             raise DataError(f"{self.path}: no split {name!r}; it has {', '.join(self.split_names)}")
         if name not in self._splits:
-            import datasets
-
-            self._splits[name] = datasets.load_from_disk(str(self.path / SPLITS_DIR / name))
+            self._splits[name] = self._open_split(name)
         return self._splits[name]
+
+    def _open_split(self, name: str) -> Any:
+        """Open a split, checking that it is whole: it loads and has the recorded pair count."""
+        import datasets
+
+        folder = self.path / SPLITS_DIR / name
+        expected = self.manifest["splits"][name]["pairs"]
+        try:
+            split = datasets.load_from_disk(str(folder))
+            found = len(split)
+        except Exception as exc:  # noqa: BLE001 - pyarrow and datasets raise many kinds here
+            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            raise DataError(
+                f"{folder}: damaged split ({type(exc).__name__}: {first}); prepare the data "
+                "again with --overwrite"
+            ) from None
+        if found != expected:
+            raise DataError(
+                f"{folder}: damaged split ({found:,} pairs, the manifest records {expected:,}); "
+                "prepare the data again with --overwrite"
+            )
+        return split
+
+    def check_splits(self) -> None:
+        """Open every split (DataError when one is damaged); cheap: the files are memory-mapped."""
+        for name in self.split_names:
+            self.split(name)
 
     def lengths(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Token counts (no BOS/EOS) of every sentence of a split, `(src_lens, tgt_lens)`, read from
@@ -158,6 +189,7 @@ def load_prepared(path: str | Path) -> PreparedData:
             f"{path}: written by a newer nmt (format {version}, this one reads {FORMAT_VERSION}); "
             "upgrade nmt or prepare the data again"
         )
+    _check_manifest(manifest, manifest_path)
     data = PreparedData(path, manifest)
     for side in ("src", "tgt"):
         model = path / manifest["tokenizers"][side]["file"]
@@ -167,6 +199,31 @@ def load_prepared(path: str | Path) -> PreparedData:
         if not (path / SPLITS_DIR / name).is_dir():
             raise DataError(f"{path / SPLITS_DIR / name}: split folder missing")
     return data
+
+
+# Dotted manifest keys that readers rely on, with the type each must have.
+MANIFEST_KEYS = {
+    "src_lang": str, "tgt_lang": str, "shared_vocab": bool, "cache_key": str, "splits": dict,
+    "config": dict, "tokenizers.src.file": str, "tokenizers.src.vocab_size": int,
+    "tokenizers.src.sha256": str, "tokenizers.tgt.file": str, "tokenizers.tgt.vocab_size": int,
+    "tokenizers.tgt.sha256": str,
+}  # fmt: skip
+
+
+def _check_manifest(manifest: dict[str, Any], where: Path) -> None:
+    """DataError naming the first key that is missing or of the wrong type."""
+    for dotted, kind in MANIFEST_KEYS.items():
+        node: Any = manifest
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, kind):
+            raise DataError(
+                f"{where}: damaged manifest ({dotted!r} missing or not a {kind.__name__}); "
+                "prepare the data again with --overwrite"
+            )
+    for name, entry in manifest["splits"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("pairs"), int):
+            raise DataError(f"{where}: damaged manifest (split {name!r} has no pair count)")
 
 
 # ---- identity: input hashes, cache key, data hash -----------------------------------------------
@@ -234,6 +291,8 @@ def cache_key(cfg: PrepareConfig, inputs: Mapping[str, Mapping[str, Any]]) -> st
     config = to_dict(cfg)
     for name in CACHE_NEUTRAL_FIELDS:
         config.pop(name, None)
+    if config.get("alignments") == "none":  # so data prepared before the field keeps its key
+        config.pop("alignments")
     # Reused models count by content, not by path.
     for name in ("spm_model", "spm_tgt_model"):
         if config.get(name):
@@ -287,7 +346,9 @@ def check_out_dir(
     except (OSError, ValueError):
         manifest = {}
     if manifest.get("cache_key") == key and not overwrite:
-        return load_prepared(out)
+        data = load_prepared(out)
+        data.check_splits()  # a truncated Arrow file must not be reused
+        return data
     if overwrite:
         return None
     changed = diff(manifest.get("config", {}), to_dict(cfg))
@@ -384,6 +445,28 @@ def write_split(
         if was_enabled:
             datasets.enable_progress_bars()
     return datasets.load_from_disk(str(target))
+
+
+def add_alignments(
+    root: Path, name: str, split: Any, src_tok: Tokenizer, tgt_tok: Tokenizer
+) -> Any:
+    """Word-align an encoded split (nmt.data.align: eflomal, symmetrised, mapped to pieces) and
+    save it again with the piece links as column `align`. Returns the saved split, memory-mapped.
+    The aligner needs the whole corpus at once, so its pieces are held in memory here."""
+    import datasets
+
+    from nmt.data.align import align_pieces
+
+    src = [src_tok.pieces(ids) for ids in split["src_ids"]]
+    tgt = [tgt_tok.pieces(ids) for ids in split["tgt_ids"]]
+    links = align_pieces(src, tgt)
+    list_of = getattr(datasets, "List", None) or datasets.Sequence
+    aligned = split.add_column(ALIGN_COLUMN, links, feature=list_of(datasets.Value("int32")))
+    final, staged = root / SPLITS_DIR / name, root / SPLITS_DIR / f"{name}.aligned"
+    aligned.save_to_disk(str(staged))
+    shutil.rmtree(final)
+    os.replace(staged, final)
+    return datasets.load_from_disk(str(final))
 
 
 def split_stats(dataset: Any, read: int, dropped: Mapping[str, int]) -> dict[str, Any]:

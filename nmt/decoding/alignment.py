@@ -30,20 +30,25 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from nmt.config import GUIDED_ALIGNMENT_HEAD, RunConfig
+from nmt.data.spm import WORD_START, word_groups
 from nmt.errors import ConfigError, DataError
 from nmt.io import atomic_open
 
-# Scripts written without spaces between words: CJK ideographs and punctuation, kana, Thai, Lao,
-# Myanmar, Khmer and the fullwidth/halfwidth forms.
-_SPACELESS_SCRIPT = re.compile(
-    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3000-\u30ff\u31f0-\u31ff"
-    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003134f]"
-)
-WORD_START = "\u2581"  # SentencePiece's "▁"
 Link = tuple[int, int]  # (source word, target word)
 
 
 # ---- choosing layers and heads ---------------------------------------------------------------
+
+
+def supervised_head(cfg: RunConfig) -> tuple[str, str] | None:
+    """(layer, head) for `reduce_attention` of the cross-attention head that guided-alignment
+    training taught to align, for a Transformer trained with train.guided_alignment > 0; None
+    otherwise (an RNN has a single attention, which is the one supervised)."""
+    if cfg.model.arch != "transformer" or cfg.train.guided_alignment <= 0:
+        return None
+    layer, head = GUIDED_ALIGNMENT_HEAD
+    return str(layer), str(head)
 
 
 def reduce_attention(attention: torch.Tensor | np.ndarray, layer: str, head: str) -> np.ndarray:
@@ -80,25 +85,6 @@ def _reduce_axis(a: np.ndarray, axis: int, how: str, name: str) -> np.ndarray:
 
 
 # ---- subwords to words -----------------------------------------------------------------------
-
-
-def word_groups(pieces: Sequence[str]) -> list[list[int]]:
-    """Piece indices of each word: a piece starting with "▁" opens a new word (so does the first
-    piece, whatever it looks like). ["▁Ein", "▁Hund", "e", "."] -> [[0], [1, 2, 3]].
-
-    Text written without spaces (Japanese, Chinese, Thai) would otherwise make a whole sentence
-    one word, which no alignment or picture can use, so a piece in such a script is a unit of its
-    own: ["▁初", "に", "▁i", "Phone"] -> [[0], [1], [2, 3]].
-    """
-    spaceless = [bool(_SPACELESS_SCRIPT.search(piece)) for piece in pieces]
-    groups: list[list[int]] = []
-    for i, piece in enumerate(pieces):
-        after_spaceless = i > 0 and (spaceless[i] or spaceless[i - 1])
-        if not groups or piece.startswith(WORD_START) or after_spaceless:
-            groups.append([i])
-        else:
-            groups[-1].append(i)
-    return groups
 
 
 def words_of(pieces: Sequence[str]) -> list[str]:
@@ -177,8 +163,13 @@ def read_pharaoh(path: str | Path) -> list[tuple[set[Link], set[Link]]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: alignment file not found")
-    with open(path, encoding="utf-8") as handle:
-        return [parse_pharaoh(line, f"{path}:{n}") for n, line in enumerate(handle, 1)]
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line does not start another
+    return [parse_pharaoh(line, f"{path}:{n}") for n, line in enumerate(lines, 1)]
 
 
 def write_pharaoh(path: str | Path, alignments: Iterable[Iterable[Link]]) -> None:
@@ -376,16 +367,21 @@ def read_attention(path: str | Path) -> tuple[dict[str, Any], Iterator[Attention
             raise DataError(
                 f"{path}: not an attention file written by nmt translate ({exc})"
             ) from None
-        return meta, _npz_records(data, meta["sentences"])
+        if not isinstance(meta, dict) or not isinstance(meta.get("sentences"), int):
+            raise DataError(f"{path}: not an attention file written by nmt translate (no count)")
+        return meta, _npz_records(data, meta["sentences"], path)
     if path.suffix.lower() == ".jsonl":
         rows = []
-        with open(path, encoding="utf-8") as handle:
-            for n, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        for n, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{n}: not JSON ({exc.msg})") from None
         meta = {k: v for k, v in (rows[0] if rows else {}).items() if k in _META_KEYS}
         meta["sentences"] = len(rows)
         return meta, (_json_record(r, f"{path}:{n}") for n, r in enumerate(rows, 1))
@@ -395,17 +391,44 @@ def read_attention(path: str | Path) -> tuple[dict[str, Any], Iterator[Attention
 _META_KEYS = ("arch", "attention_layer", "attention_head")
 
 
-def _npz_records(data: Any, count: int) -> Iterator[AttentionRecord]:
+def _npz_records(data: Any, count: int, path: Path) -> Iterator[AttentionRecord]:
     for i in range(count):
-        yield AttentionRecord(
-            index=i,
-            src_pieces=data[f"src_{i}"].tolist(),
-            tgt_pieces=data[f"tgt_{i}"].tolist(),
-            matrix=data[f"attention_{i}"],
-            src_words=data[f"src_words_{i}"].tolist(),
-            tgt_words=data[f"tgt_words_{i}"].tolist(),
-            word_matrix=data[f"words_{i}"],
-        )
+        try:
+            yield AttentionRecord(
+                index=i,
+                src_pieces=data[f"src_{i}"].tolist(),
+                tgt_pieces=data[f"tgt_{i}"].tolist(),
+                matrix=data[f"attention_{i}"],
+                src_words=data[f"src_words_{i}"].tolist(),
+                tgt_words=data[f"tgt_words_{i}"].tolist(),
+                word_matrix=data[f"words_{i}"],
+            )
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise DataError(
+                f"{path}: sentence {i} is missing or damaged ({str(exc)[:100]})"
+            ) from None
+
+
+def check_record(record: AttentionRecord, where: str) -> None:
+    """DataError unless the matrices fit the pieces and words: (..., T+1, S+1) over subwords with
+    the EOS row and column, (..., Tw, Sw) over words, finite values; 2 or 4 dimensions."""
+    rows, cols = len(record.tgt_pieces) + 1, len(record.src_pieces) + 1
+    words = (len(record.tgt_words), len(record.src_words))
+    matrix, word_matrix = np.asarray(record.matrix), np.asarray(record.word_matrix)
+    if not matrix.size and not record.src_pieces:
+        return  # an empty input line
+    problems = []
+    if matrix.ndim not in (2, 4) or matrix.shape[-2:] != (rows, cols):
+        need = f"(..., {rows}, {cols})"
+        problems.append(f"attention has shape {matrix.shape}, the pieces need {need}")
+    if word_matrix.ndim != matrix.ndim or word_matrix.shape[-2:] != words:
+        problems.append(f"word attention has shape {word_matrix.shape}, the words need {words}")
+    for array in (matrix, word_matrix):
+        if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+            problems.append("attention holds values that are not finite numbers")
+            break
+    if problems:
+        raise DataError(f"{where}: sentence {record.index}: {problems[0]}")
 
 
 def _json_record(row: dict[str, Any], where: str) -> AttentionRecord:
@@ -435,5 +458,6 @@ def get_record(path: str | Path, index: int) -> tuple[dict[str, Any], AttentionR
         )
     for record in records:
         if record.index == index:
+            check_record(record, str(path))
             return meta, record
     raise DataError(f"{path}: no record with index {index}")

@@ -8,7 +8,8 @@ finished (kept in that sentence's pool of at most K finished hypotheses); the be
 extensions go on. A sentence stops once its pool holds K finished hypotheses, when no live
 hypothesis is left, or at its own maximum length a * S + b (EOS is forced there). So every
 sentence finishes on its own, and a translation never depends on the other sentences in its
-batch. Finished hypotheses are ranked by their length-normalised score (`length_penalty`). Tokens
+batch. Finished hypotheses are ranked by their length-normalised score (`length_penalty`), plus
+GNMT's coverage penalty when `decode.coverage_penalty` > 0 (`coverage_penalty`). Tokens
 and cross-attention rows are recovered at the end by walking the back-pointers of every step.
 
 Conventions:
@@ -29,14 +30,16 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, DecodeConfig
 from nmt.data.batching import make_src_batch
+from nmt.errors import ConfigError
 
 NEG_INF = float("-inf")
 
@@ -47,16 +50,20 @@ class Hypothesis:
 
     - `tokens`: target ids without BOS and EOS.
     - `log_prob`: summed log-probability of `tokens` followed by EOS.
-    - `score`: `log_prob` / `length_penalty(len(tokens) + 1)`; n-best lists are sorted by it.
+    - `score`: `log_prob` / `length_penalty(len(tokens) + 1)`, plus `coverage_penalty` when
+      `decode.coverage_penalty` > 0; n-best lists are sorted by it.
     - `attention`: float32 on the CPU, rows = len(tokens) + 1 (the last is the EOS step), columns =
       the sentence's S real source positions (its EOS included): (T,S) for the RNN, (T,L,H,S) for
       the Transformer; None unless attention was requested (and for an empty source).
+    - `token_scores`: the log-probability of each token of `tokens` and of the final EOS
+      (len(tokens) + 1 values, summing to `log_prob`); empty for an empty source.
     """
 
     tokens: list[int]
     log_prob: float
     score: float
     attention: torch.Tensor | None = None
+    token_scores: list[float] = field(default_factory=list)
 
 
 # ---- small pure pieces -----------------------------------------------------------------------
@@ -65,14 +72,53 @@ class Hypothesis:
 def length_penalty(lengths: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
     """Divisor of the summed log-prob for hypotheses of `lengths` tokens (EOS included), float32.
 
-    "gnmt": ((5 + len) / 6) ** alpha (Wu et al. 2016, eq. 14); "avg": len; "none": 1.
+    "power": len ** alpha; "gnmt": ((5 + len) / 6) ** alpha (Wu et al. 2016, eq. 14);
+    "avg": len; "none": 1.
     """
     lengths = lengths.float()
+    if cfg.length_norm == "power":
+        return lengths**cfg.len_penalty
     if cfg.length_norm == "gnmt":
         return ((5.0 + lengths) / 6.0) ** cfg.len_penalty
     if cfg.length_norm == "avg":
         return lengths
     return torch.ones_like(lengths)
+
+
+# Coverage below this counts as this: local and hard attention leave source words with exactly 0,
+# whose log would make every score -inf and the ranking meaningless.
+COVERAGE_FLOOR = 1e-6
+
+
+def coverage_penalty(
+    attention: torch.Tensor, src_lengths: torch.Tensor, cfg: DecodeConfig
+) -> torch.Tensor:
+    """GNMT's coverage penalty (Wu et al. 2016, section 7, eq. 14), added to the length-normalised
+    score: cp = beta * sum_{i real source} log(min(sum_j p_ij, 1)), p_ij the attention of target
+    step j (EOS step included) on source position i, floored at COVERAGE_FLOOR. Never positive.
+
+    attention (N,M,T,S) for the RNN or (N,M,T,L,H,S) for the Transformer, M hypotheses of each of
+    N sentences, rows past a hypothesis' end all 0; src_lengths (N,). Transformer layers and heads
+    are chosen as for export (`decode.attention_layer` / `attention_head`, "all" averaging).
+    Returns (N,M) float32.
+    """
+    coverage = attention.float().sum(dim=2)  # (N, M, S) or (N, M, L, H, S)
+    if coverage.dim() == 5:
+        coverage = _pick(coverage, 2, cfg.attention_layer, "layer")
+        coverage = _pick(coverage, 2, cfg.attention_head, "head")  # (N, M, S)
+    real = torch.arange(coverage.size(-1), device=coverage.device) < src_lengths[:, None, None]
+    logs = coverage.clamp(min=COVERAGE_FLOOR, max=1.0).log()  # (N, M, S)
+    return cfg.coverage_penalty * logs.masked_fill(~real, 0.0).sum(dim=-1)  # (N, M)
+
+
+def _pick(values: torch.Tensor, dim: int, how: str, name: str) -> torch.Tensor:
+    """Drop axis `dim` of `values` by index or by mean ("mean" and "all")."""
+    if how in ("mean", "all"):
+        return values.mean(dim=dim)
+    index, size = int(how), values.size(dim)
+    if not -size <= index < size:
+        raise ConfigError(f"decode.attention_{name}={index}: the model has {size} {name}s")
+    return values.select(dim, index)
 
 
 def max_output_lengths(
@@ -147,7 +193,8 @@ class Ensemble:
         self.models: list[Any] = [models] if isinstance(models, nn.Module) else list(models)
         if not self.models:
             raise ValueError("an ensemble needs at least one model")
-        # Transformers have a fixed number of positions; RNNs have no such limit.
+        # Every model has `max_positions` (a Transformer's position table; an RNN's configured
+        # bound, see model.rnn.max_positions); older foreign modules may not.
         limits = [int(m.max_positions) for m in self.models if getattr(m, "max_positions", None)]
         self.max_positions: int | None = min(limits) if limits else None
 
@@ -195,6 +242,7 @@ def beam_search(
     num_steps = int(max_lens.max()) + 1  # the last step can only emit EOS
     shortest = int(max_lens.min())  # before this step no sentence is at its maximum length
 
+    collect_attention = need_attention or cfg.coverage_penalty > 0  # the penalty reads it
     states = ens.encode(src_ids, src_mask)
     states = ens.select(states, torch.arange(batch, device=device).repeat_interleave(beam))
     # Only beam 0 is live at first; the others would duplicate it.
@@ -213,12 +261,13 @@ def beam_search(
     fin_step = torch.zeros(batch, 3 * beam, dtype=torch.long, device=device)
     fin_beam = torch.zeros(batch, 3 * beam, dtype=torch.long, device=device)
     fin_count = torch.zeros(batch, dtype=torch.long, device=device)
-    # Back-pointers of every step: live sentences, tokens (n,K), parent beams (n,K), attention.
-    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+    # Back-pointers of every step: live sentences, tokens (n,K), parent beams (n,K), attention,
+    # and the cumulative log-prob of each continuing hypothesis (n,K), for the per-token scores.
+    steps: list[Step] = []
 
     for t in range(num_steps):
         n = alive.numel()
-        log_probs, states, attn = ens.step(prev, states, need_attention)  # (n*K, V)
+        log_probs, states, attn = ens.step(prev, states, collect_attention)  # (n*K, V)
         force_eos = None  # the full-vocabulary mask is skipped until some sentence needs it
         if t >= shortest:
             force_eos = (max_lens.index_select(0, alive) <= t).repeat_interleave(beam)  # (n*K,)
@@ -249,7 +298,7 @@ def beam_search(
         tokens = top_tokens.gather(1, pick)  # (n, K)
         if attn is not None:
             attn = attn.view(n, beam, *attn.shape[1:])
-        steps.append((alive, tokens, beams, attn))
+        steps.append((alive, tokens, beams, attn, scores))
 
         done = (fin_count.index_select(0, alive) >= beam) | ~torch.isfinite(scores[:, 0])  # (n,)
         num_done = int(done.sum())  # the one host sync of the step
@@ -268,23 +317,32 @@ def beam_search(
             history = torch.cat([history.index_select(0, rows), prev[:, None]], dim=1)
 
     return _collect(fin_logp[:, :beam], fin_step[:, :beam], fin_beam[:, :beam], steps,
-                    src_lengths, cfg)  # fmt: skip
+                    src_lengths, cfg, need_attention)  # fmt: skip
+
+
+# One beam step's record: live sentences (n,), tokens (n,K), parent beams (n,K), attention rows
+# (n,K,...) or None, cumulative log-probs after the step (n,K).
+Step = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]
 
 
 def _collect(
     fin_logp: torch.Tensor,
     fin_step: torch.Tensor,
     fin_beam: torch.Tensor,
-    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    steps: list[Step],
     src_lengths: torch.Tensor,
     cfg: DecodeConfig,
+    need_attention: bool,
 ) -> list[list[Hypothesis]]:
-    """Walk the back-pointers of every finished hypothesis (B,K pool) at once, then rank them."""
+    """Walk the back-pointers of every finished hypothesis (B,K pool) at once, then rank them.
+    The steps hold attention when it was requested or the coverage penalty needs it; the
+    hypotheses carry it only in the first case."""
     batch, beam = fin_logp.shape
     device = fin_logp.device
     num_steps = len(steps)
     valid = torch.isfinite(fin_logp)  # (B, K)
     out_tokens = torch.full((batch, beam, num_steps), PAD_ID, dtype=torch.long, device=device)
+    out_cum = torch.zeros(batch, beam, num_steps, device=device)  # log-prob after each token
     out_attn = None
     first_attn = steps[0][3]
     if first_attn is not None:
@@ -292,7 +350,7 @@ def _collect(
         out_attn = torch.zeros(shape, dtype=first_attn.dtype, device=device)
     cur = fin_beam.clone()  # beam index in the input of step u (the output of step u - 1)
     for u in reversed(range(num_steps)):
-        alive, tokens, beams, attn = steps[u]
+        alive, tokens, beams, attn, cum = steps[u]
         pos = torch.full((batch,), -1, dtype=torch.long, device=device)
         pos[alive] = torch.arange(alive.numel(), device=device)
         p = pos.clamp(min=0)[:, None].expand(batch, beam)  # (B, K) row of the sentence at step u
@@ -304,6 +362,7 @@ def _collect(
         parent = torch.where(before, beams[p, cur], cur)
         token = torch.where(before, tokens[p, cur], torch.full_like(cur, EOS_ID))
         out_tokens[:, :, u] = torch.where(live, token, torch.full_like(cur, PAD_ID))
+        out_cum[:, :, u] = torch.where(before, cum[p, cur], torch.where(at_end, fin_logp, 0.0))
         if out_attn is not None and attn is not None:
             row = attn[p, parent]  # (B, K, *A)
             mask = live.view(batch, beam, *([1] * (row.dim() - 2)))
@@ -311,9 +370,15 @@ def _collect(
         cur = parent
     lengths = fin_step + 1  # (B, K) with EOS
     norm = torch.where(valid, fin_logp / length_penalty(lengths, cfg), fin_logp)
+    if cfg.coverage_penalty > 0 and out_attn is not None:
+        # The finished hypothesis' whole attention: rows past its EOS step are 0.
+        norm = norm + torch.where(valid, coverage_penalty(out_attn, src_lengths, cfg), 0.0)
+        out_attn = out_attn if need_attention else None
     order = norm.argsort(dim=1, descending=True, stable=True)  # (B, K)
+    step_logp = out_cum - F.pad(out_cum[:, :, :-1], (1, 0))  # (B, K, steps)
     return _to_hypotheses(
         out_tokens.gather(1, order[:, :, None].expand_as(out_tokens)),
+        step_logp.gather(1, order[:, :, None].expand_as(step_logp)),
         lengths.gather(1, order),
         fin_logp.gather(1, order),
         norm.gather(1, order),
@@ -332,6 +397,7 @@ def _gather_rows(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 def _to_hypotheses(
     tokens: torch.Tensor,
+    step_logp: torch.Tensor,
     lengths: torch.Tensor,
     log_probs: torch.Tensor,
     scores: torch.Tensor,
@@ -342,6 +408,7 @@ def _to_hypotheses(
 ) -> list[list[Hypothesis]]:
     """Tensors (B,N,...) ranked along N -> Python lists of the first `nbest` valid hypotheses."""
     tokens_l = tokens.tolist()
+    step_l = step_logp.tolist()
     lengths_l = lengths.tolist()
     logp_l = log_probs.tolist()
     score_l = scores.tolist()
@@ -359,7 +426,13 @@ def _to_hypotheses(
             if attn_cpu is not None:
                 matrix = attn_cpu[b, k, :length, ..., : src_l[b]].clone()
             hyps.append(
-                Hypothesis(tokens_l[b][k][: length - 1], logp_l[b][k], score_l[b][k], matrix)
+                Hypothesis(
+                    tokens_l[b][k][: length - 1],
+                    logp_l[b][k],
+                    score_l[b][k],
+                    matrix,
+                    step_l[b][k][:length],
+                )
             )
         out.append(hyps)
     return out
@@ -441,21 +514,25 @@ def _left_to_right(
     prev = torch.full((rows_total,), BOS_ID, dtype=torch.long, device=device)
     out_tokens = torch.full((rows_total, num_steps), PAD_ID, dtype=torch.long, device=device)
     log_prob = torch.zeros(rows_total, device=device)
+    step_logp = torch.zeros(rows_total, num_steps, device=device)
     lengths = torch.zeros(rows_total, dtype=torch.long, device=device)
     out_attn: torch.Tensor | None = None
     history: torch.Tensor | None = None
     if cfg.no_repeat_ngram:
         history = torch.zeros(rows_total, 0, dtype=torch.long, device=device)
+    collect_attention = need_attention or cfg.coverage_penalty > 0  # the penalty reads it
 
     for t in range(num_steps):
-        log_probs, states, attn = ens.step(prev, states, need_attention)  # (R', V)
+        log_probs, states, attn = ens.step(prev, states, collect_attention)  # (R', V)
         force_eos = max_lens.index_select(0, alive) <= t if t >= shortest else None
         log_probs = ban_tokens(log_probs, t, force_eos, cfg, history)
         if cfg.sample:
             tokens = sample_tokens(log_probs, cfg, generator)
         else:
             tokens = log_probs.argmax(dim=1)  # (R',): the first maximum on ties
-        log_prob[alive] += log_probs.gather(1, tokens[:, None])[:, 0]
+        token_logp = log_probs.gather(1, tokens[:, None])[:, 0]
+        log_prob[alive] += token_logp
+        step_logp[alive, t] = token_logp
         out_tokens[alive, t] = tokens
         lengths[alive] = t + 1
         if attn is not None:
@@ -478,12 +555,17 @@ def _left_to_right(
 
     scores = log_prob / length_penalty(lengths, cfg)
     shape = (batch, copies)
+    if cfg.coverage_penalty > 0 and out_attn is not None:
+        attn_by_sentence = out_attn.view(batch, copies, *out_attn.shape[1:])
+        scores = scores + coverage_penalty(attn_by_sentence, src_lengths, cfg).view(-1)
+        out_attn = out_attn if need_attention else None
     order = scores.view(shape).argsort(dim=1, descending=True, stable=True)  # samples by score
     attn_ranked = None
     if out_attn is not None:
         attn_ranked = _gather_rows(out_attn.view(batch, copies, *out_attn.shape[1:]), order)
     return _to_hypotheses(
         _gather_rows(out_tokens.view(batch, copies, num_steps), order),
+        _gather_rows(step_logp.view(batch, copies, num_steps), order),
         lengths.view(shape).gather(1, order),
         log_prob.view(shape).gather(1, order),
         scores.view(shape).gather(1, order),
@@ -514,6 +596,12 @@ def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]
     return batches
 
 
+def source_limit(models: nn.Module | Sequence[nn.Module]) -> int | None:
+    """Most source subwords the models take (their max_positions less the EOS), or None."""
+    positions = Ensemble(models).max_positions
+    return None if positions is None else positions - 1
+
+
 def decode_corpus(
     model_or_models: nn.Module | Sequence[nn.Module],
     src_seqs: Sequence[Sequence[int]],
@@ -528,12 +616,16 @@ def decode_corpus(
     `cfg.beam_size` is 1, beam search otherwise. An empty source is not run through the model: it
     gets one hypothesis with no tokens, log_prob and score 0 and no attention. The models are put
     in eval mode (and left there). Sampling draws from one generator seeded with `cfg.seed`, so a
-    sample depends on the batching as well as on the seed.
+    sample depends on the batching as well as on the seed. A source longer than `source_limit`
+    is cut to it (callers that report cut lines check the limit first).
     """
     models = [model_or_models] if isinstance(model_or_models, nn.Module) else list(model_or_models)
     for model in models:
         model.eval()
     device = torch.device(device)
+    limit = source_limit(models)
+    if limit is not None:  # callers warn about cut lines; this keeps the models' bound whatever
+        src_seqs = [seq[:limit] for seq in src_seqs]
     results: list[list[Hypothesis]] = [[] for _ in src_seqs]
     todo = [i for i, seq in enumerate(src_seqs) if len(seq) > 0]
     for i in range(len(src_seqs)):
@@ -577,4 +669,5 @@ __all__ = [
     "sample_search",
     "sample_tokens",
     "select_top_k",
+    "source_limit",
 ]

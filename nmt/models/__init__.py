@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from nmt.config import PAD_ID, ModelConfig
+from nmt.errors import ConfigError
 
 
 class DecoderState(Protocol):
@@ -79,6 +80,41 @@ def count_parameters(model: nn.Module) -> int:
             seen.add(id(param))
             total += param.numel()
     return total
+
+
+def estimate_parameters(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> int:
+    """A lower bound on the parameter count of `build_model(cfg, ...)` (the weight matrices,
+    no biases or norms, embeddings untied), computed without building anything."""
+    if cfg.arch == "transformer":
+        t = cfg.transformer
+        d, f = t.d_model, t.ffn_dim
+        layers = t.enc_layers * (4 * d * d + 2 * d * f) + t.dec_layers * (8 * d * d + 2 * d * f)
+        return layers + (src_vocab_size + tgt_vocab_size) * d
+    r = cfg.rnn
+    h, e = r.hidden_size, r.emb_dim
+    gates = 4 if r.cell == "lstm" else 3
+    encoder = gates * ((e + h // 2) * h) * r.enc_layers  # two directions of h // 2 each
+    decoder = gates * ((e + h) * h + h * h * (r.dec_layers - 1))
+    return encoder + decoder + (src_vocab_size + tgt_vocab_size) * e
+
+
+def check_model_fits(
+    cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, device: torch.device
+) -> None:
+    """ConfigError when the model's training state (weights, gradients and two Adam moments,
+    16 bytes a parameter in float32) cannot fit into the memory of `device` at all: a typo such
+    as ffn_dim=100000000 is caught before an allocation takes the machine down."""
+    params = estimate_parameters(cfg, src_vocab_size, tgt_vocab_size)
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+    else:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 16 * params > memory:
+        raise ConfigError(
+            f"model.{cfg.arch}: at least {params:,} parameters, whose training state needs "
+            f"{16 * params / 2**30:,.0f} GiB; this {device.type} has {memory / 2**30:,.0f} GiB. "
+            "Check the model sizes"
+        )
 
 
 def limit_onednn_caches() -> None:

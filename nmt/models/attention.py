@@ -2,8 +2,11 @@
 multi-head attention with a fused and an exact (weight-returning) path.
 
 - `BahdanauAttention`: additive (MLP) attention, Bahdanau et al. 2015, section 3.1, appendix A.1.2.
+- `HardAttention`: stochastic hard attention, Xu et al. 2015, section 4.1, trained with the
+  straight-through Gumbel-softmax estimator (Jang et al. 2017).
 - `LuongAttention`: global dot / general attention, Luong et al. 2015, section 3.1.
-- `LocalAttention`: Luong et al. 2015, section 3.2, local-p (predicted window centre, Gaussian).
+- `LocalAttention`: Luong et al. 2015, section 3.2, local-p (predicted window centre, Gaussian)
+  and local-m (window centred at the target position).
 - `MultiHeadSelfAttention` / `MultiHeadCrossAttention`: Vaswani et al. 2017, section 3.2.
 
 Masks follow `nmt.models`: bool, True = real source position. Every softmax runs in float32 (also
@@ -19,12 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 # --- RNN attention ----------------------------------------------------------------------------
-# The three RNN attention modules share one interface; the RNN decoder only decides when to ask
-# (Bahdanau attends before the recurrence, Luong after it):
+# The RNN attention modules share one interface; the RNN decoder only decides when to ask
+# (Bahdanau and hard attention before the recurrence, Luong after it):
 #   precompute(memory (B,S,Dk)) -> keys: whatever depends on the source only, once per sentence;
-#   forward(query (B,T,Dq), memory (B,S,Dk), keys, src_mask (B,S), src_len (B,))
+#   forward(query (B,T,Dq), memory (B,S,Dk), keys, src_mask (B,S), src_len (B,), tgt_start)
 #       -> context (B,T,Dk), weights (B,T,S) float32.
-# T is 1 during incremental decoding and the whole target for the vectorised teacher-forced path.
+# T is 1 during incremental decoding and the whole target for the vectorised teacher-forced path;
+# `tgt_start` is the 0-based target position of the first query (only local-m uses it: every row
+# of a batch is at the same position, since search and teacher forcing advance all rows at once).
 
 
 def _masked_softmax(scores: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
@@ -62,6 +67,10 @@ class BahdanauAttention(nn.Module):
     def precompute(self, memory: torch.Tensor) -> torch.Tensor:
         return self.key_proj(memory)  # (B, S, A)
 
+    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.query_proj(query)[:, :, None, :] + keys[:, None])  # (B, T, S, A)
+        return self.energy(hidden).squeeze(-1)  # (B, T, S)
+
     def forward(
         self,
         query: torch.Tensor,
@@ -69,10 +78,76 @@ class BahdanauAttention(nn.Module):
         keys: torch.Tensor,
         src_mask: torch.Tensor,
         src_len: torch.Tensor,
+        tgt_start: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = torch.tanh(self.query_proj(query)[:, :, None, :] + keys[:, None])  # (B, T, S, A)
-        scores = self.energy(hidden).squeeze(-1)  # (B, T, S)
-        weights = _masked_softmax(scores, src_mask)  # (B, T, S)
+        weights = _masked_softmax(self.scores(query, keys), src_mask)  # (B, T, S)
+        return _context(weights, memory), weights
+
+
+def straight_through_gumbel(logits: torch.Tensor, tau: float, noise: torch.Tensor) -> torch.Tensor:
+    """One-hot samples (..., S) whose gradient is that of the relaxed sample (Jang, Gu and Poole
+    2017, "Categorical Reparameterization with Gumbel-Softmax", sections 2 and 3.1):
+
+        s = argmax_i (l_i + g_i)                       (Gumbel-max: s ~ softmax(l) exactly)
+        y_soft = softmax((l + g) / tau)
+        y = onehot(s) + (y_soft - stop_gradient(y_soft))
+
+    `noise` g holds i.i.d. Gumbel(0, 1) draws of the shape of `logits` (float32, -inf where a
+    choice is impossible). The bracket is exactly 0 in value, so y is exactly one-hot, while its
+    gradient is y_soft's: a biased estimate of the gradient of the expected loss, with low variance.
+    """
+    perturbed = logits + noise
+    hard = F.one_hot(perturbed.argmax(dim=-1), logits.size(-1)).to(logits.dtype)
+    soft = torch.softmax(perturbed / tau, dim=-1)
+    return hard + (soft - soft.detach())
+
+
+class HardAttention(nn.Module):
+    """Stochastic hard attention (Xu et al. 2015, "Show, Attend and Tell", section 4.1): the
+    context is the encoder state at one position s_t ~ Multinoulli(a_t) instead of the average
+    sum_s a_ts h_s. a_t is Bahdanau's additive attention on the previous decoder state (the
+    paper's f_att is an MLP on h_{t-1}):
+
+        a_ts = softmax over real s of v^T tanh(W s_{t-1} + U h_s + b)
+        training:  s_t ~ a_t,  c_t = h_{s_t}, trained by straight-through Gumbel-softmax
+        inference: s_t = argmax_s a_ts (the first on ties),  c_t = h_{s_t}
+
+    The weights returned are the one-hot rows, so exported attention and alignments show the
+    chosen position. Xu et al. train with REINFORCE (eq. 12, with a moving-average baseline and an
+    entropy term). We use the straight-through Gumbel estimator (`straight_through_gumbel`)
+    instead because it lives inside this module: the loss, gradient accumulation, mixed precision
+    and data-parallel paths of training stay those of soft attention, where REINFORCE needs each
+    sentence's log-likelihood fed back as a reward through a second loss term and a baseline kept
+    by the training loop. Its gradient is biased (that of the relaxed sample at temperature `tau`)
+    but has far lower variance than single-sample REINFORCE.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, attn_dim: int, tau: float) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"the Gumbel-softmax temperature must be > 0, got {tau}")
+        self.score = BahdanauAttention(query_dim, key_dim, attn_dim)
+        self.tau = tau
+
+    def precompute(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.score.precompute(memory)  # (B, S, A)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        keys: torch.Tensor,
+        src_mask: torch.Tensor,
+        src_len: torch.Tensor,
+        tgt_start: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.score.scores(query, keys).float()  # (B, T, S)
+        logits = logits.masked_fill(~src_mask[:, None, :], float("-inf"))
+        if self.training:
+            noise = -torch.empty_like(logits).exponential_().log()  # Gumbel(0, 1)
+            weights = straight_through_gumbel(logits, self.tau, noise)  # (B, T, S)
+        else:
+            weights = F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()  # (B, T, S)
         return _context(weights, memory), weights
 
 
@@ -114,41 +189,64 @@ class LuongAttention(nn.Module):
         keys: torch.Tensor,
         src_mask: torch.Tensor,
         src_len: torch.Tensor,
+        tgt_start: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         weights = _masked_softmax(self.scores(query, keys), src_mask)  # (B, T, S)
         return _context(weights, memory), weights
 
 
 class LocalAttention(nn.Module):
-    """Luong's local-p attention (Luong, Pham and Manning 2015, section 3.2) with the "general"
-    score, queried with the current decoder state h_t. With S_b the real length of sentence b and
-    source positions s = 0 .. S_b - 1:
+    """Luong's local attention (Luong, Pham and Manning 2015, section 3.2) with the "general"
+    score, queried with the current decoder state h_t. With S_b the real length of sentence b,
+    source positions s = 0 .. S_b - 1 and target positions t = 0, 1, ...:
 
+      local-p (predictive):
         p_t  = S_b * sigmoid(v_p^T tanh(W_p h_t))              (predicted centre, in [0, S_b])
         W_t  = { s real : |s - p_t| <= D }                      (the window; never empty for D >= 1)
         a_ts = exp(score(h_t, h_s) - (s - p_t)^2 / (2 sigma^2))
                / sum_{s' in W_t} exp(score(h_t, h_s') - (s' - p_t)^2 / (2 sigma^2))   for s in W_t
         a_ts = 0 outside W_t (and on padding);  sigma = D / 2;  score = h_t^T W_a h_s
         c_t  = sum_s a_ts h_s
+      local-m (monotonic):
+        p_t  = min(t, S_b - 1)                                  (no parameters, no Gaussian)
+        a_ts = exp(score(h_t, h_s)) / sum_{s' in W_t} exp(score(h_t, h_s'))   for s in W_t
 
-    The paper multiplies the window's softmax by the Gaussian, which leaves rows that sum to less
-    than 1; we renormalise that product over the window, which is the same as the softmax above
-    (the softmax's own denominator cancels). The Gaussian term keeps p_t differentiable, as in the
-    paper; the window's edges are not. W_p is A x Dq (A = attn_dim), v_p has A entries.
+    The paper sets p_t = t for local-m; once t passes the source's end that window would be empty
+    (no row to normalise), so the centre stops at the last real position, the source EOS: late
+    target words look at the end of the source. For local-p the paper multiplies the window's
+    softmax by the Gaussian, which leaves rows that sum to less than 1; we renormalise that product
+    over the window, which is the same as the softmax above (the softmax's own denominator
+    cancels). The Gaussian term keeps p_t differentiable, as in the paper; the window's edges are
+    not. W_p is A x Dq (A = attn_dim), v_p has A entries.
     """
 
-    def __init__(self, query_dim: int, key_dim: int, attn_dim: int, window: int) -> None:
+    def __init__(
+        self, query_dim: int, key_dim: int, attn_dim: int, window: int, monotonic: bool = False
+    ) -> None:
         super().__init__()
         if window < 1:
             raise ValueError(f"local attention needs a window D >= 1, got {window}")
         self.window = window
         self.sigma = window / 2
+        self.monotonic = monotonic
         self.key_proj = nn.Linear(key_dim, query_dim, bias=False)  # W_a of the general score
-        self.centre_proj = nn.Linear(query_dim, attn_dim, bias=False)  # W_p
-        self.centre_energy = nn.Linear(attn_dim, 1, bias=False)  # v_p
+        self.centre_proj: nn.Linear | None = None
+        self.centre_energy: nn.Linear | None = None
+        if not monotonic:
+            self.centre_proj = nn.Linear(query_dim, attn_dim, bias=False)  # W_p
+            self.centre_energy = nn.Linear(attn_dim, 1, bias=False)  # v_p
 
     def precompute(self, memory: torch.Tensor) -> torch.Tensor:
         return self.key_proj(memory)  # (B, S, Dq)
+
+    def centre(self, query: torch.Tensor, src_len: torch.Tensor, tgt_start: int) -> torch.Tensor:
+        """p_t of every query, (B, T, 1) float32."""
+        if self.centre_proj is None or self.centre_energy is None:  # local-m
+            t = torch.arange(query.size(1), device=query.device) + tgt_start  # (T,)
+            last = (src_len - 1)[:, None, None]  # (B, 1, 1)
+            return torch.minimum(t[None, :, None], last).float()  # (B, T, 1)
+        gate = torch.sigmoid(self.centre_energy(torch.tanh(self.centre_proj(query))).float())
+        return src_len.float()[:, None, None] * gate  # (B, T, 1)
 
     def forward(
         self,
@@ -157,14 +255,15 @@ class LocalAttention(nn.Module):
         keys: torch.Tensor,
         src_mask: torch.Tensor,
         src_len: torch.Tensor,
+        tgt_start: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        gate = torch.sigmoid(self.centre_energy(torch.tanh(self.centre_proj(query))).float())
-        centre = src_len.float()[:, None, None] * gate  # (B, T, 1)
+        centre = self.centre(query, src_len, tgt_start)  # (B, T, 1)
         positions = torch.arange(memory.size(1), device=memory.device, dtype=torch.float32)
         offset = positions - centre  # (B, T, S)
         in_window = (offset.abs() <= self.window) & src_mask[:, None, :]  # (B, T, S)
         scores = torch.bmm(query, keys.transpose(1, 2)).float()  # (B, T, S)
-        scores = scores - offset.square() / (2 * self.sigma**2)
+        if not self.monotonic:
+            scores = scores - offset.square() / (2 * self.sigma**2)
         weights = _masked_softmax(scores, in_window)  # (B, T, S)
         return _context(weights, memory), weights
 

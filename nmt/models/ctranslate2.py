@@ -24,7 +24,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from nmt.config import BOS_ID, EOS_ID, UNK_ID, TransformerConfig
+from nmt.config import BOS_ID, EOS_ID, UNK_ID, DecodeConfig, TransformerConfig
 from nmt.errors import ConfigError
 from nmt.models.attention import MultiHeadCrossAttention, MultiHeadSelfAttention
 from nmt.models.transformer import DecoderLayer, EncoderLayer, FeedForward, TransformerModel
@@ -127,3 +127,65 @@ def _feed_forward(spec: Any, ffn: FeedForward, norm: nn.Module) -> None:
     _linear(spec.linear_0, ffn.fc1)
     _linear(spec.linear_1, ffn.fc2)
     _layer_norm(spec.layer_norm, norm)
+
+
+# ---- decoding settings -------------------------------------------------------------------------
+
+DECODING_FILE = "nmt-decoding.json"  # written beside the exported model
+
+
+def translate_options(cfg: DecodeConfig) -> dict[str, Any]:
+    """The `ctranslate2.Translator.translate_batch` settings that decode like `cfg`, and the
+    differences that remain: {"translate_batch": {...}, "max_decoding_length": {...},
+    "differences": [...]}.
+
+    CTranslate2 divides a finished hypothesis' log-probability by length ** length_penalty, with
+    the EOS counted, which is our "power" rule ("avg" is power 1, "none" power 0). Its maximum
+    length is one number per call, where ours is floor(a * S + b) per sentence (S = source
+    pieces + EOS): pass that number for each sentence, or for groups of equal-length sources.
+    """
+    options: dict[str, Any] = {
+        "beam_size": cfg.beam_size,
+        "num_hypotheses": cfg.nbest,
+        "min_decoding_length": cfg.min_len,
+        "no_repeat_ngram_size": cfg.no_repeat_ngram,
+        "disable_unk": cfg.suppress_unk,
+        "return_scores": True,
+    }
+    differences: list[str] = []
+    powers = {"power": cfg.len_penalty, "avg": 1.0, "none": 0.0}
+    if cfg.length_norm in powers:
+        options["length_penalty"] = powers[cfg.length_norm]
+    else:
+        options["length_penalty"] = cfg.len_penalty
+        differences.append(
+            f"decode.length_norm={cfg.length_norm}: CTranslate2 has no GNMT length penalty "
+            f"((5 + len) / 6) ** {cfg.len_penalty}; it uses len ** {cfg.len_penalty}, so beams "
+            "can rank differently. Evaluate with --set decode.length_norm=power to get what the "
+            "export gives"
+        )
+    if cfg.coverage_penalty > 0:
+        differences.append(
+            f"decode.coverage_penalty={cfg.coverage_penalty}: not passed on; CTranslate2's own "
+            "coverage penalty (documented as applied during beam search) is not known to equal "
+            "nmt's, which only re-ranks finished hypotheses, so the export ranks without it"
+        )
+    if cfg.min_len > 0:
+        differences.append(
+            f"decode.min_len={cfg.min_len}: CTranslate2 renormalises the log-probabilities after "
+            "banning EOS, nmt does not, so scores differ by -log(1 - p(EOS)) at those steps and "
+            "near ties can go the other way"
+        )
+    if cfg.sample:
+        options.update(sampling_topk=cfg.top_k or 0, sampling_topp=cfg.top_p,
+                       sampling_temperature=cfg.temperature, beam_size=1)  # fmt: skip
+        differences.append("decode.sample=true: samples come from another random generator")
+    return {
+        "translate_batch": options,
+        "max_decoding_length": {
+            "rule": "floor(a * (source pieces + 1) + b), per sentence",
+            "a": cfg.max_len_a,
+            "b": cfg.max_len_b,
+        },
+        "differences": differences,
+    }

@@ -7,8 +7,9 @@ tanh(W x + b) to the initial hidden state of every decoder layer (and, for an LS
 to the initial cells).
 Decoder, one step, with e_{t-1} the embedding of the previous token and H the memory:
 - Bahdanau (attention before the recurrence, paper section 3.1): c_t = attn(s_{t-1}, H) with the
-  previous top-layer state as query, then s_t = RNN([e_{t-1}; c_t], s_{t-1}).
-- Luong dot / general / local-p (attention after it, paper section 3):
+  previous top-layer state as query, then s_t = RNN([e_{t-1}; c_t], s_{t-1}). Hard attention
+  (Xu et al. 2015) takes the same place, with c_t the state at one chosen source position.
+- Luong dot / general / local-p / local-m (attention after it, paper section 3):
   s_t = RNN([e_{t-1}; r_{t-1}], s_{t-1}) with r_{t-1} the previous readout ("input feeding",
   section 3.3), then c_t = attn(s_t, H).
 - Readout and output (all variants): r_t = dropout(tanh(W_r [s_t; c_t; e_{t-1}] + b_r)), of size
@@ -31,7 +32,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import PAD_ID, ModelConfig
 from nmt.models import count_parameters, make_embeddings
-from nmt.models.attention import BahdanauAttention, LocalAttention, LuongAttention
+from nmt.models.attention import (
+    BahdanauAttention,
+    HardAttention,
+    LocalAttention,
+    LuongAttention,
+)
 from nmt.models.dropout import Dropout
 
 
@@ -44,6 +50,7 @@ class RNNState:
       for Bahdanau, W_a h (B,S,N) for general / local, `memory` itself for dot.
     - `hidden` (L,B,N), `cell` (L,B,N) for an LSTM else None: the decoder RNN's state.
     - `feed` (B,N): the previous readout r_{t-1} for Luong input feeding, else None.
+    - `position`: target positions decoded so far (the same for every row), for local-m.
     """
 
     memory: torch.Tensor
@@ -53,6 +60,7 @@ class RNNState:
     hidden: torch.Tensor
     cell: torch.Tensor | None
     feed: torch.Tensor | None
+    position: int = 0
 
     def select(self, indices: torch.Tensor, same_sources: bool = False) -> RNNState:
         """Rows `indices` (B',) of every batched tensor: reorder, drop or duplicate hypotheses.
@@ -90,10 +98,14 @@ class RNNModel(nn.Module):
         r = cfg.rnn
         n, e = r.hidden_size, r.emb_dim
         self.hidden_size = n
+        # Not a limit of the recurrence: the bound on sentence length that training and decoding
+        # apply to both model families (model.rnn.max_positions).
+        self.max_positions = r.max_positions
         self.dec_layers = r.dec_layers
         self.is_lstm = r.cell == "lstm"
         self.input_feeding = r.input_feeding
-        self.attends_first = r.attention == "bahdanau"  # query = previous state, not current
+        # query = previous state, not current
+        self.attends_first = r.attention in ("bahdanau", "hard")
         rnn_cls = nn.LSTM if self.is_lstm else nn.GRU
 
         src_embed, tgt_embed = make_embeddings(
@@ -120,11 +132,14 @@ class RNNModel(nn.Module):
         self.bridge = nn.Linear(n, r.dec_layers * n)
         self.bridge_cell = nn.Linear(n, r.dec_layers * n) if self.is_lstm else None
 
-        self.attention: BahdanauAttention | LuongAttention | LocalAttention
+        self.attention: BahdanauAttention | HardAttention | LuongAttention | LocalAttention
         if r.attention == "bahdanau":
             self.attention = BahdanauAttention(n, n, r.attn_dim)
-        elif r.attention == "local":
-            self.attention = LocalAttention(n, n, r.attn_dim, r.local_window)
+        elif r.attention == "hard":
+            self.attention = HardAttention(n, n, r.attn_dim, r.gumbel_tau)
+        elif r.attention in ("local", "local-m"):
+            monotonic = r.attention == "local-m"
+            self.attention = LocalAttention(n, n, r.attn_dim, r.local_window, monotonic)
         else:
             self.attention = LuongAttention(n, n, r.attention.removeprefix("luong-"))
 
@@ -166,7 +181,9 @@ class RNNModel(nn.Module):
         return out, hidden, None
 
     def _attend(self, query: torch.Tensor, state: RNNState) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.attention(query, state.memory, state.keys, state.src_mask, state.src_len)
+        return self.attention(
+            query, state.memory, state.keys, state.src_mask, state.src_len, state.position
+        )
 
     def _step(
         self, emb: torch.Tensor, state: RNNState
@@ -184,7 +201,14 @@ class RNNModel(nn.Module):
         readout = self.dropout(torch.tanh(self.readout(torch.cat([out, context, emb], dim=-1))))
         feed = readout[:, 0] if state.feed is not None else None
         new_state = RNNState(
-            state.memory, state.src_mask, state.src_len, state.keys, hidden, cell, feed
+            state.memory,
+            state.src_mask,
+            state.src_len,
+            state.keys,
+            hidden,
+            cell,
+            feed,
+            state.position + 1,
         )
         return readout, new_state, weights
 

@@ -3,7 +3,8 @@
 Each update: set the learning rate, take `update_freq` token-budget batches (per rank), run forward
 under autocast and backward with the loss normalised by the target tokens of the *whole* update
 (every micro-batch on every rank), clip, step, log; validate and checkpoint on schedule; stop on
-`max_steps`, `max_epochs`, `max_minutes`, early stopping, or too many non-finite losses in a row.
+`max_steps`, `max_epochs`, `max_minutes`, early stopping, SIGINT / SIGTERM (after saving; see
+nmt/training/signals.py), or too many non-finite losses in a row.
 
 Everything a resumed run needs to repeat an unbroken one (step, epoch, position in the epoch,
 optimizer, schedule, grad scaler, best score, RNG states of every rank) lives in one `TrainState`,
@@ -18,6 +19,7 @@ import dataclasses
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,14 +31,21 @@ import torch
 from torch import nn
 
 from nmt import __version__
+from nmt import checkpoint as ckpt
 from nmt.config import RunConfig, dump_yaml, to_dict
 from nmt.data.batching import Batch, TokenBatchSampler, collate
 from nmt.data.spm import Tokenizer
-from nmt.data.store import PreparedData, load_prepared
-from nmt.errors import CheckpointError, ConfigError, DataError, NmtError
+from nmt.data.store import ALIGN_COLUMN, PreparedData, load_prepared, split_lengths
+from nmt.errors import CheckpointError, ConfigError, DataError, NmtError, Stopped
 from nmt.io import append_jsonl, read_jsonl, write_json, write_jsonl, write_text
-from nmt.models import build_model, count_parameters, limit_onednn_caches
-from nmt.training import checkpoint as ckpt
+from nmt.models import (
+    build_model,
+    check_model_fits,
+    count_parameters,
+    limit_onednn_caches,
+)
+from nmt.training import checkpoint as saving
+from nmt.training import finetune
 from nmt.training.distributed import (
     DistContext,
     all_reduce_sum,
@@ -46,8 +55,10 @@ from nmt.training.distributed import (
     init_distributed,
     shutdown,
 )
-from nmt.training.loss import label_smoothed_nll
+from nmt.training.loss import check_alignments, label_smoothed_nll, training_loss
+from nmt.training.run_folder import RunFolder
 from nmt.training.schedule import LRSchedule, build_optimizer, set_lr
+from nmt.training.signals import StopSignals
 
 
 class TrainingError(NmtError):
@@ -115,10 +126,26 @@ def train(
     `cfg` differs from the stored config only in resume-safe fields). Under torchrun every rank
     calls this; only rank 0 writes. Returns the final summary (also printed and logged).
     Raises TrainingError when too many updates in a row have a non-finite loss.
+
+    Rank 0 locks the run directory for the whole run (CheckpointError naming the holder's PID when
+    another process has it). A fresh run creates it only once the model and optimizer are built,
+    and a fresh run that fails before saving any checkpoint removes what it wrote. SIGINT and
+    SIGTERM stop after the current update with last.pt saved: `Stopped` (exit 130 / 143).
     """
+    with StopSignals() as stop, RunFolder(Path(run_dir), resume) as folder:
+        return _train(cfg, data_dir, folder, stop, resume, debug or TrainDebug())
+
+
+def _train(
+    cfg: RunConfig,
+    data_dir: str | Path,
+    folder: RunFolder,
+    stop: StopSignals,
+    resume: bool,
+    debug: TrainDebug,
+) -> dict[str, Any]:
     tc = cfg.train
-    debug = debug or TrainDebug()
-    run_dir = Path(run_dir)
+    run_dir = folder.path
     start_time = time.monotonic()
 
     # -- where and how to compute --------------------------------------------------------------
@@ -133,8 +160,11 @@ def train(
 
     # -- data ------------------------------------------------------------------------------------
     data = load_prepared(data_dir)
-    train_src = IdColumn(data.split("train"), "src_ids")
-    train_tgt = IdColumn(data.split("train"), "tgt_ids")
+    train_split, too_long = keep_trainable(data.split("train"), cfg.model.max_positions)
+    train_src = IdColumn(train_split, "src_ids")
+    train_tgt = IdColumn(train_split, "tgt_ids")
+    guided = check_alignments(train_split, tc, data_dir)  # train.guided_alignment: stored links
+    train_align = IdColumn(train_split, ALIGN_COLUMN) if guided else None
     sampler = TokenBatchSampler(
         train_src.lengths(),
         train_tgt.lengths(),
@@ -145,11 +175,31 @@ def train(
         world_size=dist.world_size,
     )
 
-    # -- run directory: rank 0 writes it; everyone waits until it exists -------------------------
     payload = ckpt.load_checkpoint(run_dir / ckpt.LAST) if resume else None
+
+    # -- model, optimizer, schedule, scaler --------------------------------------------------------
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+    check_model_fits(cfg.model, data.src_vocab_size, data.tgt_vocab_size, device)
+    model = build_model(cfg.model, data.src_vocab_size, data.tgt_vocab_size, data.shared_vocab)
+    if payload is not None:
+        ckpt.load_model_state(model, payload["model"], run_dir / ckpt.LAST)
+    elif tc.init:
+        finetune.load_init_weights(model, tc)  # fine-tuning: the weights only, all else fresh
+    frozen = finetune.freeze(model, tc.freeze)  # before the optimizer, which skips frozen ones
+    model.to(device)
+    optimizer = build_optimizer(model, tc, device)
+    schedule = LRSchedule(tc, model_width(cfg))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    state = TrainState(world_size=dist.world_size)
+    if payload is not None:
+        state = restore_train_state(payload, dist, optimizer, schedule, scaler)
+
+    # -- run directory: rank 0 locks and writes it; everyone waits until it exists ---------------
+    # Only now, with the model and optimizer built: a bad setting found above leaves no folder.
+    folder.claim(dist.is_main)
     if dist.is_main:
         if payload is not None:
-            ckpt.remove_stale_temp_files(run_dir)
+            saving.remove_stale_temp_files(run_dir)
             drop_metrics_after(run_dir / ckpt.METRICS_FILE, payload["step"])
         else:
             start_run_dir(run_dir, data)
@@ -159,20 +209,8 @@ def train(
     spm_entry = payload["spm"] if payload else read_spm_entry(run_dir, data.shared_vocab)
     meta = checkpoint_metadata(cfg, data, spm_entry)
     _, tgt_tok = ckpt.load_tokenizers(meta, run_dir)
-    valid = load_valid_set(data, tc.valid_max_sentences, tgt_tok)
+    valid = load_valid_set(data, tc.valid_max_sentences, tgt_tok, cfg.model.max_positions)
 
-    # -- model, optimizer, schedule, scaler --------------------------------------------------------
-    torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP also broadcasts them)
-    model = build_model(cfg.model, data.src_vocab_size, data.tgt_vocab_size, data.shared_vocab)
-    if payload is not None:
-        ckpt.load_model_state(model, payload["model"], run_dir / ckpt.LAST)
-    model.to(device)
-    optimizer = build_optimizer(model, tc, device)
-    schedule = LRSchedule(tc, model_width(cfg))
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    state = TrainState(world_size=dist.world_size)
-    if payload is not None:
-        state = restore_train_state(payload, dist, optimizer, schedule, scaler)
     raw_model = model  # what checkpoints and validation use (no compile / DDP wrappers)
     if tc.compile:
         model = torch.compile(model)  # type: ignore[assignment]
@@ -194,6 +232,13 @@ def train(
             f"{len(train_src):,} training pairs, {len(valid) if valid else 0:,} validation pairs"
             + (f"; resuming at update {state.step}" if resume else "")
         )
+        if too_long or (valid and valid.truncated):
+            console.print(length_note(cfg, too_long, valid))
+        if tc.init:
+            console.print(
+                f"fine-tuning from {tc.init} (sha256 {tc.init_sha256[:12]}...)"
+                + (f"; frozen: {', '.join(tc.freeze)} ({frozen:,} parameters)" if tc.freeze else "")
+            )
     run = Run(
         cfg=cfg,
         dist=dist,
@@ -206,12 +251,16 @@ def train(
         logger=MetricsLogger(run_dir, dist.is_main),
         progress=Progress(dist.is_main, tc.max_steps, state.step, console),
     )
+    if tc.init and payload is None:  # the first metrics line says where the weights came from
+        run.logger.log({"kind": "init", "step": 0, "init": tc.init,
+                        "init_sha256": tc.init_sha256, "freeze": list(tc.freeze)})  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------------
     epoch_batches: dict[int, list[list[int]]] = {}
     window = Window()  # sums since the last log line
     last_valid_step = last_save_step = state.step if resume else -1
     stop_reason = ""
+    stopped = False  # by SIGINT / SIGTERM on some rank
     attempts = state.step + state.nan_steps + state.overflow_steps
     model.train()
     try:
@@ -230,13 +279,20 @@ def train(
             # This rank's micro-batches of the next update. The data position is committed only
             # after the update, so a checkpoint never points into the middle of one.
             update, next_position = take_batches(sampler, epoch_batches, state, tc.update_freq)
-            batches = [make_batch(train_src, train_tgt, indices) for indices in update]
+            batches = [make_batch(train_src, train_tgt, indices, train_align) for indices in update]
             tgt_counts = [b.num_tgt_tokens for b in batches]  # counted on the CPU: no device sync
             src_counts = [b.num_src_tokens for b in batches]
             # One collective per update: the target tokens of all ranks (for the loss
-            # normalisation) and whether any rank's clock has run out (clocks differ).
-            local = torch.tensor([sum(tgt_counts), out_of_time], dtype=torch.float64, device=device)
-            update_tokens, ranks_out_of_time = all_reduce_sum(local, dist).tolist()
+            # normalisation), whether any rank's clock has run out (clocks differ) and whether any
+            # rank got SIGINT / SIGTERM (so that all stop after the same update).
+            local = torch.tensor(
+                [sum(tgt_counts), out_of_time, stop.signum], dtype=torch.float64, device=device
+            )
+            update_tokens, ranks_out_of_time, ranks_stopping = all_reduce_sum(local, dist).tolist()
+            if ranks_stopping > 0:
+                stopped = True
+                stop_reason = f"stopped by {stop.name}" if stop.signum else "stopped by a signal"
+                break
             if ranks_out_of_time > 0:
                 stop_reason = f"train.max_minutes={tc.max_minutes:g} ran out"
                 break
@@ -258,8 +314,8 @@ def train(
                 sync = NO_OP if is_last or not dist.is_distributed else ddp_no_sync(model)
                 with sync:
                     with run.autocast:
-                        logits = model(batch.src_ids, batch.src_mask, batch.tgt_in_ids)  # (B,T,V)
-                    loss, nll = label_smoothed_nll(logits, batch.tgt_out_ids, tc.label_smoothing)
+                        out = model(batch.src_ids, batch.src_mask, batch.tgt_in_ids, guided)
+                    loss, nll = training_loss(out, batch, tc)
                     if attempts in debug.nonfinite_at:
                         loss = loss * float("nan")
                     scaler.scale(loss * loss_scale).backward()
@@ -314,7 +370,7 @@ def train(
                 run.progress.log_line(row)
                 window = Window()
             if state.step % tc.valid_every == 0:
-                validate_and_track(run, state, schedule)
+                validate_or_save(run, state, schedule, optimizer, scaler)
                 last_valid_step = state.step
             if state.step % tc.save_every == 0:
                 save_training_checkpoint(run, state, optimizer, schedule, scaler)
@@ -327,8 +383,9 @@ def train(
         if last_save_step != state.step:
             save_training_checkpoint(run, state, optimizer, schedule, scaler)
             last_save_step = state.step
-        if state.step > 0 and last_valid_step != state.step:
-            validate_and_track(run, state, schedule)
+        # A stopped run skips it: the user asked to stop, and a resume repeats the unbroken run.
+        if state.step > 0 and last_valid_step != state.step and not stopped:
+            validate_or_save(run, state, schedule, optimizer, scaler)
             save_training_checkpoint(run, state, optimizer, schedule, scaler)
     finally:
         run.progress.stop()
@@ -339,6 +396,12 @@ def train(
         append_jsonl(run_dir / ckpt.METRICS_FILE, summary)
         print_summary(console, summary)
     shutdown(dist)
+    if stopped:
+        # Every rank got the stop through the all-reduce; each exits with a signal's code.
+        signum = stop.signum or signal.SIGTERM
+        raise Stopped(
+            f"stopped at update {state.step}; continue with: nmt train --resume {run_dir}", signum
+        )
     return summary
 
 
@@ -429,11 +492,14 @@ def resolve_device_type(name: str) -> str:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The autocast precision: `auto` is bf16 on GPUs that support it and fp32 elsewhere."""
     is_cuda = device.type == "cuda"
+    # Without `including_emulation=False` torch answers yes on pre-Ampere GPUs too, where bf16
+    # is emulated and slower than fp32.
+    native_bf16 = is_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "auto":
-        return "bf16" if is_cuda and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if native_bf16 else "fp32"
     if precision == "fp16" and not is_cuda:
         raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    if precision == "bf16" and is_cuda and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and is_cuda and not native_bf16:
         raise ConfigError("train.precision bf16: this GPU has no bf16 support; use fp16 or fp32")
     return precision
 
@@ -492,9 +558,10 @@ class IdColumn:
         return np.diff(self.offsets)
 
 
-def make_batch(src: Any, tgt: Any, indices: list[int]) -> Batch:
+def make_batch(src: Any, tgt: Any, indices: list[int], links: Any = None) -> Batch:
     """The padded batch of sentences `indices` (on the CPU)."""
-    return collate([src[i] for i in indices], [tgt[i] for i in indices], indices)
+    pair_links = None if links is None else [links[i] for i in indices]
+    return collate([src[i] for i in indices], [tgt[i] for i in indices], indices, pair_links)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -518,32 +585,70 @@ class ValidSet:
     refs: list[str]  # reference texts, for BLEU
     tgt_tok: Tokenizer  # turns hypotheses back into text
     bleu_tokenize: str | None
+    truncated: int = 0  # pairs cut to the model's max_positions
 
     def __len__(self) -> int:
         return len(self.src_ids)
 
 
-def load_valid_set(data: PreparedData, max_sentences: int, tgt_tok: Tokenizer) -> ValidSet | None:
-    """The validation split (its first `max_sentences` pairs when > 0), or None without one."""
+def keep_trainable(split: Any, max_positions: int) -> tuple[Any, int]:
+    """The training pairs whose source + EOS and BOS + target fit into `max_positions`, and how
+    many were left out. `nmt prepare` filters by words, not knowing the model; this is the
+    subword bound. The lengths come from the Arrow offsets, without reading the ids."""
+    src_lens, tgt_lens = split_lengths(split)
+    fits = (src_lens < max_positions) & (tgt_lens < max_positions)
+    too_long = int(len(fits) - fits.sum())
+    if too_long == len(fits):
+        raise DataError(
+            f"every training pair is longer than the model's {max_positions - 1} subwords "
+            f"(model.{{rnn,transformer}}.max_positions = {max_positions}); raise max_positions"
+        )
+    return (split.select(np.flatnonzero(fits)) if too_long else split), too_long
+
+
+def length_note(cfg: RunConfig, too_long: int, valid: ValidSet | None) -> str:
+    """The start-of-run warning about pairs longer than the model takes."""
+    limit = f"model.{cfg.model.arch}.max_positions={cfg.model.max_positions}"
+    parts = []
+    if too_long:
+        parts.append(f"{too_long:,} training pairs longer than {limit} left out")
+    if valid is not None and valid.truncated:
+        parts.append(f"{valid.truncated:,} validation pairs cut to fit it")
+    return "warning: " + "; ".join(parts) + " (lengths in subwords, with EOS / BOS)"
+
+
+def load_valid_set(
+    data: PreparedData, max_sentences: int, tgt_tok: Tokenizer, max_positions: int
+) -> ValidSet | None:
+    """The validation split (its first `max_sentences` pairs when > 0), or None without one.
+    Sides longer than `max_positions` (with EOS / BOS) are cut and counted in `truncated`; the
+    BLEU references stay whole."""
     name = next((n for n in VALID_SPLIT_NAMES if n in data.split_names), None)
     if name is None:
         return None
     split = data.split(name)
     if max_sentences:
         split = split.select(range(min(max_sentences, len(split))))
+    limit = max_positions - 1
+    src_ids, tgt_ids = list(split["src_ids"]), list(split["tgt_ids"])
+    truncated = sum(len(s) > limit or len(t) > limit for s, t in zip(src_ids, tgt_ids, strict=True))
+    if truncated:
+        src_ids = [s[:limit] for s in src_ids]
+        tgt_ids = [t[:limit] for t in tgt_ids]
     return ValidSet(
-        src_ids=list(split["src_ids"]),
-        tgt_ids=list(split["tgt_ids"]),
+        src_ids=src_ids,
+        tgt_ids=tgt_ids,
         refs=list(split["tgt"]),
         tgt_tok=tgt_tok,
         bleu_tokenize=BLEU_TOKENIZE.get(data.tgt_lang.split("-")[0].lower()),
+        truncated=truncated,
     )
 
 
 def start_run_dir(run_dir: Path, data: PreparedData) -> None:
     """Fresh run: the tokenizers copied in, the data reference written (config.yaml follows)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.copy_tokenizers(run_dir, data.src_spm_path, data.tgt_spm_path, data.shared_vocab)
+    saving.copy_tokenizers(run_dir, data.src_spm_path, data.tgt_spm_path, data.shared_vocab)
     write_json(
         run_dir / ckpt.DATA_FILE,
         {
@@ -580,13 +685,24 @@ def checkpoint_metadata(
         },
         "spm": spm_entry,
         "data": {"path": str(Path(data.path).resolve()), "hash": data.hash},
+        "cleaning": data.manifest["config"],
     }
 
 
 def drop_metrics_after(path: Path, step: int) -> None:
-    """On resume, forget what the interrupted run logged after its last checkpoint."""
-    if path.is_file():
-        write_jsonl(path, [row for row in read_jsonl(path) if row.get("step", 0) <= step])
+    """On resume, forget what the interrupted run logged after its last checkpoint. A record torn
+    by a kill at the end is dropped too; any other damage stops the resume, leaving the file."""
+    if not path.is_file():
+        return
+    try:
+        rows = read_jsonl(path)
+    except ValueError as exc:  # not JSON or not UTF-8, before the last line
+        raise CheckpointError(
+            f"{path}: damaged ({str(exc)[:120]}); repair it or move it aside to resume"
+        ) from None
+    if not all(isinstance(row, dict) for row in rows):
+        raise CheckpointError(f"{path}: damaged (a record is not a JSON object); repair it")
+    write_jsonl(path, [row for row in rows if row.get("step", 0) <= step])
 
 
 def take_batches(
@@ -691,10 +807,10 @@ def save_training_checkpoint(
             "model": run.raw_model.state_dict(),
             "train_state": state.to_dict(),
         }
-        path = ckpt.checkpoint_path(run.run_dir, state.step)
-        ckpt.save_checkpoint(path, payload)
-        ckpt.copy_atomic(path, run.run_dir / ckpt.LAST)
-        ckpt.prune_checkpoints(run.run_dir, run.cfg.train.keep_last)
+        path = saving.checkpoint_path(run.run_dir, state.step)
+        saving.save_checkpoint(path, payload)
+        saving.copy_atomic(path, run.run_dir / ckpt.LAST)
+        saving.prune_checkpoints(run.run_dir, run.cfg.train.keep_last)
     barrier(run.dist)
 
 
@@ -765,6 +881,32 @@ def validate(run: Run) -> dict[str, float]:
     return scores
 
 
+def validate_or_save(
+    run: Run,
+    state: TrainState,
+    schedule: LRSchedule,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    """`validate_and_track`; should validation itself fail (memory, a decoding bug), the training
+    so far is saved to last.pt first and the run stops with one line saying so."""
+    try:
+        validate_and_track(run, state, schedule)
+    except NmtError:
+        raise
+    except Exception as exc:
+        if run.dist.is_distributed:
+            raise  # the other ranks wait in a collective: a save needs them all
+        save_training_checkpoint(run, state, optimizer, schedule, scaler)
+        lines = str(exc).strip().splitlines()
+        raise TrainingError(
+            f"validation at update {state.step} failed ({type(exc).__name__}: "
+            f"{lines[0][:160] if lines else ''}); the training is saved in "
+            f"{run.run_dir / ckpt.LAST}: resume with `nmt train --resume {run.run_dir}` (a "
+            "smaller train.valid_max_sentences or train.batch_tokens may help)"
+        ) from exc
+
+
 def validate_and_track(run: Run, state: TrainState, schedule: LRSchedule) -> None:
     """Validate once (rank 0), share the scores, and update best score, best.pt, the
     early-stopping count and the plateau schedule identically on every rank."""
@@ -782,7 +924,7 @@ def validate_and_track(run: Run, state: TrainState, schedule: LRSchedule) -> Non
         if run.dist.is_main:
             # best.pt holds the weights only: translate reads it, resume does not.
             payload = {**run.meta, "step": state.step, "model": run.raw_model.state_dict()}
-            ckpt.save_checkpoint(run.run_dir / ckpt.BEST, payload)
+            saving.save_checkpoint(run.run_dir / ckpt.BEST, payload)
     else:
         state.bad_validations += 1
     lr_cut = schedule.observe(value, higher_is_better)

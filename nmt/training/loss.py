@@ -1,5 +1,5 @@
 """Label-smoothed cross-entropy over real target tokens (Szegedy et al. 2016; Vaswani et al. 2017,
-sec. 5.4).
+sec. 5.4), and the guided-alignment loss added to it when `train.guided_alignment` > 0.
 
 The smoothed target distribution puts `1 - eps` on the reference token and spreads `eps` evenly over
 the other `V - 2` tokens that can ever be right, leaving out PAD, which the model must never
@@ -15,7 +15,10 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from nmt.config import PAD_ID
+from nmt.config import GUIDED_ALIGNMENT_HEAD, PAD_ID, TrainConfig
+from nmt.data.batching import Batch
+from nmt.data.store import ALIGN_COLUMN
+from nmt.errors import DataError
 
 
 class LossSums(NamedTuple):
@@ -88,3 +91,57 @@ class _SmoothedNLL(torch.autograd.Function):
         keep = tgt_out_ids.ne(pad_id).unsqueeze(-1).to(grad.dtype)
         grad.mul_(keep * grad_loss)
         return grad.to(ctx.logits_dtype), None, None, None
+
+
+# ---- guided alignment --------------------------------------------------------------------------
+
+# Attention below this counts as this in the log: hard and local attention give exact zeros.
+ATTENTION_FLOOR = 1e-9
+
+
+def guided_alignment_loss(attention: torch.Tensor, alignment: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy from the stored links to the attention, summed over linked target pieces:
+
+        G_ts = link_ts / sum_s' link_ts'          (each linked target row made a distribution)
+        L    = - sum_{t linked} sum_s G_ts log A_ts
+
+    as Garg et al. 2019 (section 4, multi-task learning) put it on one Transformer
+    cross-attention head, and Liu et al. 2016 (section 3, the cross-entropy loss) on an RNN's
+    attention. attention (B,T,S) rows sum to 1 over
+    real source pieces; alignment (B,T,S) bool. For each row L_t is smallest at A_t = G_t, where it
+    equals the entropy of G_t: 0 for a target piece linked to one source piece, log n for n links.
+    Returned as a float32 sum (the loop normalises it with the translation loss, per target token).
+    """
+    links = alignment.float()
+    gold = links / links.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, T, S), 0 on unlinked rows
+    log_attention = attention.float().clamp(min=ATTENTION_FLOOR).log()
+    return -(gold * log_attention).sum()
+
+
+def training_loss(output: Any, batch: Batch, tc: TrainConfig) -> LossSums:
+    """The objective of one batch: label-smoothed cross-entropy, plus `tc.guided_alignment` times
+    the guided-alignment loss. With guided alignment `output` is `model(...,
+    need_attention=True)`'s (logits, attention); the Transformer's supervised head is head 0 of
+    the penultimate decoder layer (Garg et al. 2019, section 4), the RNN's its only attention."""
+    if tc.guided_alignment <= 0:
+        return label_smoothed_nll(output, batch.tgt_out_ids, tc.label_smoothing)
+    logits, attention = output
+    loss, nll = label_smoothed_nll(logits, batch.tgt_out_ids, tc.label_smoothing)
+    if attention.dim() == 5:  # Transformer (B, L, H, T, S)
+        layer, head = GUIDED_ALIGNMENT_HEAD
+        attention = attention[:, layer, head]  # (B, T, S)
+    assert batch.alignment is not None, "guided alignment needs batches built with their links"
+    guided = guided_alignment_loss(attention, batch.alignment)
+    return LossSums(loss + tc.guided_alignment * guided, nll)
+
+
+def check_alignments(split: Any, tc: TrainConfig, data_dir: Any) -> bool:
+    """Whether training needs the `align` column; DataError when it does and `split` lacks it."""
+    if tc.guided_alignment <= 0:
+        return False
+    if ALIGN_COLUMN not in split.column_names:
+        raise DataError(
+            f"{data_dir}: train.guided_alignment={tc.guided_alignment} needs word alignments; "
+            "prepare the data with --set alignments=eflomal"
+        )
+    return True

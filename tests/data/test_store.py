@@ -42,6 +42,7 @@ def test_layout_manifest_and_columns(prepared: tuple[dict[str, str], PreparedDat
         "spm.model",
         "spm.vocab",
         "splits",
+        ".nmt-output.json",  # what `prepare --overwrite` checks before replacing the folder
     }
     assert not list(data.path.parent.glob(".out.*"))  # no temp dirs left behind
     m = data.manifest

@@ -144,10 +144,14 @@ def tiny_model(arch: str, vocab: int = 8, seed: int = 0, **rnn: object) -> nn.Mo
 
 
 def teacher_forced(
-    models: nn.Module | Sequence[nn.Module], src: Sequence[int], outputs: Sequence[Sequence[int]]
-) -> tuple[list[float], list[torch.Tensor]]:
-    """Summed log-prob of each output (+ EOS) given `src`, and the first model's attention
-    reshaped like `Hypothesis.attention`: (T,S) or (T,L,H,S), T = len(output) + 1."""
+    models: nn.Module | Sequence[nn.Module],
+    src: Sequence[int],
+    outputs: Sequence[Sequence[int]],
+    per_token: bool = False,
+) -> tuple[list, list[torch.Tensor]]:
+    """Summed log-prob of each output (+ EOS) given `src` (with `per_token`: the list of each
+    token's log-prob, EOS included), and the first model's attention reshaped like
+    `Hypothesis.attention`: (T,S) or (T,L,H,S), T = len(output) + 1."""
     members = [models] if isinstance(models, nn.Module) else list(models)
     n = len(outputs)
     src_ids, src_mask = make_src_batch([list(src)] * n)
@@ -174,4 +178,6 @@ def teacher_forced(
         if a.dim() == 4:  # Transformer (L, H, T, S) -> (T, L, H, S)
             a = a.permute(2, 0, 1, 3)
         matrices.append(a[: len(out) + 1])
+    if per_token:
+        return [picked[i, : len(o) + 1].tolist() for i, o in enumerate(outputs)], matrices
     return picked.sum(1).tolist(), matrices

@@ -31,6 +31,8 @@ def norm(length: int, cfg: DecodeConfig) -> float:
     """The length normaliser, written out again: length counts EOS."""
     if cfg.length_norm == "gnmt":
         return ((5 + length) / 6) ** cfg.len_penalty
+    if cfg.length_norm == "power":
+        return float(length) ** cfg.len_penalty
     if cfg.length_norm == "avg":
         return float(length)
     return 1.0
@@ -99,6 +101,8 @@ def test_length_penalty_and_max_length() -> None:
     expected = [((5 + n) / 6) ** 0.6 for n in (1, 4, 10)]
     torch.testing.assert_close(length_penalty(lengths, gnmt), torch.tensor(expected))
     assert length_penalty(lengths, DecodeConfig(length_norm="avg")).tolist() == [1, 4, 10]
+    power = DecodeConfig(length_norm="power", len_penalty=0.5)
+    torch.testing.assert_close(length_penalty(lengths, power), torch.tensor([1.0, 2.0, 10**0.5]))
     assert length_penalty(lengths, DecodeConfig(length_norm="none")).tolist() == [1, 1, 1]
     cfg = DecodeConfig(max_len_a=1.5, max_len_b=2)
     assert max_output_lengths(torch.tensor([1, 3, 40]), cfg).tolist() == [3, 6, 62]
@@ -151,9 +155,10 @@ def test_beam_one_finishes_only_the_top_candidate() -> None:
         {"length_norm": "gnmt", "len_penalty": 1.0},
         {"length_norm": "gnmt", "len_penalty": 0.6, "min_len": 1},
         {"length_norm": "avg"},
+        {"length_norm": "power", "len_penalty": 0.7},
         {"length_norm": "none", "no_repeat_ngram": 2},
     ],
-    ids=["gnmt", "gnmt-minlen", "avg", "none-norepeat"],
+    ids=["gnmt", "gnmt-minlen", "avg", "power", "none-norepeat"],
 )
 def test_wide_beam_equals_enumeration_on_table_model(overrides: dict) -> None:
     model = TableModel(vocab=6)
@@ -220,10 +225,12 @@ def test_batched_equals_one_at_a_time(arch: str, beam: int) -> None:
     [
         ("rnn", {}),
         ("rnn", {"cell": "lstm", "attention": "luong-general"}),
+        ("rnn", {"attention": "hard"}),
+        ("rnn", {"attention": "local-m", "input_feeding": False, "local_window": 1}),
         ("transformer", {}),
         ("table", {}),
     ],
-    ids=["rnn-gru-bahdanau", "rnn-lstm-luong", "transformer", "table"],
+    ids=["rnn-gru-bahdanau", "rnn-lstm-luong", "rnn-hard", "rnn-local-m", "transformer", "table"],
 )
 def test_scores_and_attention_equal_teacher_forcing(arch: str, rnn: dict) -> None:
     model = TableModel(vocab=6, eos_bias=0.5) if arch == "table" else tiny_model(arch, **rnn)
@@ -242,6 +249,19 @@ def test_scores_and_attention_equal_teacher_forcing(arch: str, rnn: dict) -> Non
             assert hyp.attention.shape[0] == len(hyp.tokens) + 1
             assert hyp.attention.shape[-1] == len(src) + 1
             torch.testing.assert_close(hyp.attention, matrix, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.parametrize("arch", ["rnn", "transformer", "table"])
+def test_token_scores_equal_teacher_forcing(arch: str, beam: int) -> None:
+    model = TableModel(vocab=6, eos_bias=0.5) if arch == "table" else tiny_model(arch)
+    cfg = DecodeConfig(beam_size=beam, nbest=beam, max_len_a=1.0, max_len_b=3)
+    for src, nbest in zip(SOURCES, decode_corpus(model, SOURCES, cfg, "cpu"), strict=True):
+        per_token, _ = teacher_forced(model, src, [h.tokens for h in nbest], per_token=True)
+        for hyp, expected in zip(nbest, per_token, strict=True):
+            assert len(hyp.token_scores) == len(hyp.tokens) + 1  # the EOS has its score too
+            assert hyp.token_scores == pytest.approx(expected, abs=1e-4)
+            assert sum(hyp.token_scores) == pytest.approx(hyp.log_prob, abs=1e-4)
 
 
 def test_nbest_lists_are_sorted_and_distinct() -> None:
@@ -341,3 +361,23 @@ def test_bf16_models_decode_and_score_like_float32(arch: str) -> None:
         for hyp, log_prob in zip(nbest, log_probs, strict=True):
             assert hyp.attention is not None and hyp.attention.dtype == torch.float32
             assert hyp.log_prob == pytest.approx(log_prob, rel=0.05, abs=0.05)
+
+
+def test_hard_attention_rows_are_one_hot_in_every_search() -> None:
+    """Hard attention decodes with its argmax position: beam n-best lists, greedy search and an
+    ensemble (whose attention is the first member's) export one-hot rows over the real source."""
+    hard = tiny_model("rnn", attention="hard")
+    other = tiny_model("rnn", seed=1, attention="hard")
+    cfg = DecodeConfig(beam_size=3, nbest=3, max_len_a=1.0, max_len_b=3)
+    runs = [
+        decode_corpus(hard, SOURCES, cfg, "cpu", need_attention=True),
+        decode_corpus(hard, SOURCES, replace(cfg, beam_size=1, nbest=1), "cpu", True),
+        decode_corpus([hard, other], SOURCES, cfg, "cpu", need_attention=True),
+    ]
+    for results in runs:
+        for src, nbest in zip(SOURCES, results, strict=True):
+            for hyp in nbest:
+                assert hyp.attention is not None
+                assert hyp.attention.shape == (len(hyp.tokens) + 1, len(src) + 1)
+                assert ((hyp.attention == 0) | (hyp.attention == 1)).all()
+                assert (hyp.attention.sum(-1) == 1).all()

@@ -10,12 +10,14 @@ import torch
 
 from nmt.models.attention import (
     BahdanauAttention,
+    HardAttention,
     LocalAttention,
     LuongAttention,
     MultiHeadCrossAttention,
     MultiHeadSelfAttention,
     scaled_dot_product,
     sinusoidal_positions,
+    straight_through_gumbel,
 )
 
 B, T, S, DQ, DK, A = 3, 4, 6, 5, 7, 8
@@ -126,6 +128,125 @@ def test_local_p_centre_gets_gradient() -> None:
     context.sum().backward()
     assert att.centre_proj.weight.grad.abs().sum() > 0
     assert att.centre_energy.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("window", [1, 2])
+@pytest.mark.parametrize("tgt_start", [0, 3])
+@torch.no_grad()
+def test_local_m_equations(window: int, tgt_start: int) -> None:
+    att = LocalAttention(DQ, DK, A, window, monotonic=True)
+    assert att.centre_proj is None and att.centre_energy is None  # local-m has no W_p, v_p
+    data = inputs()
+    src_len = data[3]
+
+    def centre(b, t):  # Luong et al. 2015, section 3.2: p_t = t, held at the last real position
+        return min(tgt_start + t, int(src_len[b]) - 1)
+
+    def score(q, h, b, t, s):  # the general score, no Gaussian
+        return float(q[b, t] @ att.key_proj.weight @ h[b, s])
+
+    query, memory, src_mask, _ = data
+    keys = att.precompute(memory)
+    _, weights = att(query, memory, keys, src_mask, src_len, tgt_start)
+    for b in range(B):
+        for t in range(T):
+            keep = [bool(src_mask[b, s]) and abs(s - centre(b, t)) <= window for s in range(S)]
+            expected = softmax_over([score(query, memory, b, t, s) for s in range(S)], keep)
+            torch.testing.assert_close(weights[b, t], torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+def test_local_m_window_by_hand() -> None:
+    """Sentence of 6 source positions, D = 1: target position t attends to exactly {t-1, t, t+1}
+    within the source, and from t = 5 on to {4, 5}; a 1-token source always to {0}."""
+    att = LocalAttention(DQ, DK, A, 1, monotonic=True)
+    query, memory, src_mask, src_len = inputs()
+    keys = att.precompute(memory)
+    support = []
+    for t in range(8):  # one query at a time, as in incremental decoding
+        _, weights = att(query[:, :1], memory, keys, src_mask, src_len, tgt_start=t)
+        support.append([(weights[b, 0] > 0).nonzero()[:, 0].tolist() for b in range(B)])
+    assert [row[0] for row in support] == [
+        [0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5], [4, 5], [4, 5]
+    ]  # fmt: skip
+    assert [row[1] for row in support][2:5] == [[1, 2, 3], [2, 3], [2, 3]]  # 4 real positions
+    assert all(row[2] == [0] for row in support)
+
+
+# Hard attention is trained with the straight-through Gumbel estimator, which is biased: the mean
+# of its gradient is not the gradient of the expected loss, so that identity is not tested.
+# What is checked instead: the forward pass draws positions with exactly the attention's
+# probabilities (enumerated against frequencies), the backward pass is exactly the gradient of
+# the relaxed sample softmax((l + g) / tau) for the same noise (against its closed form), and
+# inference picks the argmax, giving one-hot rows.
+
+
+@torch.no_grad()
+def test_hard_attention_inference_rows_are_one_hot() -> None:
+    att = HardAttention(DQ, DK, A, tau=1.0).eval()
+    query, memory, src_mask, src_len = inputs()
+    context, weights = att(query, memory, att.precompute(memory), src_mask, src_len)
+    soft = att.score(query, memory, att.precompute(memory), src_mask, src_len)[1]
+    for b in range(B):
+        for t in range(T):
+            chosen = int(soft[b, t].argmax())  # Bahdanau's most probable real position
+            expected = torch.zeros(S)
+            expected[chosen] = 1.0
+            assert torch.equal(weights[b, t], expected)
+            assert torch.equal(context[b, t], memory[b, chosen])  # the state itself, no average
+
+
+@torch.no_grad()
+def test_hard_attention_samples_follow_the_attention() -> None:
+    """Training draws position s with probability a_ts (Gumbel-max): frequencies over 40,000
+    draws of one query against the probabilities of every position, enumerated."""
+    att = HardAttention(DQ, DK, A, tau=1.0).train()
+    query, memory, src_mask, src_len = inputs()
+    draws = 40_000
+    rows = torch.zeros(draws, dtype=torch.long)  # sentence 0 (6 real positions), query 0
+    q, m, mask = query[rows, :1], memory[rows], src_mask[rows]
+    keys = att.precompute(m)
+    context, weights = att(q, m, keys, mask, src_len[rows])
+    assert torch.equal(weights.sum(-1), torch.ones(draws, 1))
+    assert ((weights == 0) | (weights == 1)).all()
+    picked = weights[:, 0].argmax(-1)  # (draws,)
+    assert torch.equal(context[:, 0], m[torch.arange(draws), picked])
+    probs = att.score(q[:1], m[:1], keys[:1], mask[:1], src_len[:1])[1][0, 0]  # (S,)
+    freq = torch.bincount(picked, minlength=S).double() / draws
+    sd = (probs.double() * (1 - probs.double()) / draws).sqrt()
+    assert ((freq - probs.double()).abs() <= 5 * sd + 1e-12).all(), (freq, probs)
+
+
+def test_straight_through_gumbel_by_hand() -> None:
+    """Forward: exactly the one-hot argmax of l + g. Backward: the relaxed sample's gradient,
+    d/dl_i sum_j y_j c_j = (1/tau) y_i (c_i - sum_j y_j c_j) with y = softmax((l + g) / tau)."""
+    logits = torch.tensor([[0.5, -1.0, 2.0, float("-inf")], [1.0, 1.0, 0.0, -0.5]])
+    noise = torch.tensor([[1.2, 0.3, -0.4, 0.9], [-0.2, 0.6, 0.1, 0.0]])
+    tau = 0.5
+    leaf = logits.clone().requires_grad_(True)
+    y = straight_through_gumbel(leaf, tau, noise)
+    # l + g = [1.7, -0.7, 1.6, -inf] and [0.8, 1.6, 0.1, -0.5]
+    assert y.tolist() == [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]
+    c = torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.0, 4.0, -1.0, 2.0]])
+    (y * c).sum().backward()
+    soft = torch.softmax((logits + noise) / tau, dim=-1)
+    expected = soft * (c - (soft * c).sum(-1, keepdim=True)) / tau
+    torch.testing.assert_close(leaf.grad, expected)
+    assert leaf.grad[0, 3] == 0  # an impossible position gets no gradient
+
+
+def test_hard_attention_trains_its_scorer() -> None:
+    att = HardAttention(DQ, DK, A, tau=1.0).train()
+    query, memory, src_mask, src_len = inputs()
+    context, weights = att(query, memory, att.precompute(memory), src_mask, src_len)
+    assert (weights.masked_select(~src_mask[:, None, :].expand_as(weights)) == 0).all()
+    context.square().sum().backward()
+    for name, param in att.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_hard_attention_needs_a_positive_temperature() -> None:
+    with pytest.raises(ValueError):
+        HardAttention(DQ, DK, A, tau=0.0)
 
 
 @pytest.mark.parametrize("causal", [False, True])

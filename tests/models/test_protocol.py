@@ -49,7 +49,7 @@ def transformer_config(**kw: object) -> ModelConfig:
 CONFIGS = {
     **{
         f"rnn-{att}-{cell}": rnn_config(attention=att, cell=cell)
-        for att in ("bahdanau", "luong-dot", "luong-general", "local")
+        for att in ("bahdanau", "luong-dot", "luong-general", "local", "local-m", "hard")
         for cell in ("gru", "lstm")
     },
     "rnn-bahdanau-gru-nofeed": rnn_config(input_feeding=False),
@@ -57,6 +57,7 @@ CONFIGS = {
         attention="luong-general", cell="lstm", input_feeding=False
     ),
     "rnn-local-gru-1layer": rnn_config(attention="local", enc_layers=1, dec_layers=1),
+    "rnn-local-m-gru-nofeed": rnn_config(attention="local-m", input_feeding=False),
     "transformer-prenorm": transformer_config(),
     "transformer-postnorm-learned-gelu": transformer_config(
         pre_norm=False, positions="learned", activation="gelu"
@@ -312,9 +313,20 @@ def greedy(model: torch.nn.Module, src: torch.Tensor, src_mask: torch.Tensor, ma
             ),
             1e-2,
         ),
+        (
+            rnn_config(
+                emb_dim=32,
+                hidden_size=64,
+                attn_dim=32,
+                enc_layers=1,
+                dec_layers=1,
+                attention="hard",
+            ),
+            1e-2,
+        ),
         (transformer_config(d_model=32, heads=2, ffn_dim=64, max_positions=16), 3e-3),
     ],
-    ids=["rnn-bahdanau-gru", "rnn-luong-general-lstm", "transformer"],
+    ids=["rnn-bahdanau-gru", "rnn-luong-general-lstm", "rnn-hard-gru", "transformer"],
 )
 def test_tiny_model_learns_to_reverse(cfg: ModelConfig, lr: float) -> None:
     srcs, tgts = reverse_corpus()

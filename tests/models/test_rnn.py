@@ -28,6 +28,8 @@ def expected_parameters(r: RNNConfig, vs: int, vt: int, tie: bool, shared: bool)
         "luong-dot": 0,
         "luong-general": n * n,  # W_a
         "local": n * n + n * a + a,  # W_a, W_p, v_p
+        "local-m": n * n,  # W_a
+        "hard": n * a + (n * a + a) + a,  # Bahdanau's scorer: W, U + b, v
     }[r.attention]
     dec_in = e + n if r.input_feeding else e
     decoder = sum(rnn_layer(dec_in if i == 0 else n, n) for i in range(r.dec_layers))
@@ -43,6 +45,8 @@ CASES = [
     RNNConfig(emb_dim=8, hidden_size=12, attn_dim=6, enc_layers=2, dec_layers=2),
     RNNConfig(emb_dim=12, hidden_size=12, cell="lstm", attention="local", dec_layers=2),
     RNNConfig(emb_dim=8, hidden_size=10, attention="luong-dot", input_feeding=False),
+    RNNConfig(emb_dim=8, hidden_size=10, attention="local-m", input_feeding=False),
+    RNNConfig(emb_dim=8, hidden_size=10, attn_dim=6, cell="lstm", attention="hard"),
     RNNConfig(emb_dim=8, hidden_size=10, cell="lstm", attention="luong-general", enc_layers=3),
 ]
 

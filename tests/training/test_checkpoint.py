@@ -14,8 +14,9 @@ import pytest
 import torch
 from training_support import tiny_config, weights
 
+from nmt import checkpoint as ckpt
 from nmt.errors import CheckpointError
-from nmt.training import checkpoint as ckpt
+from nmt.training import checkpoint as saving
 from nmt.training.loop import train
 
 
@@ -114,11 +115,11 @@ def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_refused(
     run = _copy_run(tiny_run, tmp_path / "run")
     payload = ckpt.load_checkpoint(run / "best.pt")
     payload["config"]["model"]["transformer"]["ffn_dim"] = 48
-    ckpt.save_checkpoint(run / "best.pt", payload)
+    saving.save_checkpoint(run / "best.pt", payload)
     with pytest.raises(CheckpointError, match=r"do not fit .*\(64, 32\) vs \(48, 32\)"):
         ckpt.load_for_inference(run)
     payload["config"]["model"]["transformer"]["no_such_field"] = 1
-    ckpt.save_checkpoint(run / "best.pt", payload)
+    saving.save_checkpoint(run / "best.pt", payload)
     with pytest.raises(CheckpointError, match="unknown config key"):
         ckpt.load_for_inference(run)
 
@@ -136,10 +137,10 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
             raise RuntimeError("cannot pickle this")
 
     path = tmp_path / "last.pt"
-    ckpt.save_checkpoint(path, {"format_version": 1, "model": {"w": torch.ones(3)}})
+    saving.save_checkpoint(path, {"format_version": 1, "model": {"w": torch.ones(3)}})
     before = path.read_bytes()
     with pytest.raises(RuntimeError, match="cannot pickle"):
-        ckpt.save_checkpoint(
+        saving.save_checkpoint(
             path, {"format_version": 1, "model": {"w": torch.zeros(10**6)}, "x": Unpicklable()}
         )
     assert path.read_bytes() == before
@@ -174,7 +175,7 @@ def test_kill_9_while_writing_leaves_a_complete_checkpoint(tmp_path: Path) -> No
     payload = ckpt.load_checkpoint(path)
     assert payload["i"] in (done, done + 1)  # the last complete one, never a torn one
     assert torch.equal(payload["model"]["w"], torch.arange(10_000_000.0) + payload["i"])
-    stale = ckpt.remove_stale_temp_files(tmp_path)  # what a resumed run cleans up
+    stale = saving.remove_stale_temp_files(tmp_path)  # what a resumed run cleans up
     assert all(p.name.startswith(".last.pt.") for p in stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
@@ -184,17 +185,19 @@ def test_average_is_the_elementwise_mean(tmp_path: Path) -> None:
     for i, value in enumerate([1.0, 2.0, 6.0]):
         state = {"w": torch.full((2, 2), value), "steps": torch.tensor(i)}
         paths.append(tmp_path / f"checkpoint_{i}.pt")
-        ckpt.save_checkpoint(paths[-1], {"format_version": 1, "model": state})
-    avg = ckpt.average_checkpoints(paths)
+        saving.save_checkpoint(paths[-1], {"format_version": 1, "model": state})
+    avg = saving.average_checkpoints(paths)
     assert torch.equal(avg["w"], torch.full((2, 2), 3.0))
     assert avg["steps"] == 2  # integer buffers come from the newest checkpoint
-    ckpt.save_checkpoint(tmp_path / "odd.pt", {"format_version": 1, "model": {"v": torch.ones(1)}})
+    saving.save_checkpoint(
+        tmp_path / "odd.pt", {"format_version": 1, "model": {"v": torch.ones(1)}}
+    )
     with pytest.raises(CheckpointError, match="different parameters"):
-        ckpt.average_checkpoints([paths[0], tmp_path / "odd.pt"])
+        saving.average_checkpoints([paths[0], tmp_path / "odd.pt"])
 
 
 def test_average_run_writes_a_loadable_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
-    out, steps = ckpt.average_run(tiny_run, 2, tmp_path / "avg" / "averaged.pt")
+    out, steps = saving.average_run(tiny_run, 2, tmp_path / "avg" / "averaged.pt")
     assert steps == [6, 8]
     model, *_ = ckpt.load_for_inference(out)  # the tokenizer was copied beside it
     six, eight = weights(tiny_run / "checkpoint_6.pt"), weights(tiny_run / "checkpoint_8.pt")
@@ -222,6 +225,6 @@ def test_format_upgrade_hook(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 def test_prune_keeps_the_newest(tmp_path: Path) -> None:
     for step in (2, 10, 4, 8):
-        ckpt.checkpoint_path(tmp_path, step).write_bytes(b"x")
-    ckpt.prune_checkpoints(tmp_path, 2)
+        saving.checkpoint_path(tmp_path, step).write_bytes(b"x")
+    saving.prune_checkpoints(tmp_path, 2)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [8, 10]

@@ -18,10 +18,10 @@ import torch
 from training_support import assert_bitwise_equal, tiny_config, tiny_yaml, weights
 from typer.testing import CliRunner
 
+from nmt import checkpoint as ckpt
 from nmt.cli import app
 from nmt.errors import ConfigError
 from nmt.io import read_jsonl
-from nmt.training import checkpoint as ckpt
 from nmt.training.loop import (
     TrainDebug,
     TrainingError,
@@ -155,7 +155,7 @@ def test_a_failing_final_validation_keeps_the_trained_state(
 
     monkeypatch.setattr("nmt.training.loop.validate", broken_validation)
     cfg = tiny_config("train.max_steps=5", "train.valid_every=1000", "train.save_every=1000")
-    with pytest.raises(RuntimeError, match="out of memory"):
+    with pytest.raises(TrainingError, match="validation at update 5 failed .*out of memory"):
         train(cfg, tiny_prepared, tmp_path / "run")
     assert ckpt.load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5
 

@@ -87,10 +87,3 @@ def test_adamw_decays_matrices_only_and_is_not_fused_on_cpu() -> None:
     assert not opt.defaults.get("fused")
     adam = build_optimizer(model, TrainConfig(optimizer="adam"), torch.device("cpu"))
     assert type(adam) is torch.optim.Adam and adam.defaults["betas"] == (0.9, 0.98)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused AdamW needs a CUDA device")
-def test_adamw_is_fused_on_cuda() -> None:
-    model = nn.Linear(4, 3).cuda()
-    opt = build_optimizer(model, TrainConfig(), torch.device("cuda"))
-    assert opt.defaults["fused"] is True

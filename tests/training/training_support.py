@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from nmt.checkpoint import load_checkpoint
 from nmt.config import RunConfig, from_dict, merge, parse_overrides
-from nmt.training.checkpoint import load_checkpoint
 
 # A Transformer of ~25k parameters: a few ms per update on one CPU thread.
 TINY: dict[str, Any] = {

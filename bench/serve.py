@@ -1,0 +1,233 @@
+"""`make bench-serve`: `nmt serve` under 1, 8 and 32 concurrent clients against `nmt translate`
+on the same sentences, on the loopback interface.
+
+    python -m bench.serve --run checkpoints/multi30k-transformer-de-en
+    python -m bench.serve --run RUN --sentences test.de --requests 200 --clients 1,8,32
+
+Each client sends one sentence per request over a kept-alive connection and waits for the answer
+before sending the next; a level ends when all `--requests` sentences are answered or after
+`--time-limit` seconds (the count says how many were). `nmt translate` decodes the same sentences
+from a file before and after the server levels; its throughput is the decoding time it reports
+(model loading excluded, as the server's start is). Results: bench/results/serve-TIMESTAMP.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import NMT, OFFLINE, ROOT, check, machine, print_table, run_child, write_results
+
+DEFAULT_RUN = ROOT / "checkpoints" / "multi30k-transformer-de-en"
+MULTI30K = Path(os.environ.get("MULTI30K", ROOT.parent / "shared" / "data" / "multi30k"))
+START_TIMEOUT = 180.0
+TARGET_RATIO = 0.8  # serve at 32 clients vs translate on a file
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory or .pt")
+    parser.add_argument(
+        "--sentences", type=Path, default=MULTI30K / "test_2016_flickr.de.gz", help="source text"
+    )
+    parser.add_argument("--requests", type=int, default=400, help="sentences per level")
+    parser.add_argument("--clients", default="1,8,32", help="concurrency levels")
+    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per level")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads of both (OMP_NUM_THREADS)"
+    )
+    return parser.parse_args()
+
+
+def read_sentences(path: Path, count: int) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+        lines = [line.strip() for line in handle if line.strip()]
+    return lines[:count]
+
+
+def translate_file(run: Path, sentences: list[str], device: str) -> dict[str, Any]:
+    """`nmt translate` on the sentences: sentences/s from the decoding time it reports."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "src.txt", Path(tmp) / "out.txt"
+        src.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+        child = run_child([*NMT, "translate", run, "-i", src, "-o", out, "--device", device])
+        check(child, "nmt translate")
+        translations = out.read_text(encoding="utf-8").splitlines()
+    found = re.search(r"translated ([\d,]+) lines in ([\d.]+) s", child.stdout)
+    if not found:
+        sys.exit(f"nmt translate did not report its time:\n{child.stdout[-2000:]}")
+    seconds = float(found.group(2))
+    return {
+        "what": "nmt translate (file)",
+        "clients": None,
+        "sentences": len(sentences),
+        "seconds": seconds,
+        "sentences_per_s": len(sentences) / seconds,
+        "translations": translations,
+    }
+
+
+class ServerChild:
+    """`nmt serve RUN --port 0` on 127.0.0.1, its address read from its log."""
+
+    def __init__(self, run: Path, device: str) -> None:
+        argv = [*map(str, NMT), "serve", str(run), "--port", "0", "--device", device]
+        print("  $", " ".join(argv), flush=True)
+        self.process = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, **OFFLINE}, stderr=subprocess.PIPE, text=True
+        )
+        self.address: tuple[str, int] | None = None
+        ready = threading.Event()
+        threading.Thread(target=self._watch, args=(ready,), daemon=True).start()
+        if not ready.wait(START_TIMEOUT) or self.address is None:
+            self.stop()
+            sys.exit("nmt serve did not start")
+
+    def _watch(self, ready: threading.Event) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            found = re.search(r"serving on http://(127\.0\.0\.1):(\d+)", line)
+            if found:
+                self.address = (found.group(1), int(found.group(2)))
+                ready.set()
+        ready.set()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def post(connection: http.client.HTTPConnection, sentence: str) -> str:
+    body = json.dumps({"text": sentence}).encode("utf-8")
+    connection.request("POST", "/translate", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    data = json.loads(response.read())
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {data}")
+    return str(data["translations"][0]["translation"])
+
+
+def load_level(
+    address: tuple[str, int], sentences: list[str], clients: int, time_limit: float
+) -> dict[str, Any]:
+    """`clients` threads, each sending the next unsent sentence until all are sent or time is up."""
+    lock = threading.Lock()
+    next_index = 0
+    latencies: list[float] = []
+    translations: dict[int, str] = {}
+    failures: list[str] = []
+    deadline = time.monotonic() + time_limit
+
+    def client() -> None:
+        nonlocal next_index
+        connection = http.client.HTTPConnection(*address, timeout=time_limit + 30)
+        while time.monotonic() < deadline:
+            with lock:
+                index = next_index
+                next_index += 1
+            if index >= len(sentences):
+                break
+            sent = time.perf_counter()
+            try:
+                text = post(connection, sentences[index])
+            except (OSError, RuntimeError, ValueError) as exc:  # the level fails, not the thread
+                failures.append(f"{type(exc).__name__}: {exc}")
+                break
+            with lock:
+                latencies.append(time.perf_counter() - sent)
+                translations[index] = text
+        connection.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if failures or not latencies:
+        sys.exit(f"{clients} client(s): {len(failures)} requests failed, e.g. {failures[:1]}")
+    latencies.sort()
+    return {
+        "what": "nmt serve",
+        "clients": clients,
+        "sentences": len(latencies),
+        "seconds": seconds,
+        "sentences_per_s": len(latencies) / seconds,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "translations": translations,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    if not (args.run.is_dir() or args.run.is_file()):
+        sys.exit(f"{args.run}: no such run; train one (make recipe) or pass --run")
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by both children
+    sentences = read_sentences(args.sentences, args.requests)
+    levels = [int(n) for n in args.clients.split(",")]
+    print(f"{len(sentences)} sentences of {args.sentences}; run {args.run}", flush=True)
+    rows = [translate_file(args.run, sentences, args.device)]
+    server = ServerChild(args.run, args.device)
+    try:
+        assert server.address is not None
+        warm = http.client.HTTPConnection(*server.address, timeout=60)
+        for sentence in sentences[:5]:
+            post(warm, sentence)
+        warm.close()
+        for clients in levels:
+            print(f"serve: {clients} client(s)", flush=True)
+            rows.append(load_level(server.address, sentences, clients, args.time_limit))
+    finally:
+        server.stop()
+    rows.append(translate_file(args.run, sentences, args.device))
+    report(rows, levels, vars(args))
+
+
+def report(rows: list[dict[str, Any]], levels: list[int], settings: dict[str, Any]) -> None:
+    reference = rows[0]["translations"]
+    for row in rows[1:]:
+        got = row.pop("translations")
+        pairs = got.items() if isinstance(got, dict) else enumerate(got)
+        row["same_as_translate"] = sum(reference[i] == text for i, text in pairs)
+    rows[0].pop("translations")
+    best_file = max(rows[0]["sentences_per_s"], rows[-1]["sentences_per_s"])
+    summary: dict[str, Any] = {"translate_sentences_per_s": best_file}
+    top = [r for r in rows if r["clients"] == max(levels)]
+    if top:
+        summary["ratio_at_most_clients"] = top[0]["sentences_per_s"] / best_file
+    payload = {"machine": machine(), "settings": settings, "rows": rows, **summary}
+    path = write_results("serve", payload)
+    columns = ["what", "clients", "sentences", "seconds", "sentences_per_s", "p50_ms", "p99_ms"]
+    print_table(rows, [*columns, "same_as_translate"])
+    if top:
+        ratio = summary["ratio_at_most_clients"]
+        verdict = "meets" if ratio >= TARGET_RATIO else "misses"
+        print(
+            f"\nserve at {max(levels)} clients / translate (the faster of its two runs): "
+            f"{ratio:.2f} ({verdict} the {TARGET_RATIO}x target)"
+        )
+    print(f"written: {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

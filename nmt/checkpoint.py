@@ -1,0 +1,325 @@
+"""What a run directory and a checkpoint hold; reading and upgrading them
+(writing, pruning and averaging live in nmt/training/checkpoint.py).
+
+A run directory (`nmt train --out RUN_DIR`):
+
+    config.yaml             the resolved RunConfig (what `--resume` compares against)
+    data.json               the prepared directory it was trained on and that directory's hash
+    spm.model               the SentencePiece model (joint vocabulary), or
+    spm.src.model, spm.tgt.model   one per side
+    last.pt                 the newest checkpoint, with the full training state (--resume reads it)
+    best.pt                 the weights with the best validation score (what translate reads)
+    checkpoint_<step>.pt    the `train.keep_last` most recent periodic checkpoints (`nmt average`)
+    metrics.jsonl           every logged value, one JSON object per line
+
+A checkpoint is a dict of tensors and plain Python values only, so `torch.load(weights_only=True)`
+reads it and no pickled code ever runs:
+
+    format_version  int      bumped on every layout change; `_UPGRADES` migrates older ones
+    nmt_version     str
+    config          dict     RunConfig.to_dict()
+    vocab           dict     src/tgt vocabulary sizes, shared_vocab, languages
+    spm             dict     {"src": {"file", "sha256"}, "tgt": {...}}: tokenizer files beside it
+    data            dict     {"path", "hash"} of the prepared data
+    cleaning        dict     PrepareConfig of that data (NFKC, lowercasing, ...): text to translate
+                             is cleaned with it, never with whatever the prepared folder holds now
+    step            int      optimizer updates done
+    model           dict     the model's state_dict
+    train_state     dict     (last.pt and checkpoint_<step>.pt only) TrainState.to_dict()
+
+Every file is written to a temp file in the same folder, fsynced and renamed into place, so a kill
+at any moment leaves the previous good checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nmt import __version__
+from nmt.config import PrepareConfig, RunConfig, from_dict, load_yaml
+from nmt.data.spm import Tokenizer
+from nmt.errors import CheckpointError, NmtError
+from nmt.io import read_json
+from nmt.models import build_model
+
+FORMAT_VERSION = 1
+
+CONFIG_FILE = "config.yaml"
+DATA_FILE = "data.json"
+DATA_KEYS = ("path", "hash")  # what data.json must hold: the prepared folder and its data hash
+METRICS_FILE = "metrics.jsonl"
+LAST = "last.pt"
+BEST = "best.pt"
+AVERAGED = "averaged.pt"
+JOINT_SPM = "spm.model"
+SRC_SPM = "spm.src.model"
+TGT_SPM = "spm.tgt.model"
+_PERIODIC = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+# format_version -> function turning a payload of that version into one of version + 1.
+# A future layout change adds an entry here (and a tiny old checkpoint under tests/data/).
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU with `weights_only=True` and upgrade it to FORMAT_VERSION.
+
+    Raises CheckpointError when the file is missing, unreadable, not an nmt checkpoint, or from a
+    newer format than this version of nmt understands.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated zip, a pickle with code in it, a non-torch file ...
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
+            # torch's text suggests loading with weights_only=False, which could run code.
+            first_line = "it holds Python objects other than tensors and plain values"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+    if not isinstance(payload, dict) or "format_version" not in payload or "model" not in payload:
+        raise CheckpointError(f"{path}: not an nmt checkpoint (no format_version / model inside)")
+    return upgrade_payload(payload, path)
+
+
+def upgrade_payload(payload: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:
+    """Migrate an older checkpoint layout step by step to FORMAT_VERSION."""
+    version = payload["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version!r} is newer than this nmt {__version__} reads "
+            f"(format {FORMAT_VERSION}); upgrade nmt"
+        )
+    while version < FORMAT_VERSION:
+        if version not in _UPGRADES:
+            raise CheckpointError(f"{path}: no upgrade from checkpoint format {version}")
+        payload = _UPGRADES[version](payload)
+        version += 1
+        payload["format_version"] = version
+    return payload
+
+
+def spm_file_names(shared_vocab: bool) -> dict[str, str]:
+    """File names of the tokenizer model(s) inside a run directory, by side."""
+    if shared_vocab:
+        return {"src": JOINT_SPM, "tgt": JOINT_SPM}
+    return {"src": SRC_SPM, "tgt": TGT_SPM}
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """The periodic checkpoints of a run, oldest first, as (step, path)."""
+    found = []
+    for path in Path(run_dir).glob("checkpoint_*.pt"):
+        match = _PERIODIC.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The RunConfig stored in a run directory's config.yaml."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    try:
+        return from_dict(RunConfig, load_yaml(path))
+    except NmtError as exc:
+        raise CheckpointError(
+            f"{path}: stored config does not fit this nmt version: {exc}"
+        ) from None
+
+
+def read_data_info(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / DATA_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no {DATA_FILE})")
+    try:
+        info = read_json(path)
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise CheckpointError(f"{path}: damaged ({str(exc)[:100]})") from None
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in DATA_KEYS):
+        raise CheckpointError(
+            f"{path}: damaged (needs the keys {', '.join(DATA_KEYS)} with text values); pass "
+            "--data PREPARED_DIR, and restore it from a backup to keep the record"
+        )
+    return info
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or for a run directory its best.pt (else last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"{path}: no {BEST} or {LAST} in this directory; is it a run directory?"
+        )
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    return path
+
+
+def config_from_payload(payload: dict[str, Any], path: str | Path) -> RunConfig:
+    try:
+        return from_dict(RunConfig, payload["config"])
+    except NmtError as exc:
+        raise CheckpointError(
+            f"{path}: the config stored in this checkpoint does not fit nmt {__version__}: {exc}"
+        ) from None
+
+
+def load_tokenizers(payload: dict[str, Any], folder: str | Path) -> tuple[Tokenizer, Tokenizer]:
+    """The src and tgt tokenizers recorded in `payload`, read from `folder` after checking that
+    each file is the very one the model was trained with (sha256)."""
+    folder = Path(folder)
+    loaded: dict[str, Tokenizer] = {}
+    for side in ("src", "tgt"):
+        entry = payload["spm"][side]
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise CheckpointError(
+                f"{path}: SentencePiece model missing; a checkpoint needs the tokenizer file(s) of "
+                "its run directory beside it"
+            )
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise CheckpointError(
+                f"{path}: SentencePiece model changed since training (sha256 {actual[:12]}..., "
+                f"checkpoint expects {entry['sha256'][:12]}...); restore the run's own file"
+            )
+        loaded[side] = Tokenizer.load(path)
+        expected = payload["vocab"][f"{side}_vocab_size"]
+        if loaded[side].vocab_size != expected:
+            raise CheckpointError(
+                f"{path}: vocabulary has {loaded[side].vocab_size} pieces, the model {expected}"
+            )
+    return loaded["src"], loaded["tgt"]
+
+
+def build_model_from_payload(
+    payload: dict[str, Any], cfg: RunConfig, path: str | Path
+) -> nn.Module:
+    """The model the checkpoint describes, with its weights loaded (strictly)."""
+    vocab = payload["vocab"]
+    model = build_model(
+        cfg.model, vocab["src_vocab_size"], vocab["tgt_vocab_size"], vocab["shared_vocab"]
+    )
+    load_model_state(model, payload["model"], path)
+    return model
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """`model.load_state_dict(state)` with a CheckpointError naming the mismatch instead of a
+    RuntimeError wall of text."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(
+                f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"
+            )
+        if shapes:
+            parts.append(f"shape (checkpoint vs model) {'; '.join(shapes[:3])}")
+        raise CheckpointError(
+            f"{path}: weights do not fit the model its config describes: {'; '.join(parts)}"
+        )
+    model.load_state_dict(state)
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready to translate, with everything its checkpoint records about how text
+    was prepared for it: the tokenizers and the cleaning settings (NFKC, lowercasing, ...)."""
+
+    model: nn.Module  # in eval mode, on the requested device
+    config: RunConfig
+    src_tok: Tokenizer
+    tgt_tok: Tokenizer
+    cleaning: PrepareConfig
+    checkpoint: Path  # the .pt file that was read
+    vocab: dict[str, Any]  # vocabulary sizes, shared_vocab, src_lang, tgt_lang
+
+
+def load_run(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> LoadedRun:
+    """Rebuild a trained model from a run directory (its best.pt, else last.pt) or a .pt file.
+
+    Raises CheckpointError for a missing or corrupt checkpoint, missing or changed SentencePiece
+    files, or a config / weights that this version of nmt cannot build.
+    """
+    ckpt = resolve_checkpoint(path)
+    payload = load_checkpoint(ckpt)
+    cfg = config_from_payload(payload, ckpt)
+    src_tok, tgt_tok = load_tokenizers(payload, ckpt.parent)
+    model = build_model_from_payload(payload, cfg, ckpt)
+    model.to(device).eval()
+    cleaning = read_cleaning(payload, ckpt, log)
+    return LoadedRun(model, cfg, src_tok, tgt_tok, cleaning, ckpt, dict(payload["vocab"]))
+
+
+def load_for_inference(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, RunConfig, Tokenizer, Tokenizer]:
+    """`load_run` as the tuple `(model, RunConfig, src Tokenizer, tgt Tokenizer)`."""
+    run = load_run(path, device)
+    return run.model, run.config, run.src_tok, run.tgt_tok
+
+
+def read_cleaning(
+    payload: dict[str, Any], ckpt: Path, log: Callable[[str], None] | None = None
+) -> PrepareConfig:
+    """The cleaning settings the training data got, as stored in the checkpoint at training time,
+    so that text to translate is normalised the same way whatever happens to the prepared folder.
+
+    Checkpoints written before these settings were stored fall back to the prepared folder named
+    in the run's data.json, then to the defaults, with a note."""
+    stored = payload.get("cleaning")
+    if isinstance(stored, dict):
+        try:
+            return from_dict(PrepareConfig, stored)
+        except NmtError as exc:
+            raise CheckpointError(f"{ckpt}: stored cleaning settings are invalid: {exc}") from None
+    note = log or (lambda message: None)
+    try:
+        info = read_json(ckpt.parent / DATA_FILE)
+        manifest = read_json(Path(info["path"]) / "manifest.json")
+        cleaning = from_dict(PrepareConfig, manifest["config"])
+        note(f"note: {ckpt} predates stored cleaning settings; using those of {info['path']}")
+        return cleaning
+    except (OSError, ValueError, KeyError, TypeError, NmtError):
+        note(
+            f"note: {ckpt} records no cleaning settings and its prepared data was not found; "
+            "input is normalised with the defaults (NFKC, whitespace; no lowercasing)"
+        )
+        return PrepareConfig()

@@ -1,0 +1,145 @@
+"""Reading text to translate: files checked whole before any work, pipes answered as lines arrive.
+
+A file (`.gz` allowed) is read twice: once to check that it decompresses and is UTF-8 throughout,
+so that a bad byte on line 90,000 is reported (with its line number) before a single line is
+translated, then again in chunks. A pipe or terminal cannot be read twice; a reader thread feeds
+its lines to `micro_batches`, which hands over whatever has arrived within a few milliseconds, so
+a program that writes one line and waits gets its answer, and a fast producer still fills batches.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import gzip
+import io
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TextIO, cast
+
+from nmt.errors import DataError
+
+CHUNK_LINES = 1000  # lines per batch at most: enough to sort by length, small enough to stream
+WAIT_SECONDS = 0.005  # how long a micro-batch waits for more lines once it has one
+_END = None  # queue marker: the stream is finished
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """The bytes of a text file, decompressed when it ends in .gz; DataError if it is missing."""
+    if not path.is_file():
+        raise DataError(f"{path}: input file not found")
+    if path.suffix == ".gz":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return open(path, "rb")
+
+
+def check_text_file(path: Path) -> int:
+    """Read the whole file once and return its number of lines; a DataError names the line of the
+    first invalid UTF-8 byte, or says that a .gz file is damaged or not gzip at all."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    lines = 0
+    with _read_errors(path), open_binary(path) as handle:
+        for raw in handle:
+            try:
+                decoder.decode(raw)
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lines + 1}: not UTF-8 text ({exc.reason})") from None
+            lines += 1
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}:{lines}: not UTF-8 text ({exc.reason})") from None
+    return lines
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Turn the errors of a damaged compressed file into one DataError naming the file."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        kind = "truncated" if isinstance(exc, EOFError) else "damaged or not gzip"
+        raise DataError(f"{path}: compressed file is {kind}") from None
+
+
+def decode_line(raw: bytes, where: str, lineno: int) -> str:
+    """One line of input without its newline; DataError naming the line if it is not UTF-8."""
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}:{lineno}: not UTF-8 text ({exc.reason})") from None
+
+
+def file_chunks(path: Path, size: int = CHUNK_LINES) -> Iterator[list[str]]:
+    """Lines of a (checked) file in lists of up to `size`."""
+    chunk: list[str] = []
+    with _read_errors(path), open_binary(path) as handle:
+        for lineno, raw in enumerate(handle, 1):
+            chunk.append(decode_line(raw, str(path), lineno))
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def stdin_binary(stdin: TextIO | None) -> IO[bytes]:
+    """The byte stream under `sys.stdin`; DataError when standard input is closed."""
+    if stdin is None:
+        raise DataError("<stdin>: standard input is closed; give -i FILE or pipe text in")
+    try:
+        stdin.fileno()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        # Not a real file descriptor (a test runner's buffer): read its bytes directly.
+        if hasattr(stdin, "buffer"):
+            return stdin.buffer
+        raise DataError("<stdin>: standard input is closed; give -i FILE or pipe text in") from None
+    return stdin.buffer
+
+
+def micro_batches(
+    stream: IO[bytes],
+    where: str = "<stdin>",
+    size: int = CHUNK_LINES,
+    wait: float = WAIT_SECONDS,
+) -> Iterator[list[str]]:
+    """Lines of a pipe in batches: each batch starts with the next line to arrive and takes what
+    else arrives within `wait` seconds of the last one, up to `size` lines."""
+    lines: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4 * size)
+
+    def feed() -> None:
+        try:
+            for raw in stream:
+                lines.put(raw)
+        except (OSError, ValueError) as exc:  # the stream broke or was closed under us
+            lines.put(exc)
+        lines.put(_END)
+
+    threading.Thread(target=feed, name="nmt-stdin", daemon=True).start()
+    lineno = 0
+    finished = False
+    while not finished:
+        batch: list[str] = []
+        item = lines.get()
+        deadline = time.monotonic() + wait
+        while True:
+            if item is _END:
+                finished = True
+                break
+            if isinstance(item, BaseException):
+                raise DataError(f"{where}: reading failed after line {lineno:,} ({item})")
+            lineno += 1
+            batch.append(decode_line(item, where, lineno))
+            if len(batch) == size:
+                break
+            try:
+                item = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            deadline = time.monotonic() + wait
+        if batch:
+            yield batch

@@ -1,0 +1,342 @@
+"""Using a trained model: load a run (or several, as an ensemble) and translate text.
+
+`Translator` is the one object that `nmt translate`, `nmt evaluate`, `nmt export`, the server and
+Python programs share:
+
+    from nmt import Translator
+    t = Translator.load("checkpoints/m30k", beam_size=5)
+    t.translate(["Ein Mann fährt Fahrrad ."])             # -> ["A man rides a bike ."]
+    r = t.translate_full(lines, nbest=3, attention=True)  # TranslationResult per line
+
+Text is cleaned with the settings stored in the checkpoint (the training data's NFKC, lowercasing,
+...), encoded with the run's own SentencePiece model, sorted by length into batches of at most
+`decode.batch_tokens` padded source tokens, decoded (nmt/decoding/beam.py) and put back in input
+order. Nothing here imports the training package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nmt.checkpoint import LoadedRun, load_run
+from nmt.config import DecodeConfig, from_dict, merge, parse_overrides, to_dict
+from nmt.data.corpus import clean_text
+from nmt.decoding.alignment import (
+    AttentionRecord,
+    Link,
+    format_pharaoh,
+    hard_alignment,
+    make_record,
+    supervised_head,
+)
+from nmt.decoding.beam import Ensemble, Hypothesis, decode_corpus
+from nmt.errors import CheckpointError, ConfigError, DataError
+from nmt.models import count_parameters
+
+EOS_PIECE = "</s>"
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto|cpu|cuda -> torch.device; asking for CUDA without a GPU is an error."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Candidate:
+    """One entry of an n-best list."""
+
+    translation: str
+    score: float
+
+
+@dataclass
+class TranslationResult:
+    """The translation of one input line and what the model says about it.
+
+    - `score`: the length-normalised log-probability the search ranked by; `log_prob` is the
+      plain sum of `token_scores`, one natural-log probability per target piece of `tokens`,
+      the final "</s>" included.
+    - `nbest`: the n-best list, best first (`nbest[0]` is this translation).
+    - `alignment`: hard word links (source word, target word), 0-based, from the attention;
+      empty unless attention was computed.
+    - `record`: the attention (subword and word matrices, words) when it was computed.
+    """
+
+    translation: str
+    score: float
+    log_prob: float
+    tokens: list[str]
+    token_scores: list[float]
+    nbest: list[Candidate]
+    alignment: list[Link] = field(default_factory=list)
+    record: AttentionRecord | None = None
+
+    @property
+    def src_words(self) -> list[str]:
+        return self.record.src_words if self.record is not None else []
+
+    @property
+    def tgt_words(self) -> list[str]:
+        return self.record.tgt_words if self.record is not None else []
+
+    @property
+    def attention(self) -> np.ndarray | None:
+        """Word-level attention (target words x source words), or None."""
+        return self.record.word_matrix if self.record is not None else None
+
+    def to_dict(self, nbest: bool = False, attention: bool = False) -> dict[str, Any]:
+        """The JSON form (`--output-format jsonl`, the server): translation, score, tokens,
+        token_scores, alignment (Pharaoh), plus nbest and the word-level attention on request."""
+        row: dict[str, Any] = {
+            "translation": self.translation,
+            "score": round(self.score, 6),
+            "tokens": self.tokens,
+            "token_scores": [round(x, 6) for x in self.token_scores],
+            "alignment": format_pharaoh(self.alignment),
+        }
+        if nbest:
+            row["nbest"] = [{"translation": c.translation, "score": round(c.score, 6)}
+                            for c in self.nbest]  # fmt: skip
+        if attention:
+            matrix = self.attention if self.attention is not None else np.zeros((0, 0))
+            row["attention"] = {
+                "src_words": self.src_words,
+                "tgt_words": self.tgt_words,
+                "matrix": np.round(matrix.astype(np.float64), 4).tolist(),
+            }
+        return row
+
+
+class Translator:
+    """One or more trained models (an ensemble shares one vocabulary) and the decode settings.
+
+    Decode settings: the first checkpoint's `decode` section, then `overrides`
+    (`decode.key=value`), then keyword settings. Only decoding can change; the model comes from
+    the checkpoint alone. Not thread-safe: one thread decodes at a time.
+    """
+
+    def __init__(
+        self,
+        runs: Sequence[LoadedRun],
+        cfg: DecodeConfig,
+        device: torch.device,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if not runs:
+            raise ConfigError("give a run directory or checkpoint file (several make an ensemble)")
+        first = runs[0]
+        for run in runs[1:]:
+            if (run.src_tok.sha256, run.tgt_tok.sha256) != (first.src_tok.sha256,
+                                                            first.tgt_tok.sha256):  # fmt: skip
+                raise CheckpointError(
+                    f"{run.checkpoint}: uses other SentencePiece models than {first.checkpoint}; "
+                    "an ensemble needs one shared vocabulary"
+                )
+        cfg.validate()
+        self.runs = list(runs)
+        self.cfg = cfg
+        self.device = device
+        self.log = log or (lambda message: None)
+        self.src_tok, self.tgt_tok = first.src_tok, first.tgt_tok
+        self.cleaning = first.cleaning
+        self.arch = first.config.model.arch
+        # A Transformer trained with guided alignment has one head taught to align: hard
+        # alignments come from it, whatever layers and heads the attention export shows.
+        self.aligned_head = supervised_head(first.config)
+        self.models = [run.model for run in runs]
+        if cfg.precision == "bf16":
+            # oneDNN's kernel caches stay on: decoding shapes are few (rows x one position) and
+            # rebuilding kernels made bf16 greedy search 2.6x slower (bench/NOTES.md).
+            self.models = [model.to(torch.bfloat16) for model in self.models]
+        # Longest source the models accept: positions for the subwords and the EOS.
+        limit = Ensemble(self.models).max_positions
+        self.max_src_len = None if limit is None else limit - 1
+
+    @classmethod
+    def load(
+        cls,
+        paths: str | Path | Sequence[str | Path],
+        device: str = "auto",
+        overrides: Sequence[str] = (),
+        log: Callable[[str], None] | None = None,
+        **decode: Any,
+    ) -> Translator:
+        """Load a run directory (its best.pt) or .pt file, or a list of them (an ensemble).
+
+        `overrides` are `decode.key=value` strings (as `--set`); keyword arguments name
+        DecodeConfig fields (`beam_size=5`, `batch_tokens=4000`); `beam` is short for beam_size.
+        """
+        path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not path_list:
+            raise ConfigError("give a run directory or checkpoint file (several make an ensemble)")
+        nested = parse_overrides(list(overrides))
+        if set(nested) - {"decode"}:
+            wrong = ", ".join(sorted(set(nested) - {"decode"}))
+            raise ConfigError(
+                f"--set {wrong}.*: only decode.* settings can change at translation time; the "
+                "model is rebuilt from the checkpoint"
+            )
+        if "beam" in decode:
+            decode["beam_size"] = decode.pop("beam")
+        torch_device = resolve_device(device)
+        runs = [load_run(path, torch_device, log) for path in path_list]
+        settings = merge(to_dict(runs[0].config.decode), nested.get("decode", {}))
+        settings = merge(settings, {k: v for k, v in decode.items() if v is not None})
+        cfg: DecodeConfig = from_dict(DecodeConfig, settings, "decode")
+        translator = cls(runs, cfg, torch_device, log)
+        names = ", ".join(str(p) for p in path_list)
+        search = "sampling" if cfg.sample else "greedy" if cfg.beam_size == 1 else "beam"
+        translator.log(
+            f"loaded {names} ({translator.arch}) on {torch_device} ({cfg.precision}); {search} "
+            f"search, beam {cfg.beam_size}, nbest {cfg.nbest}"
+        )
+        return translator
+
+    # ---- the simple and the full call ---------------------------------------------------------
+
+    def translate(self, lines: Sequence[str]) -> list[str]:
+        """Translations of `lines`, in order; an empty line gives an empty translation."""
+        return [r.translation for r in self.translate_full(lines)]
+
+    def translate_full(
+        self,
+        lines: Sequence[str],
+        *,
+        beam_size: int | None = None,
+        nbest: int | None = None,
+        attention: bool = False,
+        first_index: int = 0,
+        where: str = "<input>",
+    ) -> list[TranslationResult]:
+        """A `TranslationResult` per line. `beam_size` / `nbest` override the decode settings for
+        this call; `attention` computes the attention (word matrix and hard alignment).
+        `first_index` and `where` name the lines in warnings and errors (0-based index of the
+        first line, file name)."""
+        cfg = self.settings(beam_size=beam_size, nbest=nbest)
+        src_ids = self.encode(lines, first_index, where)
+        hyps = self.decode(src_ids, cfg, attention)
+        return [
+            self.result(first_index + n, src_ids[n], nbest_list, cfg, attention)
+            for n, nbest_list in enumerate(hyps)
+        ]
+
+    def settings(self, **changes: Any) -> DecodeConfig:
+        """The decode settings with `changes` (None values ignored), validated."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return self.cfg
+        cfg: DecodeConfig = from_dict(DecodeConfig, merge(to_dict(self.cfg), changes), "decode")
+        return cfg
+
+    def info(self) -> dict[str, Any]:
+        """What a model listing shows: name, languages, architecture, parameter count."""
+        first = self.runs[0]
+        return {
+            "name": first.checkpoint.parent.name,
+            "src_lang": first.vocab.get("src_lang"),
+            "tgt_lang": first.vocab.get("tgt_lang"),
+            "arch": self.arch,
+            "parameters": sum(count_parameters(m) for m in self.models),
+            "paths": [str(run.checkpoint) for run in self.runs],
+            "decode": to_dict(self.cfg),
+        }
+
+    # ---- the steps ------------------------------------------------------------------------------
+
+    def encode(self, lines: Sequence[str], first_index: int, where: str) -> list[list[int]]:
+        """Source ids per line; empty lines give []; too long lines follow decode.too_long."""
+        ids = self.src_tok.encode_batch([clean_text(line, self.cleaning) for line in lines])
+        limit = self.max_src_len
+        for n, seq in enumerate(ids):
+            if not lines[n].strip():
+                ids[n] = []
+            elif limit is not None and len(seq) > limit:
+                lineno = first_index + n + 1
+                if self.cfg.too_long == "error":
+                    raise DataError(
+                        f"{where}:{lineno}: {len(seq)} subwords, more than the model's maximum of "
+                        f"{limit}; shorten the line or pass --set decode.too_long=truncate"
+                    )
+                self.log(
+                    f"warning: {where}:{lineno}: {len(seq)} subwords, truncated to the model's "
+                    f"maximum of {limit} (decode.too_long=truncate)"
+                )
+                ids[n] = seq[:limit]
+        return ids
+
+    def decode(
+        self,
+        src_ids: Sequence[Sequence[int]],
+        cfg: DecodeConfig | None = None,
+        attention: bool = False,
+    ) -> list[list[Hypothesis]]:
+        """The search alone (nmt/decoding/beam.py): n-best hypotheses per source in input order."""
+        return decode_corpus(self.models, src_ids, cfg or self.cfg, self.device, attention)
+
+    def result(
+        self,
+        index: int,
+        src: list[int],
+        hyps: list[Hypothesis],
+        cfg: DecodeConfig,
+        attention: bool,
+    ) -> TranslationResult:
+        best = hyps[0]
+        pieces = self.tgt_tok.pieces(best.tokens)
+        nbest = [Candidate(self.tgt_tok.decode(h.tokens), h.score) for h in hyps]
+        result = TranslationResult(
+            translation=nbest[0].translation,
+            score=best.score,
+            log_prob=best.log_prob,
+            tokens=pieces + [EOS_PIECE] if best.token_scores else pieces,
+            token_scores=list(best.token_scores),
+            nbest=nbest,
+        )
+        if attention:
+            result.record = make_record(
+                index,
+                self.src_tok.pieces(src),
+                pieces,
+                best.attention,
+                cfg.attention_layer,
+                cfg.attention_head,
+            )
+            result.alignment = self.alignment(result.record, best, cfg, self.aligned_head)
+        return result
+
+    @staticmethod
+    def alignment(
+        record: AttentionRecord,
+        hyp: Hypothesis,
+        cfg: DecodeConfig,
+        supervised: tuple[str, str] | None = None,
+    ) -> list[Link]:
+        """Hard word links of a hypothesis: from (layer, head) `supervised` when given (the head
+        guided alignment trained), else from the exported matrix, "all" layers/heads averaged."""
+        words = record.word_matrix
+        if supervised is not None:
+            words = make_record(
+                record.index, record.src_pieces, record.tgt_pieces, hyp.attention, *supervised
+            ).word_matrix
+        elif words.ndim == 4:
+            layer = "mean" if cfg.attention_layer == "all" else cfg.attention_layer
+            head = "mean" if cfg.attention_head == "all" else cfg.attention_head
+            words = make_record(
+                record.index, record.src_pieces, record.tgt_pieces, hyp.attention, layer, head
+            ).word_matrix
+        return hard_alignment(words, cfg.align_threshold)
+
+
+__all__ = ["Candidate", "TranslationResult", "Translator", "resolve_device"]

@@ -1,0 +1,232 @@
+"""Dynamic batching: requests that arrive close together are decoded together.
+
+The event loop only queues a request and awaits its future; one worker thread owns the
+`Translator`s (they are not thread-safe) and does all the decoding, so the loop never blocks.
+Whenever it is free and a request is queued, the worker takes queued requests in arrival order
+until their source tokens fill the budget or `max_wait` seconds have passed; requests asking for
+the same model and search settings then go through one `translate_full` call. While it decodes,
+new requests queue up, so under load each call carries about as many sentences as there are
+clients. The wait starts when the worker is free, not when the oldest request came: otherwise, with
+clients that send again as soon as they are answered, one request left over from a busy spell is
+decoded alone while the others are still on their way, and the batches keep alternating between
+a few sentences and the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nmt.serve.metrics import Metrics
+
+if TYPE_CHECKING:
+    from nmt.inference import Translator
+
+
+@dataclass(frozen=True)
+class Options:
+    """Search settings of one request; requests with equal options can share a decoding call."""
+
+    beam: int
+    nbest: int
+    attention: bool
+    attention_detail: bool  # every layer and head of a Transformer, for the page's selectors
+
+
+@dataclass
+class Job:
+    model: str
+    lines: list[str]
+    options: Options
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[dict[str, Any]]]
+
+
+class QueueFull(Exception):
+    """More sentences are waiting than the server accepts (answered with 503)."""
+
+
+class Batcher:
+    """Queue of translation jobs and the one thread that decodes them."""
+
+    def __init__(
+        self,
+        translators: dict[str, Translator],
+        max_tokens: int,
+        max_wait: float,
+        max_queue: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.translators = translators
+        self.max_tokens = max_tokens
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._queued = 0  # sentences in _jobs
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="nmt-decoder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the worker thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    @property
+    def queued_sentences(self) -> int:
+        return self._queued
+
+    async def translate(
+        self, model: str, lines: list[str], options: Options
+    ) -> list[dict[str, Any]]:
+        """Queue `lines` and wait for their results (`TranslationResult.to_dict()` each)."""
+        loop = asyncio.get_running_loop()
+        job = Job(model, lines, options, loop, loop.create_future())
+        with self._wake:
+            if self._queued + len(lines) > self.max_queue and self._jobs:
+                raise QueueFull(f"{self._queued} sentences are already waiting; try again later")
+            self._jobs.append(job)
+            self._queued += len(lines)
+            self._wake.notify()
+        return await job.future
+
+    # ---- the worker thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._collect()
+            if not jobs:
+                return
+            groups: dict[tuple[str, Options], list[Job]] = {}
+            for job in jobs:
+                # Attention is left out of the key: a shared call computes it if anyone asked.
+                key = (job.model, dataclasses.replace(job.options, attention=False))
+                groups.setdefault(key, []).append(job)
+            for (model, options), group in groups.items():
+                self._decode(self.translators[model], model, options, group)
+
+    def _collect(self) -> list[Job]:
+        """Block until there is work; then take jobs up to the token budget or the wait limit.
+        An empty list means: stopping and nothing left."""
+        with self._wake:
+            while not self._jobs:
+                if self._stopping:
+                    return []
+                self._wake.wait()
+            jobs: list[Job] = []
+            tokens = 0
+            deadline = time.monotonic() + self.max_wait
+            while True:
+                while self._jobs:
+                    cost = self._tokens(self._jobs[0])
+                    if jobs and tokens + cost > self.max_tokens:
+                        return self._taken(jobs)
+                    jobs.append(self._jobs.popleft())
+                    tokens += cost
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    return self._taken(jobs)
+                self._wake.wait(left)
+
+    def _taken(self, jobs: list[Job]) -> list[Job]:
+        self._queued -= sum(len(job.lines) for job in jobs)
+        return jobs
+
+    def _tokens(self, job: Job) -> int:
+        """Source subwords plus one EOS per sentence: the budget's unit."""
+        tokenizer = self.translators[job.model].src_tok
+        return sum(len(ids) + 1 for ids in tokenizer.encode_batch(job.lines))
+
+    def _decode(
+        self, translator: Translator, model: str, options: Options, jobs: list[Job]
+    ) -> None:
+        lines = [line for job in jobs for line in job.lines]
+        # One call serves every request of the group; the attention matrices are dropped again
+        # for those that did not ask for them.
+        wants = any(job.options.attention for job in jobs)
+        try:
+            results = decode(translator, lines, dataclasses.replace(options, attention=wants))
+        except Exception as exc:  # handed to each waiting request, which answers for it
+            for job in jobs:
+                _resolve(job, None, exc)
+            return
+        if self.metrics is not None:
+            self.metrics.batch_done(model, len(lines))
+        start = 0
+        for job in jobs:
+            mine = results[start : start + len(job.lines)]
+            start += len(job.lines)
+            if not job.options.attention:
+                for result in mine:
+                    result.pop("attention", None)
+            _resolve(job, mine, None)
+
+
+def _resolve(job: Job, result: list[dict[str, Any]] | None, error: BaseException | None) -> None:
+    def settle() -> None:
+        if job.future.done():  # the client went away and the request was cancelled
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result or [])
+
+    job.loop.call_soon_threadsafe(settle)
+
+
+def decode(translator: Translator, lines: list[str], options: Options) -> list[dict[str, Any]]:
+    """`translate_full` for one group of requests, as JSON-ready dicts. The attention is always
+    computed, so that every answer carries its hard alignment; the matrices are included when
+    `options.attention` asks for them."""
+    if options.attention_detail and translator.arch == "transformer":
+        return _decode_detail(translator, lines, options)
+    results = translator.translate_full(
+        lines, beam_size=options.beam, nbest=options.nbest, attention=True
+    )
+    return [r.to_dict(nbest=options.nbest > 1, attention=options.attention) for r in results]
+
+
+def _decode_detail(
+    translator: Translator, lines: list[str], options: Options
+) -> list[dict[str, Any]]:
+    """As `decode`, plus every decoder layer and head of the word attention under
+    attention.layers, shaped (layers, heads, target words, source words). The matrix and the
+    hard alignment stay those of the run's decode.attention_layer / attention_head (the alignment
+    of a run trained with guided alignment: its supervised head): word merging is linear, so
+    reducing the per-head word matrices gives the same numbers."""
+    import numpy as np
+
+    from nmt.decoding.alignment import format_pharaoh, hard_alignment, reduce_attention
+
+    cfg = translator.cfg
+    translator.cfg = dataclasses.replace(cfg, attention_layer="all", attention_head="all")
+    try:
+        results = translator.translate_full(
+            lines, beam_size=options.beam, nbest=options.nbest, attention=True
+        )
+    finally:
+        translator.cfg = cfg
+    rows = []
+    for result in results:
+        row = result.to_dict(nbest=options.nbest > 1, attention=True)
+        layers = result.attention  # (L, H, Tw, Sw), or (0, 0) for an empty line
+        if layers is not None and layers.ndim == 4:
+            words = reduce_attention(layers.transpose(2, 0, 1, 3), cfg.attention_layer,
+                                     cfg.attention_head)  # fmt: skip
+            if translator.aligned_head is None:  # else the result's links come from that head
+                row["alignment"] = format_pharaoh(hard_alignment(words, cfg.align_threshold))
+            row["attention"]["matrix"] = np.round(words.astype(np.float64), 4).tolist()
+            row["attention"]["layers"] = np.round(layers.astype(np.float64), 4).tolist()
+        rows.append(row)
+    return rows

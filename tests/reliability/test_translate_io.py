@@ -1,0 +1,140 @@
+"""`nmt translate` with bad inputs and outputs: one line naming the file (and line), a non-zero
+exit before the model is used, and every file that was there before still there byte for byte."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nmt.cli import app
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refuse(tmp_path: Path, args: list[object], code: int, *needles: str, stdin: str | None = None):
+    """Run `nmt translate ARGS`; it must fail with `code` in one `error:` line holding `needles`,
+    and leave every file under tmp_path as it was (no new ones either)."""
+    before = snapshot(tmp_path)
+    result = CliRunner().invoke(app, ["translate", *map(str, args)], input=stdin)
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert snapshot(tmp_path) == before
+    return errors[0]
+
+
+@pytest.fixture()
+def src(tmp_path: Path) -> Path:
+    path = tmp_path / "in.de"
+    path.write_text("ba ce do\nfo ge\n", encoding="utf-8")
+    return path
+
+
+def test_output_that_is_a_directory(tiny_transformer_run: Path, tmp_path: Path, src: Path) -> None:
+    (tmp_path / "outdir").mkdir()
+    refuse(tmp_path, [tiny_transformer_run, "-i", src, "-o", tmp_path / "outdir"], 2,
+           "is a directory")  # fmt: skip
+
+
+def test_output_that_is_the_input(tiny_transformer_run: Path, tmp_path: Path, src: Path) -> None:
+    refuse(tmp_path, [tiny_transformer_run, "-i", src, "-o", src], 2, "is also an input")
+
+
+@pytest.mark.parametrize("flag", ["-o", "--alignments-out", "--attention-out"])
+def test_output_under_a_regular_file(
+    tiny_transformer_run: Path, tmp_path: Path, src: Path, flag: str
+) -> None:
+    (tmp_path / "plain").write_text("not a folder\n", encoding="utf-8")
+    target = tmp_path / "plain" / "out.jsonl"
+    args = [tiny_transformer_run, "-i", src, flag, target]
+    if flag != "-o":
+        args += ["-o", tmp_path / "hyp.en"]  # must not appear either
+    refuse(tmp_path, args, 2, "is not a directory", flag)
+
+
+def test_plot_dir_that_is_a_file(tiny_transformer_run: Path, tmp_path: Path, src: Path) -> None:
+    (tmp_path / "plots").write_text("x\n", encoding="utf-8")
+    refuse(tmp_path, [tiny_transformer_run, "-i", src, "--plot-dir", tmp_path / "plots"], 2,
+           "--plot-dir")  # fmt: skip
+
+
+def test_invalid_utf8_late_in_a_file_is_found_before_translating(
+    tiny_transformer_run: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "late.de"
+    bad.write_bytes(b"ba ce do\n" * 1499 + b"fo \xff ge\n" + b"ba\n" * 10)
+    refuse(tmp_path, [tiny_transformer_run, "-i", bad, "-o", tmp_path / "out.en"], 1,
+           f"{bad}:1500:", "not UTF-8")  # fmt: skip
+
+
+def test_invalid_utf8_on_stdin_names_its_line(tiny_transformer_run: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["translate", str(tiny_transformer_run)], input=b"ba ce\nfo\n\xfe\xff ge\n"
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: <stdin>:3: not UTF-8")
+
+
+def test_truncated_gzip(tiny_transformer_run: Path, tmp_path: Path) -> None:
+    whole = gzip.compress(b"ba ce do\n" * 2000)
+    cut = tmp_path / "cut.de.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    refuse(tmp_path, [tiny_transformer_run, "-i", cut], 1, str(cut), "truncated")
+
+
+def test_gz_file_that_is_not_gzip(tiny_transformer_run: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "fake.de.gz"
+    fake.write_text("ba ce do\n", encoding="utf-8")
+    refuse(tmp_path, [tiny_transformer_run, "-i", fake], 1, str(fake), "not gzip")
+
+
+def test_missing_input_file(tiny_transformer_run: Path, tmp_path: Path) -> None:
+    refuse(tmp_path, [tiny_transformer_run, "-i", tmp_path / "nope.de"], 1, "not found")
+
+
+def test_unknown_output_format(tiny_transformer_run: Path, tmp_path: Path, src: Path) -> None:
+    refuse(tmp_path, [tiny_transformer_run, "-i", src, "--output-format", "xml"], 2, "xml")
+
+
+# ---- closed standard streams (real processes) ----------------------------------------------------
+
+
+def test_closed_stdin(tiny_transformer_run: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nmt.cli", "translate", str(tiny_transformer_run)],
+        capture_output=True,
+        preexec_fn=lambda: os.close(0),
+        timeout=120,
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 1, stderr
+    assert stderr.strip().splitlines() == [
+        "error: <stdin>: standard input is closed; give -i FILE or pipe text in"
+    ]
+
+
+def test_reader_that_goes_away(tiny_transformer_run: Path, tmp_path: Path) -> None:
+    """`nmt translate ... | head -1`: the closed pipe ends the command with one line."""
+    src = tmp_path / "many.de"
+    src.write_text("ba ce do fe\n" * 3000, encoding="utf-8")
+    cmd = [sys.executable, "-m", "nmt.cli", "translate", str(tiny_transformer_run), "-i", str(src),
+           "--beam", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline()
+    proc.stdout.close()
+    _, stderr_bytes = proc.communicate(timeout=120)
+    stderr = stderr_bytes.decode()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: <stdout>: the reader closed the pipe")

@@ -1,0 +1,88 @@
+"""The batcher on its own: queued requests decoded together up to the token budget, grouped by
+their search settings, each answered with exactly what a direct `translate_full` call gives."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nmt.inference import Translator
+from nmt.serve.batcher import Batcher, Options, QueueFull
+from nmt.serve.metrics import Metrics
+
+LINES = ["ba ce do", "fo ge", "ha ke lo ba", "ce", "do fe ga", "lo ba ke"]
+PLAIN = Options(beam=3, nbest=1, attention=False, attention_detail=False)
+
+
+@pytest.fixture(scope="module")
+def translator(served_runs: list[Path]) -> Iterator[Translator]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Translator.load(served_runs[0], device="cpu")
+    torch.set_num_threads(threads)
+
+
+def run_batcher(translator: Translator, max_tokens: int, jobs: list[tuple[list[str], Options]]):
+    """Queue all jobs at once (before the worker starts), run them; (results, batches, metrics)."""
+    batcher = Batcher({"m": translator}, max_tokens, max_wait=0.5, max_queue=100)
+    metrics = Metrics(lambda: batcher.queued_sentences, lambda: 0)
+    batcher.metrics = metrics
+
+    async def main() -> list:
+        pending = [asyncio.ensure_future(batcher.translate("m", lines, o)) for lines, o in jobs]
+        await asyncio.sleep(0)  # every job is queued before decoding starts
+        batcher.start()
+        try:
+            return await asyncio.wait_for(asyncio.gather(*pending), 120)
+        finally:
+            batcher.stop()
+
+    results = asyncio.run(main())
+    return results, metrics.batches.get("m", 0), metrics
+
+
+def test_requests_share_one_call_and_get_their_own_answers(translator: Translator) -> None:
+    results, batches, metrics = run_batcher(translator, 10_000, [([line], PLAIN) for line in LINES])
+    assert batches == 1 and metrics.batch_sentences.counts[3] == 1  # one call of 5-8 sentences
+    direct = translator.translate_full(LINES, attention=True)
+    assert [r[0] for r in results] == [d.to_dict() for d in direct]
+
+
+def test_the_token_budget_splits_the_queue(translator: Translator) -> None:
+    tokens = [len(ids) + 1 for ids in translator.src_tok.encode_batch(LINES)]
+    budget = max(tokens[0] + tokens[1], max(tokens))  # the first two requests fit, not three
+    assert tokens[0] + tokens[1] + tokens[2] > budget
+    results, batches, _ = run_batcher(translator, budget, [([line], PLAIN) for line in LINES])
+    assert 3 <= batches < len(LINES)
+    assert [r[0]["translation"] for r in results] == translator.translate(LINES)
+
+
+def test_different_settings_are_decoded_apart(translator: Translator) -> None:
+    wide = Options(beam=4, nbest=2, attention=True, attention_detail=False)
+    jobs = [(["ba ce do"], PLAIN), (["ba ce do"], wide), (["fo ge"], PLAIN)]
+    results, batches, _ = run_batcher(translator, 10_000, jobs)
+    assert batches == 2
+    assert "attention" not in results[0][0] and "nbest" not in results[0][0]
+    assert len(results[1][0]["nbest"]) == 2 and "matrix" in results[1][0]["attention"]
+    want = translator.translate_full(["ba ce do"], beam_size=4, nbest=2, attention=True)[0]
+    assert results[1][0] == want.to_dict(nbest=True, attention=True)
+
+
+def test_a_full_queue_refuses_more(translator: Translator) -> None:
+    batcher = Batcher({"m": translator}, 10_000, max_wait=0.0, max_queue=3)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(batcher.translate("m", ["ce", "ce"], PLAIN))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="2 sentences are already waiting"):
+            await batcher.translate("m", ["ce", "ce"], PLAIN)
+        batcher.start()
+        await asyncio.wait_for(first, 60)
+        batcher.stop()
+
+    asyncio.run(main())
