@@ -208,6 +208,7 @@ class Translator:
 
     def translate(self, lines: Sequence[str]) -> list[str]:
         """Translations of `lines`, in order; an empty line gives an empty translation."""
+        _check_lines(lines)
         return [r.translation for r in self.translate_full(lines)]
 
     def translate_full(
@@ -224,6 +225,7 @@ class Translator:
         this call; `attention` computes the attention (word matrix and hard alignment).
         `first_index` and `where` name the lines in warnings and errors (0-based index of the
         first line, file name)."""
+        _check_lines(lines)
         cfg = self.settings(beam_size=beam_size, nbest=nbest)
         src_ids = self.encode(lines, first_index, where)
         hyps = self.decode(src_ids, cfg, attention)
@@ -337,6 +339,12 @@ class Translator:
                 record.index, record.src_pieces, record.tgt_pieces, hyp.attention, layer, head
             ).word_matrix
         return hard_alignment(words, cfg.align_threshold)
+
+
+def _check_lines(lines: Sequence[str]) -> None:
+    """A str is a sequence of characters too: refuse it rather than translate each letter."""
+    if isinstance(lines, str):
+        raise TypeError("Translator.translate takes a list of lines, not a str: use [text]")
 
 
 __all__ = ["Candidate", "TranslationResult", "Translator", "resolve_device"]

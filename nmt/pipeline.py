@@ -472,10 +472,14 @@ def translate(
                           "--output-format jsonl (or --attention-out FILE)")  # fmt: skip
     if attention_out is not None and Path(attention_out).suffix.lower() not in (".npz", ".jsonl"):
         raise ConfigError(f"--attention-out {attention_out}: the file must end in .npz or .jsonl")
-    for flag, path in (("-o", output_path), ("--attention-out", attention_out),
-                       ("--alignments-out", alignments_out)):  # fmt: skip
-        if path is not None:
-            check_output_path(path, flag, (input_path,))
+    outputs = [(flag, Path(path)) for flag, path in (("-o", output_path),
+               ("--attention-out", attention_out), ("--alignments-out", alignments_out))
+               if path is not None]  # fmt: skip
+    for n, (flag, path) in enumerate(outputs):
+        check_output_path(path, flag, (input_path,))
+        for other_flag, other in outputs[:n]:
+            if path.absolute() == other.absolute():
+                raise ConfigError(f"{flag} {path}: is also {other_flag}; give each output a file")
     if plot_dir is not None and Path(plot_dir).exists() and not Path(plot_dir).is_dir():
         raise ConfigError(f"--plot-dir {plot_dir}: is a file; give a folder")
     if input_path is not None:

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Domain adaptation, measured: a Japanese->English model trained on the Old Testament ("general"),
 # fine-tuned on the New Testament (the new domain) with `nmt train --init`, and both scored on the
-# held-out books of each part. Every stage is reused when its output already exists.
+# held-out books of each part. Every stage is reused when its output already exists: an existing
+# run is resumed up to the requested updates (remove checkpoints/bible-ot-nt to fine-tune again
+# from a longer general run).
 # Usage: scripts/finetune-example.sh   (from the repository root, after `make setup`)
 # GENERAL_STEPS / FINETUNE_STEPS set the updates (counted, not timed, so results do not depend on
-# the machine's speed).
+# the machine's speed); NMT picks the nmt command (default .venv/bin/nmt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 NMT="${NMT:-.venv/bin/nmt}"
-GENERAL_STEPS="${GENERAL_STEPS:-400}"
-FINETUNE_STEPS="${FINETUNE_STEPS:-120}"
+GENERAL_STEPS="${GENERAL_STEPS:-900}"
+FINETUNE_STEPS="${FINETUNE_STEPS:-250}"
 RAW=data/bible/raw
 SPLIT=data/bible-ot-nt/raw
 GENERAL=checkpoints/bible-ot

@@ -182,3 +182,11 @@ def test_a_pipe_is_answered_line_by_line(run_dir: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_str_is_refused_not_translated_letter_by_letter(run_dir: Path) -> None:
+    from nmt import Translator
+
+    t = Translator.load(run_dir, "cpu")
+    with pytest.raises(TypeError, match="list of lines"):
+        t.translate("ba ce do")  # type: ignore[arg-type]

@@ -231,4 +231,21 @@ def word_groups(pieces: Sequence[str]) -> list[list[int]]:
             groups.append([i])
         else:
             groups[-1].append(i)
-    return groups
+    return _join_empty_groups(groups, pieces)
+
+
+def _join_empty_groups(groups: list[list[int]], pieces: Sequence[str]) -> list[list[int]]:
+    """A group that spells no text (a bare "▁" before another word start, as in
+    ["▁A", "▁", "▁B"], which detokenizes to "A  B") is no word: its pieces join the next word,
+    or the previous one at the end, so that words match the whitespace-split translation."""
+    kept: list[list[int]] = []
+    pending: list[int] = []
+    for group in groups:
+        if not "".join(pieces[i] for i in group).replace(WORD_START, "").strip():
+            pending += group
+            continue
+        kept.append(pending + group)
+        pending = []
+    if pending and kept:
+        kept[-1] += pending
+    return kept

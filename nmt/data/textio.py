@@ -133,7 +133,12 @@ def micro_batches(
             if isinstance(item, BaseException):
                 raise DataError(f"{where}: reading failed after line {lineno:,} ({item})")
             lineno += 1
-            batch.append(decode_line(item, where, lineno))
+            try:
+                batch.append(decode_line(item, where, lineno))
+            except DataError:
+                if batch:  # the lines before the bad one are still answered
+                    yield batch
+                raise
             if len(batch) == size:
                 break
             try:

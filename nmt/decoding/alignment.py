@@ -90,8 +90,7 @@ def _reduce_axis(a: np.ndarray, axis: int, how: str, name: str) -> np.ndarray:
 def words_of(pieces: Sequence[str]) -> list[str]:
     """The words the pieces spell, one per group of `word_groups`."""
     return [
-        "".join(pieces[i] for i in g).replace(WORD_START, " ").strip() or WORD_START
-        for g in word_groups(pieces)
+        "".join(pieces[i] for i in g).replace(WORD_START, " ").strip() for g in word_groups(pieces)
     ]
 
 

@@ -136,8 +136,9 @@ DECODING_FILE = "nmt-decoding.json"  # written beside the exported model
 
 def translate_options(cfg: DecodeConfig) -> dict[str, Any]:
     """The `ctranslate2.Translator.translate_batch` settings that decode like `cfg`, and the
-    differences that remain: {"translate_batch": {...}, "max_decoding_length": {...},
-    "differences": [...]}.
+    differences that remain: {"translate_batch": {...}, "notes": [...],
+    "max_decoding_length": {...}, "differences": [...]} (`differences`: this run's settings that
+    CTranslate2 cannot reproduce; `notes`: what differs always).
 
     CTranslate2 divides a finished hypothesis' log-probability by length ** length_penalty, with
     the EOS counted, which is our "power" rule ("avg" is power 1, "none" power 0). Its maximum
@@ -182,6 +183,11 @@ def translate_options(cfg: DecodeConfig) -> dict[str, Any]:
         differences.append("decode.sample=true: samples come from another random generator")
     return {
         "translate_batch": options,
+        # Always so, whatever the settings: worth knowing before comparing outputs.
+        "notes": [
+            "a hypothesis that reaches the maximum length ends with a forced, scored EOS in nmt "
+            "and without one in CTranslate2, so such lines can differ"
+        ],
         "max_decoding_length": {
             "rule": "floor(a * (source pieces + 1) + b), per sentence",
             "a": cfg.max_len_a,

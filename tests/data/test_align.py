@@ -27,9 +27,11 @@ def test_piece_links_by_hand() -> None:
     ]  # fmt: skip
     # Crossing links, and a word of the target that nothing links to.
     assert piece_links({(1, 0)}, src, ["▁Der", "▁x"]) == [(1, 0), (2, 0), (3, 0)]
-    # A lone "▁" piece opens a word of its own; the aligner never sees an empty word.
+    # A lone "▁" piece opens a word for what follows and is no word by itself; the aligner
+    # never sees an empty word.
     assert word_strings(["▁", "(", "▁a"]) == ["(", "a"]
-    assert word_strings(["▁"]) == ["▁"]
+    assert word_strings(["▁", "▁a"]) == ["a"]
+    assert word_strings(["▁"]) == []
 
 
 def test_grow_diag_final_and_by_hand() -> None:

@@ -40,6 +40,17 @@ def test_word_groups_follow_the_word_start_marker() -> None:
     assert word_groups([]) == []
 
 
+def test_a_bare_word_start_piece_is_no_word_of_its_own() -> None:
+    # ["▁A", "▁", "▁B"] detokenizes to "A  B": two words, so word indices match str.split().
+    assert word_groups(["▁A", "▁", "▁B"]) == [[0], [1, 2]]
+    assert words_of(["▁A", "▁", "▁B"]) == ["A", "B"]
+    assert word_groups(["▁A", "▁"]) == [[0, 1]]  # at the end it joins the word before
+    assert word_groups(["▁"]) == [] and words_of(["▁"]) == []
+    matrix = np.eye(4, 3, dtype=np.float32)  # 3 target pieces + EOS row, 2 source pieces + EOS
+    merged = merge_to_words(matrix, ["▁A", "▁", "▁B"], ["▁x", "▁y"])
+    np.testing.assert_allclose(merged, [[1.0, 0.0], [0.0, 0.5]])
+
+
 def test_text_without_spaces_keeps_its_pieces_as_units() -> None:
     pieces = ["▁初", "に", "神", "天地"]  # Japanese: only the first piece carries the marker
     assert word_groups(pieces) == [[0], [1], [2], [3]]

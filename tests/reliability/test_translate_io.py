@@ -138,3 +138,27 @@ def test_reader_that_goes_away(tiny_transformer_run: Path, tmp_path: Path) -> No
     assert proc.returncode == 1, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("error: <stdout>: the reader closed the pipe")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("-o", "--alignments-out"),
+        ("--attention-out", "--alignments-out"),
+        ("-o", "--attention-out"),
+    ],
+)
+def test_two_outputs_on_one_path(
+    tiny_transformer_run: Path, tmp_path: Path, src: Path, first: str, second: str
+) -> None:
+    same = tmp_path / "out.jsonl"
+    refuse(tmp_path, [tiny_transformer_run, "-i", src, first, same, second, same], 2,
+           f"is also {first}")  # fmt: skip
+
+
+def test_lines_before_invalid_utf8_on_stdin_are_answered(tiny_transformer_run: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["translate", str(tiny_transformer_run)], input=b"ba ce\nfo\n\xfe\xff ge\n"
+    )
+    assert result.exit_code == 1
+    assert len(result.stdout.splitlines()) == 2  # the two good lines came in the same batch
