@@ -4,19 +4,13 @@ fine-tuning run killed with -9 resumes to exactly the unbroken run."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from training_support import TINY, assert_bitwise_equal, tiny_yaml, weights
+from training_support import TINY, assert_bitwise_equal, kill_when_stalled, tiny_yaml, weights
 from typer.testing import CliRunner
 
 from nmt import checkpoint as ckpt
@@ -245,15 +239,6 @@ def test_freeze_is_checked_when_the_config_loads() -> None:
         from_dict(TrainConfig, {"freeze": ["decoders"]})
 
 
-KILLED_RUN = """
-import sys
-from nmt.config import RunConfig, load_config
-from nmt.training.loop import TrainDebug, train
-cfg = load_config(RunConfig, sys.argv[1])
-train(cfg, sys.argv[2], sys.argv[3], debug=TrainDebug(stall_at=int(sys.argv[4])))
-"""
-
-
 def test_a_fine_tuning_run_killed_and_resumed_equals_the_unbroken_one(
     init_run: Path, tiny_prepared: Path, tmp_path: Path
 ) -> None:
@@ -266,27 +251,7 @@ def test_a_fine_tuning_run_killed_and_resumed_equals_the_unbroken_one(
     # The same fine-tuning run (its stored config names the init), stalled inside update 7 and
     # killed there: updates 5-6 exist only in memory.
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUN, str(straight / "config.yaml"), str(tiny_prepared),
-         str(killed), "7"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    watchdog = threading.Timer(120, proc.kill)  # never hang the test suite
-    watchdog.start()
-    seen = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            seen.append(line)
-            if "stalled" in line:
-                break
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        watchdog.cancel()
-    assert proc.returncode == -signal.SIGKILL and "stalled" in seen[-1], "".join(seen[-20:])
+    kill_when_stalled(straight / "config.yaml", tiny_prepared, killed, 7)
     assert ckpt.load_checkpoint(killed / "last.pt")["step"] == 4
 
     code, out = run("train", "--resume", killed)

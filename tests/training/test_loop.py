@@ -3,19 +3,20 @@ non-finite losses, the wall-clock budget, early stopping, precision and device c
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
-from training_support import assert_bitwise_equal, tiny_config, tiny_yaml, weights
+from training_support import (
+    assert_bitwise_equal,
+    kill_when_stalled,
+    tiny_config,
+    tiny_yaml,
+    weights,
+)
 from typer.testing import CliRunner
 
 from nmt import checkpoint as ckpt
@@ -36,15 +37,6 @@ def _rows(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == kind]
 
 
-KILLED_RUN = """
-import sys
-from nmt.config import RunConfig, load_config
-from nmt.training.loop import TrainDebug, train
-cfg = load_config(RunConfig, sys.argv[1])
-train(cfg, sys.argv[2], sys.argv[3], debug=TrainDebug(stall_at=int(sys.argv[4])))
-"""
-
-
 def test_resume_after_kill_9_equals_the_uninterrupted_run(
     tiny_prepared: Path, tmp_path: Path
 ) -> None:
@@ -56,27 +48,7 @@ def test_resume_after_kill_9_equals_the_uninterrupted_run(
 
     killed = tmp_path / "killed"
     config = tiny_yaml(tmp_path / "tiny.yaml", *overrides)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUN, str(config), str(tiny_prepared), str(killed), "7"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    watchdog = threading.Timer(120, proc.kill)  # never hang the test suite
-    watchdog.start()
-    seen = []
-    try:
-        assert proc.stderr is not None
-        # Update 7 stalls after its first backward; updates 5-6 exist only in memory.
-        for line in proc.stderr:
-            seen.append(line)
-            if "stalled" in line:
-                break
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        watchdog.cancel()
-    assert proc.returncode == -signal.SIGKILL and "stalled" in seen[-1], "".join(seen[-20:])
+    kill_when_stalled(config, tiny_prepared, killed, 7)  # updates 5-6 only in memory
     assert ckpt.load_checkpoint(killed / "last.pt")["step"] == 4
 
     result = CliRunner().invoke(app, ["train", "--resume", str(killed)])

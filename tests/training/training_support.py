@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +67,35 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert a.keys() == b.keys()
     different = [name for name in a if not torch.equal(a[name], b[name])]
     assert not different, f"tensors differ: {different[:5]}"
+
+
+# A training of CONFIG on DATA into RUN that stalls inside update UPDATE, after its first backward.
+STALLING_RUN = """
+import sys
+from nmt.config import RunConfig, load_config
+from nmt.training.loop import TrainDebug, train
+cfg = load_config(RunConfig, sys.argv[1])
+train(cfg, sys.argv[2], sys.argv[3], debug=TrainDebug(stall_at=int(sys.argv[4])))
+"""
+
+
+def kill_when_stalled(config: Path, data: Path, run: Path, update: int) -> None:
+    """Train in a child process and `kill -9` it while it stalls inside `update`, so that the
+    updates since its last checkpoint exist only in memory when it dies."""
+    argv = [sys.executable, "-c", STALLING_RUN, str(config), str(data), str(run), str(update)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, proc.kill)  # never hang the test suite
+    watchdog.start()
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "stalled" in line:
+                break
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        watchdog.cancel()
+    assert proc.returncode == -signal.SIGKILL and "stalled" in seen[-1], "".join(seen[-20:])
