@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
             # torch's text suggests loading with weights_only=False, which could run code.
             first_line = "it holds Python objects other than tensors and plain values"
+        elif not zipfile.is_zipfile(path):
+            # torch.save writes a zip archive; anything else (text, an old pickle) fails deep
+            # inside the unpickler with a bare KeyError or EOFError that says nothing.
+            first_line = "not a file written by torch.save"
         raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
     if not isinstance(payload, dict) or "format_version" not in payload or "model" not in payload:
         raise CheckpointError(f"{path}: not an nmt checkpoint (no format_version / model inside)")

@@ -162,3 +162,10 @@ def test_lines_before_invalid_utf8_on_stdin_are_answered(tiny_transformer_run: P
     )
     assert result.exit_code == 1
     assert len(result.stdout.splitlines()) == 2  # the two good lines came in the same batch
+
+
+def test_a_text_file_given_as_the_checkpoint(tmp_path: Path) -> None:
+    fake = tmp_path / "model.pt"
+    fake.write_text("hello\n", encoding="utf-8")
+    refuse(tmp_path, [fake], 1, "not a readable checkpoint (not a file written by torch.save)",
+           stdin="ba\n")  # fmt: skip
