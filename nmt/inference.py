@@ -197,10 +197,14 @@ class Translator:
         cfg: DecodeConfig = from_dict(DecodeConfig, settings, "decode")
         translator = cls(runs, cfg, torch_device, log)
         names = ", ".join(str(p) for p in path_list)
-        search = "sampling" if cfg.sample else "greedy" if cfg.beam_size == 1 else "beam"
+        if cfg.sample:
+            search = f"sampling, {cfg.nbest} sample(s) per line"
+        elif cfg.beam_size == 1:
+            search = "greedy search"
+        else:
+            search = f"beam search, beam {cfg.beam_size}, nbest {cfg.nbest}"
         translator.log(
-            f"loaded {names} ({translator.arch}) on {torch_device} ({cfg.precision}); {search} "
-            f"search, beam {cfg.beam_size}, nbest {cfg.nbest}"
+            f"loaded {names} ({translator.arch}) on {torch_device} ({cfg.precision}); {search}"
         )
         return translator
 
