@@ -415,16 +415,20 @@ OUTPUT_FORMATS = ("text", "jsonl")
 
 
 def check_output_path(path: Path, flag: str, inputs: tuple[Path | None, ...] = ()) -> None:
-    """Refuse, before any work, an output that cannot be written as a file: a directory, a path
-    under a regular file, or one of the command's own inputs (it would be replaced)."""
+    """Refuse, before any work, an output that cannot be written as a file (`check_output_file`:
+    a directory, a path under a regular file, an unwritable folder) or that is one of the
+    command's own inputs (it would be replaced)."""
+    from nmt.io import check_output_file
+
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{flag} {path}: is a directory; give a file name")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{flag} {path}: {parent} is not a directory")
+    try:
+        check_output_file(path)
+    except IsADirectoryError:
+        raise ConfigError(f"{flag} {path}: is a directory; give a file name") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{flag} {path}: cannot be written ({exc.filename}: {exc.strerror})"
+        ) from None
     for source in inputs:
         if source is not None and path.exists() and Path(source).exists():
             if path.resolve() == Path(source).resolve():

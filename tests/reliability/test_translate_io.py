@@ -60,7 +60,7 @@ def test_output_under_a_regular_file(
     args = [tiny_transformer_run, "-i", src, flag, target]
     if flag != "-o":
         args += ["-o", tmp_path / "hyp.en"]  # must not appear either
-    refuse(tmp_path, args, 2, "is not a directory", flag)
+    refuse(tmp_path, args, 2, "cannot be written", "Not a directory", flag)
 
 
 def test_plot_dir_that_is_a_file(tiny_transformer_run: Path, tmp_path: Path, src: Path) -> None:
