@@ -240,7 +240,7 @@ def iter_pairs(
 
 
 def _stream_files(src_path: Path, tgt_path: Path, errors: str) -> Iterator[tuple[str, str]]:
-    src, tgt = _binary_lines(src_path), _binary_lines(tgt_path)
+    src, tgt = binary_lines(src_path), binary_lines(tgt_path)
     with contextlib.closing(src), contextlib.closing(tgt):
         for number, (s, t) in enumerate(itertools.zip_longest(src, tgt), start=1):
             if s is None or t is None:
@@ -251,12 +251,12 @@ def _stream_files(src_path: Path, tgt_path: Path, errors: str) -> Iterator[tuple
                     "corpus needs one sentence per line on both sides"
                 )
             yield (
-                _decode_line(s, src_path, number, errors),
-                _decode_line(t, tgt_path, number, errors),
+                decode_line(s, src_path, number, errors),
+                decode_line(t, tgt_path, number, errors),
             )
 
 
-def _binary_lines(path: Path) -> Generator[bytes, None, None]:
+def binary_lines(path: Path) -> Generator[bytes, None, None]:
     """The lines of `path` (gunzipped when it ends in .gz) as bytes. Lines end at b"\\n" only, as
     in `read_lines`: U+2028 and friends stay inside their sentence."""
     try:
@@ -272,20 +272,25 @@ def _binary_lines(path: Path) -> Generator[bytes, None, None]:
             raise DataError(f"{path}: cannot read ({exc})") from None
 
 
-def _utf8_error(path: Path, line: int, byte: int, column: int) -> DataError:
+# The way out that `prepare` offers for invalid UTF-8; commands without --errors pass their own.
+ERRORS_HINT = "fix the file, or pass --errors replace to read such bytes as U+FFFD"
+
+
+def _utf8_error(path: Path, line: int, byte: int, column: int, hint: str) -> DataError:
     return DataError(
-        f"{path}:{line}: not valid UTF-8 (byte 0x{byte:02x} at byte column {column}); fix the "
-        "file, or pass --errors replace to read such bytes as U+FFFD"
+        f"{path}:{line}: not valid UTF-8 (byte 0x{byte:02x} at byte column {column}); {hint}"
     )
 
 
-def _decode_line(raw: bytes, path: Path, number: int, errors: str) -> str:
+def decode_line(
+    raw: bytes, path: Path, number: int, errors: str = "strict", hint: str = ERRORS_HINT
+) -> str:
     """One line of a text file as `read_lines` gives it: UTF-8, without its "\\n" (and "\\r"),
     without a BOM on the first line; invalid UTF-8 is an error naming the line and byte column."""
     try:
         text = raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as exc:
-        raise _utf8_error(path, number, raw[exc.start], exc.start + 1) from None
+        raise _utf8_error(path, number, raw[exc.start], exc.start + 1, hint) from None
     if text.endswith("\n"):
         text = text[:-1]
     if text.endswith("\r"):
@@ -313,7 +318,7 @@ def read_text(path: Path, errors: str = "strict") -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise _utf8_error(path, line, data[exc.start], column) from None
+        raise _utf8_error(path, line, data[exc.start], column, ERRORS_HINT) from None
     return text[1:] if text.startswith("\ufeff") else text
 
 

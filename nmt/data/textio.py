@@ -9,80 +9,40 @@ a program that writes one line and waits gets its answer, and a fast producer st
 
 from __future__ import annotations
 
-import codecs
-import contextlib
-import gzip
 import io
 import queue
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TextIO, cast
+from typing import IO, TextIO
 
+from nmt.data.corpus import binary_lines, decode_line
 from nmt.errors import DataError
 
 CHUNK_LINES = 1000  # lines per batch at most: enough to sort by length, small enough to stream
 WAIT_SECONDS = 0.005  # how long a micro-batch waits for more lines once it has one
 _END = None  # queue marker: the stream is finished
-
-
-def open_binary(path: Path) -> IO[bytes]:
-    """The bytes of a text file, decompressed when it ends in .gz; DataError if it is missing."""
-    if not path.is_file():
-        raise DataError(f"{path}: input file not found")
-    if path.suffix == ".gz":
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    return open(path, "rb")
+HINT = "fix the input"  # what to do about invalid UTF-8 (translate has no --errors replace)
 
 
 def check_text_file(path: Path) -> int:
     """Read the whole file once and return its number of lines; a DataError names the line of the
-    first invalid UTF-8 byte, or says that a .gz file is damaged or not gzip at all."""
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    first invalid UTF-8 byte, or says that a .gz file cannot be read (truncated, not gzip)."""
     lines = 0
-    with _read_errors(path), open_binary(path) as handle:
-        for raw in handle:
-            try:
-                decoder.decode(raw)
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{lines + 1}: not UTF-8 text ({exc.reason})") from None
-            lines += 1
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}:{lines}: not UTF-8 text ({exc.reason})") from None
+    for lines, raw in enumerate(binary_lines(path), 1):  # noqa: B007 (the count is the result)
+        decode_line(raw, path, lines, hint=HINT)
     return lines
-
-
-@contextlib.contextmanager
-def _read_errors(path: Path) -> Iterator[None]:
-    """Turn the errors of a damaged compressed file into one DataError naming the file."""
-    try:
-        yield
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        kind = "truncated" if isinstance(exc, EOFError) else "damaged or not gzip"
-        raise DataError(f"{path}: compressed file is {kind}") from None
-
-
-def decode_line(raw: bytes, where: str, lineno: int) -> str:
-    """One line of input without its newline; DataError naming the line if it is not UTF-8."""
-    try:
-        return raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{where}:{lineno}: not UTF-8 text ({exc.reason})") from None
 
 
 def file_chunks(path: Path, size: int = CHUNK_LINES) -> Iterator[list[str]]:
     """Lines of a (checked) file in lists of up to `size`."""
     chunk: list[str] = []
-    with _read_errors(path), open_binary(path) as handle:
-        for lineno, raw in enumerate(handle, 1):
-            chunk.append(decode_line(raw, str(path), lineno))
-            if len(chunk) == size:
-                yield chunk
-                chunk = []
+    for lineno, raw in enumerate(binary_lines(path), 1):
+        chunk.append(decode_line(raw, path, lineno, hint=HINT))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
     if chunk:
         yield chunk
 
@@ -134,7 +94,7 @@ def micro_batches(
                 raise DataError(f"{where}: reading failed after line {lineno:,} ({item})")
             lineno += 1
             try:
-                batch.append(decode_line(item, where, lineno))
+                batch.append(decode_line(item, Path(where), lineno, hint=HINT))
             except DataError:
                 if batch:  # the lines before the bad one are still answered
                     yield batch

@@ -75,7 +75,7 @@ def test_invalid_utf8_late_in_a_file_is_found_before_translating(
     bad = tmp_path / "late.de"
     bad.write_bytes(b"ba ce do\n" * 1499 + b"fo \xff ge\n" + b"ba\n" * 10)
     refuse(tmp_path, [tiny_transformer_run, "-i", bad, "-o", tmp_path / "out.en"], 1,
-           f"{bad}:1500:", "not UTF-8")  # fmt: skip
+           f"{bad}:1500:", "not valid UTF-8", "fix the input")  # fmt: skip
 
 
 def test_invalid_utf8_on_stdin_names_its_line(tiny_transformer_run: Path, tmp_path: Path) -> None:
@@ -83,20 +83,20 @@ def test_invalid_utf8_on_stdin_names_its_line(tiny_transformer_run: Path, tmp_pa
         app, ["translate", str(tiny_transformer_run)], input=b"ba ce\nfo\n\xfe\xff ge\n"
     )
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: <stdin>:3: not UTF-8")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: <stdin>:3: not valid UTF-8")
 
 
 def test_truncated_gzip(tiny_transformer_run: Path, tmp_path: Path) -> None:
     whole = gzip.compress(b"ba ce do\n" * 2000)
     cut = tmp_path / "cut.de.gz"
     cut.write_bytes(whole[: len(whole) // 2])
-    refuse(tmp_path, [tiny_transformer_run, "-i", cut], 1, str(cut), "truncated")
+    refuse(tmp_path, [tiny_transformer_run, "-i", cut], 1, str(cut), "cannot read", "ended before")
 
 
 def test_gz_file_that_is_not_gzip(tiny_transformer_run: Path, tmp_path: Path) -> None:
     fake = tmp_path / "fake.de.gz"
     fake.write_text("ba ce do\n", encoding="utf-8")
-    refuse(tmp_path, [tiny_transformer_run, "-i", fake], 1, str(fake), "not gzip")
+    refuse(tmp_path, [tiny_transformer_run, "-i", fake], 1, str(fake), "cannot read", "gzip")
 
 
 def test_missing_input_file(tiny_transformer_run: Path, tmp_path: Path) -> None:
