@@ -222,15 +222,24 @@ class Translator:
         beam_size: int | None = None,
         nbest: int | None = None,
         attention: bool = False,
+        attention_layer: str | None = None,
+        attention_head: str | None = None,
         first_index: int = 0,
         where: str = "<input>",
     ) -> list[TranslationResult]:
         """A `TranslationResult` per line. `beam_size` / `nbest` override the decode settings for
-        this call; `attention` computes the attention (word matrix and hard alignment).
+        this call; `attention` computes the attention (word matrix and hard alignment), of the
+        Transformer decoder layer / head(s) `attention_layer` / `attention_head` when given
+        (as decode.attention_layer / attention_head: an index, "mean" or "all").
         `first_index` and `where` name the lines in warnings and errors (0-based index of the
         first line, file name)."""
         _check_lines(lines)
-        cfg = self.settings(beam_size=beam_size, nbest=nbest)
+        cfg = self.settings(
+            beam_size=beam_size,
+            nbest=nbest,
+            attention_layer=attention_layer,
+            attention_head=attention_head,
+        )
         src_ids = self.encode(lines, first_index, where)
         hyps = self.decode(src_ids, cfg, attention)
         return [

@@ -210,13 +210,14 @@ def _decode_detail(
     from nmt.decoding.alignment import format_pharaoh, hard_alignment, reduce_attention
 
     cfg = translator.cfg
-    translator.cfg = dataclasses.replace(cfg, attention_layer="all", attention_head="all")
-    try:
-        results = translator.translate_full(
-            lines, beam_size=options.beam, nbest=options.nbest, attention=True
-        )
-    finally:
-        translator.cfg = cfg
+    results = translator.translate_full(
+        lines,
+        beam_size=options.beam,
+        nbest=options.nbest,
+        attention=True,
+        attention_layer="all",
+        attention_head="all",
+    )
     rows = []
     for result in results:
         row = result.to_dict(nbest=options.nbest > 1, attention=True)
