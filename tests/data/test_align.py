@@ -4,11 +4,11 @@ corpus whose true alignment is known (the target is the source reversed)."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 import torch
+from corpus_support import write_reverse_corpus
 
 from nmt.data.align import grow_diag_final_and, parse_links, piece_links, word_strings
 from nmt.data.batching import collate
@@ -65,18 +65,6 @@ def test_collate_puts_links_into_the_alignment_matrix() -> None:
     assert collate([[5]], [[6]], [0]).alignment is None
 
 
-def reverse_corpus(folder: Path, name: str, pairs: int, seed: int) -> None:
-    rng = random.Random(seed)
-    words = [f"{c}{d}" for c in "bcdfghkl" for d in "aeo"]
-    src, tgt = [], []
-    for _ in range(pairs):
-        sentence = [rng.choice(words) for _ in range(rng.randint(2, 7))]
-        src.append(" ".join(sentence))
-        tgt.append(" ".join(reversed(sentence)).upper())
-    (folder / f"{name}.de").write_text("\n".join(src) + "\n", encoding="utf-8")
-    (folder / f"{name}.en").write_text("\n".join(tgt) + "\n", encoding="utf-8")
-
-
 def test_prepare_stores_eflomal_links_on_pieces(tmp_path: Path) -> None:
     """Real eflomal on 300 pairs whose target is the reversed, upper-cased source: the stored
     piece links, read back as word links, are the reversal for nearly every word."""
@@ -87,8 +75,8 @@ def test_prepare_stores_eflomal_links_on_pieces(tmp_path: Path) -> None:
     from nmt.data.spm import Tokenizer, word_groups
     from nmt.data.store import ALIGN_COLUMN, load_prepared
 
-    reverse_corpus(tmp_path, "train", 300, seed=1)
-    reverse_corpus(tmp_path, "valid", 20, seed=2)
+    write_reverse_corpus(tmp_path, "train", 300, seed=1, max_words=7)
+    write_reverse_corpus(tmp_path, "valid", 20, seed=2, max_words=7)
     out = tmp_path / "prepared"
     args = ["prepare", "--src-lang", "de", "--tgt-lang", "en", "--train", str(tmp_path / "train"),
             "--valid", str(tmp_path / "valid"), "--out", str(out), "--vocab-size", "60",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from corpus_support import write_reverse_corpus
 
 from nmt.config import RunConfig, from_dict
 from nmt.data.batching import collate
@@ -102,18 +103,6 @@ def _tiny(steps: int, guided: float = 0.0) -> dict:
     }  # fmt: skip
 
 
-def _reverse_corpus(folder: Path, name: str, pairs: int, seed: int) -> None:
-    rng = random.Random(seed)
-    words = [f"{c}{d}" for c in "bcdfghkl" for d in "aeo"]
-    src, tgt = [], []
-    for _ in range(pairs):
-        sentence = [rng.choice(words) for _ in range(rng.randint(2, 8))]
-        src.append(" ".join(sentence))
-        tgt.append(" ".join(reversed(sentence)).upper())
-    (folder / f"{name}.de").write_text("\n".join(src) + "\n", encoding="utf-8")
-    (folder / f"{name}.en").write_text("\n".join(tgt) + "\n", encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def aligned_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[float, Path]]:
     """Reverse-copy data prepared with eflomal links, and a tiny Transformer trained on it for
@@ -126,8 +115,8 @@ def aligned_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[f
     from nmt.training.loop import train
 
     root = tmp_path_factory.mktemp("aligned")
-    _reverse_corpus(root, "train", 400, seed=1)
-    _reverse_corpus(root, "valid", 40, seed=2)
+    write_reverse_corpus(root, "train", 400, seed=1)
+    write_reverse_corpus(root, "valid", 40, seed=2)
     cfg = PrepareConfig(
         src_lang="de", tgt_lang="en", vocab_size=64, hard_vocab_limit=False, alignments="eflomal"
     )
