@@ -36,6 +36,7 @@ from nmt.decoding.alignment import (
     supervised_head,
 )
 from nmt.decoding.beam import Ensemble, Hypothesis, decode_corpus
+from nmt.decoding.forced import force_corpus
 from nmt.errors import CheckpointError, ConfigError, DataError
 from nmt.models import count_parameters
 
@@ -245,6 +246,38 @@ class Translator:
         return [
             self.result(first_index + n, src_ids[n], nbest_list, cfg, attention)
             for n, nbest_list in enumerate(hyps)
+        ]
+
+    def score(
+        self,
+        sources: Sequence[str],
+        targets: Sequence[str],
+        *,
+        attention: bool = False,
+        first_index: int = 0,
+        where: str = "<input>",
+    ) -> list[TranslationResult]:
+        """Forced decoding (nmt/decoding/forced.py): a `TranslationResult` per (source, target)
+        pair for the translation given instead of one searched for: its per-token log-probabilities
+        and score, and with `attention` where the model looks while reading it (the word matrix
+        and hard links, as for `translate_full`)."""
+        _check_lines(sources)
+        _check_lines(targets)
+        if len(sources) != len(targets):
+            raise DataError(f"{where}: {len(sources)} sources but {len(targets)} translations")
+        src_ids = self.encode(sources, first_index, where)
+        tgt_ids = self.tgt_tok.encode_batch([clean_text(t, self.cleaning) for t in targets])
+        limit = self.max_src_len
+        for n, seq in enumerate(tgt_ids):
+            if limit is not None and len(seq) > limit:
+                raise DataError(
+                    f"{where}:{first_index + n + 1}: the translation has {len(seq)} subwords, more "
+                    f"than the model's maximum of {limit}"
+                )
+        hyps = force_corpus(self.models, src_ids, tgt_ids, self.cfg, self.device, attention)
+        return [
+            self.result(first_index + n, src_ids[n], [hyp], self.cfg, attention)
+            for n, hyp in enumerate(hyps)
         ]
 
     def settings(self, **changes: Any) -> DecodeConfig:

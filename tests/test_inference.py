@@ -86,6 +86,35 @@ def test_full_results_hold_scores_nbest_and_alignment(run_dir: Path) -> None:
         )
 
 
+def test_scoring_the_models_own_translations_gives_its_search_numbers(run_dir: Path) -> None:
+    from nmt import Translator
+
+    t = Translator.load(run_dir, "cpu", beam_size=3)
+    searched = t.translate_full(LINES, attention=True)
+    forced = t.score(LINES, [r.translation for r in searched], attention=True)
+    for s, f in zip(searched, forced, strict=True):
+        if not s.tokens:  # an empty line: nothing was searched, but the EOS is still scored
+            assert f.tokens == ["</s>"] and len(f.token_scores) == 1
+            continue
+        assert f.translation == s.translation and f.tokens == s.tokens
+        assert f.token_scores == pytest.approx(s.token_scores, rel=1e-5, abs=1e-5)
+        assert f.score == pytest.approx(s.score, rel=1e-5, abs=1e-5)
+        assert f.alignment == s.alignment
+        assert f.attention is not None and s.attention is not None
+        torch.testing.assert_close(f.attention, s.attention, atol=1e-5, rtol=1e-4)
+    # Another translation of the same line scores lower than the one the search preferred.
+    other = t.score([LINES[0]], ["ba ba ba"])[0]
+    assert other.log_prob < searched[0].log_prob
+
+
+def test_scoring_refuses_unpaired_lines(run_dir: Path) -> None:
+    from nmt import Translator
+    from nmt.errors import DataError
+
+    with pytest.raises(DataError, match="2 sources but 1 translations"):
+        Translator.load(run_dir, "cpu").score(["a", "b"], ["a"])
+
+
 def test_batching_and_order_do_not_change_results(run_dir: Path) -> None:
     from nmt import Translator
 
