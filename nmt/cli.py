@@ -471,6 +471,29 @@ def plot(
     typer.echo(f"wrote {path}")
 
 
+@app.command("plot-metrics")
+@user_errors
+def plot_metrics(
+    runs: list[Path] = typer.Argument(..., help="Run folders (or their metrics.jsonl)."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    metric: str = typer.Option("bleu", "--metric", help="Validation score to draw: bleu, chrf."),
+) -> None:
+    """Draw learning curves: validation score and loss against time and against updates.
+
+    Several runs share the picture, one colour each, to compare them.
+
+    Examples:
+
+    \b
+      nmt plot-metrics checkpoints/m30k --out curve.png
+      nmt plot-metrics runs/a runs/b --metric chrf --out compare.png
+    """
+    from nmt import pipeline
+
+    path = pipeline.plot_metrics(runs, out, metric)
+    typer.echo(f"wrote {path}")
+
+
 # ---- built-in corpora (issue 6) -----------------------------------------------------------------
 
 

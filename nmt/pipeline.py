@@ -810,6 +810,17 @@ def plot(
     return plot_attention(record, out, layer=layer, words=not subwords, title=f"sentence {index}")
 
 
+def plot_metrics(runs: list[Path], out: Path, metric: str = "bleu") -> Path:
+    """`nmt plot-metrics`: learning curves of one or more runs in one PNG (nmt/curves.py)."""
+    from nmt.curves import plot_curves, read_curves
+
+    if Path(out).suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: write a .png file")
+    if not runs:
+        raise ConfigError("give at least one run folder (or metrics.jsonl)")
+    return plot_curves([read_curves(Path(run), metric) for run in runs], out, metric)
+
+
 # ---- built-in corpora (issue 6) -----------------------------------------------------------------
 
 BUILTIN_CORPORA = ("bible",)

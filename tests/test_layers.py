@@ -26,6 +26,7 @@ RANK = {
     "nmt.checkpoint": 3,
     "nmt.training": 4,
     "nmt.inference": 4,
+    "nmt.curves": 4,
     "nmt.pipeline": 5,
     "nmt.serve": 5,
     "nmt.cli": 6,

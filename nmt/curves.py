@@ -1,0 +1,133 @@
+"""Learning curves from a run's metrics.jsonl: validation score and loss against updates and
+against time, one line per run, so that a reader sees where training stops paying off.
+
+Time is wall-clock minutes since the run began (`wall_seconds`, validation and saving included,
+summed over resumes) when the rows carry it; rows of older runs only carry `train_seconds` (time
+inside updates), and the axis then says so. A validation row takes the time of the training rows
+around its update, interpolated linearly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nmt.checkpoint import METRICS_FILE
+from nmt.errors import DataError
+from nmt.io import atomic_open, read_jsonl
+
+
+@dataclass
+class Curves:
+    """One run's series. `train_*` per logged training row, `valid_*` per validation."""
+
+    name: str
+    clock: str  # "wall_seconds" or "train_seconds"
+    train_steps: list[int] = field(default_factory=list)
+    train_minutes: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    valid_steps: list[int] = field(default_factory=list)
+    valid_minutes: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    valid_score: list[float] = field(default_factory=list)
+
+
+def read_curves(run: Path, metric: str) -> Curves:
+    """The series of `run` (a run folder or its metrics.jsonl); `metric` is the validation score
+    to follow (bleu, chrf, ...). A file without training rows, or without `metric` in its
+    validation rows, is an error that names the file."""
+    path = run / METRICS_FILE if run.is_dir() else run
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (a run folder holds metrics.jsonl)")
+    try:
+        rows = read_jsonl(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a metrics file ({exc})") from None
+    train = [r for r in rows if isinstance(r, dict) and r.get("kind") == "train"]
+    valid = [r for r in rows if isinstance(r, dict) and r.get("kind") == "valid"]
+    if not train:
+        raise DataError(f"{path}: no training rows yet")
+    clock = "wall_seconds" if all("wall_seconds" in r for r in train) else "train_seconds"
+    name = path.parent.name if path.name == METRICS_FILE else path.stem
+    curves = Curves(name, clock)
+    try:
+        for r in _last_of_each_step(train):
+            curves.train_steps.append(int(r["step"]))
+            curves.train_minutes.append(float(r[clock]) / 60)
+            curves.train_loss.append(float(r["loss"]))
+        for r in _last_of_each_step(valid):
+            if metric not in r:
+                raise DataError(
+                    f"{path}: validation rows have no {metric!r}; pick another --metric"
+                )
+            curves.valid_steps.append(int(r["step"]))
+            curves.valid_loss.append(float(r["loss"]))
+            curves.valid_score.append(float(r[metric]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: a row lacks a number it should have ({exc})") from None
+    curves.valid_minutes = minutes_at(curves.valid_steps, curves.train_steps, curves.train_minutes)
+    return curves
+
+
+def _last_of_each_step(rows: Sequence[dict]) -> list[dict]:
+    """Rows by step, the last of equal steps kept (a resumed run logs its resumed steps again),
+    in step order."""
+    by_step = {int(r.get("step", 0)): r for r in rows}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def minutes_at(
+    steps: Sequence[int], known_steps: Sequence[int], known: Sequence[float]
+) -> list[float]:
+    """Time at each of `steps`, interpolated between the (step, minutes) points known, from 0 at
+    step 0; beyond the last known step, at the last known rate."""
+    xs = np.array([0, *known_steps], dtype=np.float64)
+    ys = np.array([0.0, *known], dtype=np.float64)
+    out = np.interp(np.asarray(steps, dtype=np.float64), xs, ys)
+    if len(xs) > 1 and xs[-1] > 0:
+        rate = ys[-1] / xs[-1]
+        beyond = np.asarray(steps, dtype=np.float64) > xs[-1]
+        out[beyond] = np.asarray(steps, dtype=np.float64)[beyond] * rate
+    return out.tolist()
+
+
+def plot_curves(runs: Sequence[Curves], out: Path, metric: str) -> Path:
+    """A 2 x 2 PNG: validation `metric` and loss (training and validation), against time and
+    against updates; one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex="col")
+    wall = all(c.clock == "wall_seconds" for c in runs)
+    time_label = "wall-clock minutes" if wall else "minutes inside updates (validation excluded)"
+    for n, c in enumerate(runs):
+        colour = f"C{n % 10}"
+        for col, (train_x, valid_x) in enumerate(
+            ((c.train_minutes, c.valid_minutes), (c.train_steps, c.valid_steps))
+        ):
+            axes[0, col].plot(valid_x, c.valid_score, "o-", color=colour, ms=3, label=c.name)
+            axes[1, col].plot(train_x, c.train_loss, "-", color=colour, lw=1, alpha=0.6,
+                              label=f"{c.name} train")  # fmt: skip
+            axes[1, col].plot(valid_x, c.valid_loss, "o--", color=colour, ms=3,
+                              label=f"{c.name} valid")  # fmt: skip
+    axes[0, 0].set_ylabel(f"validation {metric}")
+    axes[1, 0].set_ylabel("loss (label-smoothed)")
+    axes[1, 0].set_xlabel(time_label)
+    axes[1, 1].set_xlabel("updates")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    axes[0, 1].legend(fontsize=7)
+    axes[1, 1].legend(fontsize=6, ncol=2 if len(runs) > 3 else 1)
+    fig.tight_layout()
+    with atomic_open(out, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=80)
+    plt.close(fig)
+    return out
+
+
+__all__ = ["Curves", "minutes_at", "plot_curves", "read_curves"]
