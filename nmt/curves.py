@@ -4,7 +4,7 @@ against time, one line per run, so that a reader sees where training stops payin
 Time is wall-clock minutes since the run began (`wall_seconds`, validation and saving included,
 summed over resumes) when the rows carry it; rows of older runs only carry `train_seconds` (time
 inside updates), and the axis then says so. A validation row takes the time of the training rows
-around its update, interpolated linearly.
+around its update, interpolated linearly, unless it carries its own wall clock.
 """
 
 from __future__ import annotations
@@ -66,9 +66,14 @@ def read_curves(run: Path, metric: str) -> Curves:
             curves.valid_steps.append(int(r["step"]))
             curves.valid_loss.append(float(r["loss"]))
             curves.valid_score.append(float(r[metric]))
+        timed = clock == "wall_seconds" and all(clock in r for r in valid)
+        curves.valid_minutes = (
+            [float(r[clock]) / 60 for r in _last_of_each_step(valid)]
+            if timed
+            else minutes_at(curves.valid_steps, curves.train_steps, curves.train_minutes)
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: a row lacks a number it should have ({exc})") from None
-    curves.valid_minutes = minutes_at(curves.valid_steps, curves.train_steps, curves.train_minutes)
     return curves
 
 

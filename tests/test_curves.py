@@ -88,6 +88,9 @@ def test_the_command_draws_a_real_run_and_refuses_bad_arguments(
     )
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == PNG_MAGIC
+    curves = read_curves(tiny_transformer_run, "loss")  # a run of today logs its wall clock
+    assert curves.clock == "wall_seconds" and curves.train_minutes == sorted(curves.train_minutes)
+    assert curves.valid_minutes[-1] >= curves.train_minutes[-1]  # the last validation came after
     bad = runner.invoke(app, ["plot-metrics", str(tiny_transformer_run), "--out", "x.txt"])
     assert bad.exit_code == 2 and "write a .png file" in bad.output  # a usage error
     missing = runner.invoke(app, ["plot-metrics", str(tmp_path / "none"), "--out", str(out)])

@@ -85,6 +85,7 @@ class TrainState:
     best_step: int = 0
     bad_validations: int = 0  # validations in a row without improvement (early stopping)
     train_seconds: float = 0.0  # time spent in updates, across resumes
+    wall_seconds: float = 0.0  # wall-clock time of the run up to this state, across resumes
     world_size: int = 1
     optimizer: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
@@ -250,6 +251,7 @@ def _train(
         valid=valid,
         logger=MetricsLogger(run_dir, dist.is_main),
         progress=Progress(dist.is_main, tc.max_steps, state.step, console),
+        wall_start=start_time - state.wall_seconds,
     )
     if tc.init and payload is None:  # the first metrics line says where the weights came from
         run.logger.log({"kind": "init", "step": 0, "init": tc.init,
@@ -365,6 +367,7 @@ def _train(
 
             # Log, validate and checkpoint on schedule.
             if state.step % tc.log_every == 0:
+                run.tick(state)
                 row = window.row(state, lr)
                 run.logger.log(row)
                 run.progress.log_line(row)
@@ -391,6 +394,7 @@ def _train(
         run.progress.stop()
         run.logger.close()
 
+    run.tick(state)
     summary = make_summary(state, stop_reason, run)
     if dist.is_main:
         append_jsonl(run_dir / ckpt.METRICS_FILE, summary)
@@ -428,6 +432,11 @@ class Run:
     valid: ValidSet | None
     logger: MetricsLogger
     progress: Progress
+    wall_start: float  # time.monotonic() at which this run's wall clock read 0 (before resumes)
+
+    def tick(self, state: TrainState) -> None:
+        """Bring the state's wall clock up to now (before it is logged or saved)."""
+        state.wall_seconds = time.monotonic() - self.wall_start
 
 
 def stall(attempt: int) -> None:
@@ -459,6 +468,7 @@ def make_summary(state: TrainState, stop_reason: str, run: Run) -> dict[str, Any
         "epoch": state.epoch,
         "tgt_tokens": state.tgt_tokens,
         "train_seconds": round(state.train_seconds, 1),
+        "wall_seconds": round(state.wall_seconds, 1),
         "tgt_tokens_per_s": round(state.tgt_tokens / seconds, 1),
         "tokens_per_s": round((state.src_tokens + state.tgt_tokens) / seconds, 1),
         "updates_per_min": round(60 * state.step / seconds, 2),
@@ -800,6 +810,7 @@ def save_training_checkpoint(
     state.schedule = schedule.state_dict()
     state.scaler = scaler.state_dict() if scaler.is_enabled() else {}
     state.rng = gather_objects(rng_state(run.device), run.dist)
+    run.tick(state)
     if run.dist.is_main:
         payload = {
             **run.meta,
@@ -928,7 +939,9 @@ def validate_and_track(run: Run, state: TrainState, schedule: LRSchedule) -> Non
     else:
         state.bad_validations += 1
     lr_cut = schedule.observe(value, higher_is_better)
-    row = {"kind": "valid", "step": state.step, **scores, "best": state.best_score}
+    run.tick(state)
+    row = {"kind": "valid", "step": state.step, **scores, "best": state.best_score,
+           "wall_seconds": state.wall_seconds}  # fmt: skip
     run.logger.log(row | {"lr_cut": lr_cut})
     shown = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
     run.progress.note(
@@ -983,6 +996,7 @@ class Window:
             "tokens_per_s": (self.tgt_tokens + self.src_tokens) / seconds,
             "updates_per_min": 60 * self.updates / seconds,
             "train_seconds": state.train_seconds,
+            "wall_seconds": state.wall_seconds,
         }
 
 

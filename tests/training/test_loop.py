@@ -71,6 +71,14 @@ def test_resume_after_kill_9_equals_the_uninterrupted_run(
     ]
     valid = [r["nll"] for r in _rows(straight, "valid")]
     assert valid == sorted(valid, reverse=True) and valid[-1] < valid[0] - 0.3  # it learns
+    # The wall clock goes on across the resume, from the time saved with update 4.
+    saved = ckpt.load_checkpoint(killed / "checkpoint_4.pt")["train_state"]["wall_seconds"]
+    rows = _rows(killed, "train") + _rows(killed, "valid")
+    rows.sort(key=lambda r: (r["step"], r["kind"] == "valid"))
+    walls = [r["wall_seconds"] for r in rows]
+    assert walls == sorted(walls)
+    assert all(r["wall_seconds"] > saved for r in rows if r["step"] > 4)
+    assert all(r["train_seconds"] <= r["wall_seconds"] for r in _rows(killed, "train"))
 
 
 def test_rnn_with_bahdanau_attention_trains(tiny_prepared: Path, tmp_path: Path) -> None:
