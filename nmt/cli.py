@@ -319,6 +319,12 @@ def translate(
     attention: bool = typer.Option(
         False, "--attention", help="JSONL rows also hold the word-level attention matrix."
     ),
+    force: Path | None = typer.Option(
+        None,
+        "--force",
+        help="Translations of the -i lines (one per line) to read instead of searching: their "
+        "scores, attention and alignments (forced decoding).",
+    ),
 ) -> None:
     """Translate text with a trained model, keeping input order and empty lines.
 
@@ -327,7 +333,9 @@ def translate(
     written and flushed at once, so another program can drive it line by line (Ctrl-D ends).
     --output-format jsonl writes one JSON object per line: translation, score, tokens,
     token_scores (log-probabilities, EOS included), alignment (Pharaoh), nbest with --nbest > 1,
-    and the word attention with --attention.
+    and the word attention with --attention. With --force the model reads the given
+    translations instead of searching (forced decoding): the outputs describe those, e.g. the
+    attention on reference translations, to score against gold word alignments.
 
     Decode settings (nmt.config.DecodeConfig): the run's own,
     then --set decode.key=value, then --beam / --nbest / --batch-tokens. For a Transformer the
@@ -342,6 +350,7 @@ def translate(
       nmt translate RUN -i test.de --attention-out attn.npz --alignments-out test.align
       nmt translate RUN -i test.de --nbest 5 --output-format jsonl --attention > test.jsonl
       nmt translate RUN1 RUN2 -i test.de --set decode.sample=true --set decode.top_p=0.9
+      nmt translate RUN -i test.de --force test.en --alignments-out ref.align
     """
     from nmt import pipeline
 
@@ -349,6 +358,7 @@ def translate(
     pipeline.translate(
         list(checkpoint), input_, output, list(set_), flags, device, attention_out,
         alignments_out, plot_dir, output_format=output_format, with_attention=attention,
+        force_path=force,
     )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import contextlib
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -448,9 +448,12 @@ def translate(
     log: Callable[[str], None] | None = None,
     output_format: str = "text",
     with_attention: bool = False,
+    force_path: Path | None = None,
 ) -> dict[str, Any]:
     """`nmt translate`: lines from `input_path` (or stdin) to translations in `output_path` (or
-    stdout), in input order. Empty lines stay empty.
+    stdout), in input order. Empty lines stay empty. With `force_path` (a file with one
+    translation per input line) nothing is searched: the model reads those translations (forced
+    decoding) and every output describes them.
 
     Text output: one translation per line; with nbest > 1, nbest lines `LINE ||| translation |||
     score` per input line (Moses n-best format, LINE counted from 0). JSONL output: one object
@@ -480,14 +483,19 @@ def translate(
                ("--attention-out", attention_out), ("--alignments-out", alignments_out))
                if path is not None]  # fmt: skip
     for n, (flag, path) in enumerate(outputs):
-        check_output_path(path, flag, (input_path,))
+        check_output_path(path, flag, (input_path, force_path))
         for other_flag, other in outputs[:n]:
             if path.absolute() == other.absolute():
                 raise ConfigError(f"{flag} {path}: is also {other_flag}; give each output a file")
     if plot_dir is not None and Path(plot_dir).exists() and not Path(plot_dir).is_dir():
         raise ConfigError(f"--plot-dir {plot_dir}: is a file; give a folder")
+    if force_path is not None and input_path is None:
+        raise ConfigError("--force pairs translations with the lines of a file: give it with -i")
+    forced: Iterator[list[str]] | None = None
     if input_path is not None:
-        textio.check_text_file(Path(input_path))
+        sources = textio.check_text_file(Path(input_path))
+        if force_path is not None:
+            forced = forced_translations(Path(force_path), sources, Path(input_path))
         batches = textio.file_chunks(Path(input_path))
         where = str(input_path)
     else:
@@ -505,15 +513,33 @@ def translate(
             AttentionSinks(translator, attention_out, alignments_out, plot_dir)
         )
         for lines in batches:
-            results = translator.translate_full(
-                lines, attention=need_attention, first_index=writer.count, where=where
-            )
+            if forced is not None:
+                results = translator.score(lines, next(forced), attention=need_attention,
+                                           first_index=writer.count, where=where)  # fmt: skip
+            else:
+                results = translator.translate_full(
+                    lines, attention=need_attention, first_index=writer.count, where=where
+                )
             writer.write(out, results)
             sinks.write(results)
             _flush(out, writer.count)
     seconds = time.perf_counter() - started
     log(f"translated {writer.count:,} lines in {seconds:.1f} s")
     return {"sentences": writer.count, "tokens": writer.tokens, "seconds": seconds}
+
+
+def forced_translations(force_path: Path, sources: int, input_path: Path) -> Iterator[list[str]]:
+    """The lines of `force_path` in the chunks `file_chunks` gives the input, after checking the
+    file whole and that it has a line for each of the input's `sources` lines."""
+    from nmt.data import textio
+
+    targets = textio.check_text_file(force_path)
+    if sources != targets:
+        raise DataError(
+            f"--force {force_path}: {targets:,} translations for the {sources:,} lines of "
+            f"{input_path}; give one translation per input line"
+        )
+    return textio.file_chunks(force_path)
 
 
 def _flush(out: Any, lines_done: int) -> None:

@@ -115,6 +115,32 @@ def test_scoring_refuses_unpaired_lines(run_dir: Path) -> None:
         Translator.load(run_dir, "cpu").score(["a", "b"], ["a"])
 
 
+def test_translate_force_reads_given_translations(run_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src.txt"
+    src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    searched = jsonl_rows(run_dir)
+    own = tmp_path / "own.txt"
+    own.write_text("".join(r["translation"] + "\n" for r in searched), encoding="utf-8")
+    result = cli("translate", run_dir, "-i", src, "--force", own, "--output-format", "jsonl")
+    assert result.exit_code == 0, result.output
+    forced = [json.loads(line) for line in result.stdout.splitlines()]
+    for s, f in zip(searched, forced, strict=True):
+        assert f["translation"] == s["translation"]
+        if s["tokens"]:  # the model's own output, read back: the search's numbers
+            assert f["token_scores"] == pytest.approx(s["token_scores"], abs=2e-6)
+            assert (f["tokens"], f["alignment"]) == (s["tokens"], s["alignment"])
+
+    short = tmp_path / "short.txt"
+    short.write_text("one line\n", encoding="utf-8")
+    mismatch = cli("translate", run_dir, "-i", src, "--force", short)
+    assert mismatch.exit_code == 1
+    assert f"short.txt: 1 translations for the {len(LINES)} lines of {src}" in mismatch.output
+    piped = cli("translate", run_dir, "--force", own, stdin="a\n")
+    assert piped.exit_code == 2 and "give it with -i" in piped.output
+    clobber = cli("translate", run_dir, "-i", src, "--force", own, "-o", own)
+    assert clobber.exit_code == 2 and own.read_text(encoding="utf-8").count("\n") == len(LINES)
+
+
 def test_batching_and_order_do_not_change_results(run_dir: Path) -> None:
     from nmt import Translator
 
