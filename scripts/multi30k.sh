@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Multi30k recipe: prepare -> train -> average -> choose beam/length penalty on val -> test once.
+# Multi30k recipe: prepare -> train -> average -> learning curve -> choose beam/length penalty on
+# val -> test once.
 # Usage: scripts/multi30k.sh SRC TGT MODEL [extra --set overrides for nmt train]
 #   scripts/multi30k.sh de en transformer --set train.max_minutes=30
 #   scripts/multi30k.sh en de rnn-bahdanau
@@ -23,6 +24,7 @@ TUNE=$RUN/decode-tuning
 if [ -f "$RUN/last.pt" ]; then "$NMT" train --resume "$RUN" "$@"
 else "$NMT" train "configs/multi30k/$MODEL.yaml" --data "$DATA" --out "$RUN" "$@"; fi
 "$NMT" average "$RUN" --last 5 --out "$RUN/averaged.pt" || cp "$RUN/best.pt" "$RUN/averaged.pt"
+"$NMT" plot-metrics "$RUN" --out "$RUN/curve.png"   # where the validation score stops rising
 
 # Checkpoint (averaged or best) and decoding settings chosen on val: greedy, and beam 5 with two
 # GNMT length penalties.
