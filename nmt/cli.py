@@ -323,7 +323,7 @@ def translate(
         None,
         "--force",
         help="Translations of the -i lines (one per line) to read instead of searching: their "
-        "scores, attention and alignments (forced decoding).",
+        "scores, attention and alignments (forced decoding; beam and n-best do not apply).",
     ),
 ) -> None:
     """Translate text with a trained model, keeping input order and empty lines.
@@ -486,7 +486,9 @@ def plot(
 def plot_metrics(
     runs: list[Path] = typer.Argument(..., help="Run folders (or their metrics.jsonl)."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
-    metric: str = typer.Option("bleu", "--metric", help="Validation score to draw: bleu, chrf."),
+    metric: str = typer.Option(
+        "bleu", "--metric", help="Validation score to draw: bleu, chrf, loss, nll, ppl."
+    ),
 ) -> None:
     """Draw learning curves: validation score and loss against time and against updates.
 

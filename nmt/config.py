@@ -238,7 +238,8 @@ GUIDED_ALIGNMENT_HEAD = (-2, 0)
 class TrainConfig:
     max_steps: int = 100_000  # optimizer updates
     max_epochs: int = 0  # 0: no epoch limit
-    max_minutes: float = 0.0  # wall-clock budget; 0: none. When it runs out: validate, save, stop.
+    # Wall-clock budget of the run, across resumes; 0: none. When it runs out: validate, save, stop.
+    max_minutes: float = 0.0
     batch_tokens: int = 4096  # padded source + target tokens per batch (per GPU)
     update_freq: int = 1  # gradient accumulation: batches per update
     optimizer: Literal["adam", "adamw"] = "adamw"

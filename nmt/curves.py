@@ -35,10 +35,11 @@ class Curves:
     valid_score: list[float] = field(default_factory=list)
 
 
-def read_curves(run: Path, metric: str) -> Curves:
+def read_curves(run: Path, metric: str, wall: bool = True) -> Curves:
     """The series of `run` (a run folder or its metrics.jsonl); `metric` is the validation score
-    to follow (bleu, chrf, ...). A file without training rows, or without `metric` in its
-    validation rows, is an error that names the file."""
+    to follow (bleu, chrf, loss, ...); `wall=False` keeps to `train_seconds` even when the rows
+    have their wall clock (so that runs drawn together share one clock). A file without training
+    rows, or without `metric` in its validation rows, is an error that names the file."""
     path = run / METRICS_FILE if run.is_dir() else run
     if not path.is_file():
         raise DataError(f"{path}: no such file (a run folder holds metrics.jsonl)")
@@ -50,7 +51,8 @@ def read_curves(run: Path, metric: str) -> Curves:
     valid = [r for r in rows if isinstance(r, dict) and r.get("kind") == "valid"]
     if not train:
         raise DataError(f"{path}: no training rows yet")
-    clock = "wall_seconds" if all("wall_seconds" in r for r in train) else "train_seconds"
+    has_wall = all("wall_seconds" in r for r in train)
+    clock = "wall_seconds" if wall and has_wall else "train_seconds"
     name = path.parent.name if path.name == METRICS_FILE else path.stem
     curves = Curves(name, clock)
     try:
@@ -88,7 +90,7 @@ def minutes_at(
     steps: Sequence[int], known_steps: Sequence[int], known: Sequence[float]
 ) -> list[float]:
     """Time at each of `steps`, interpolated between the (step, minutes) points known, from 0 at
-    step 0; beyond the last known step, at the last known rate."""
+    step 0; beyond the last known step, at the run's average rate up to it."""
     xs = np.array([0, *known_steps], dtype=np.float64)
     ys = np.array([0.0, *known], dtype=np.float64)
     out = np.interp(np.asarray(steps, dtype=np.float64), xs, ys)
@@ -135,4 +137,12 @@ def plot_curves(runs: Sequence[Curves], out: Path, metric: str) -> Path:
     return out
 
 
-__all__ = ["Curves", "minutes_at", "plot_curves", "read_curves"]
+def read_all(runs: Sequence[Path], metric: str) -> list[Curves]:
+    """`read_curves` of every run, on one clock: wall-clock minutes if every run has them."""
+    curves = [read_curves(run, metric) for run in runs]
+    if any(c.clock != "wall_seconds" for c in curves):
+        curves = [read_curves(run, metric, wall=False) for run in runs]
+    return curves
+
+
+__all__ = ["Curves", "minutes_at", "plot_curves", "read_all", "read_curves"]

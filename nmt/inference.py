@@ -256,11 +256,14 @@ class Translator:
         attention: bool = False,
         first_index: int = 0,
         where: str = "<input>",
+        target_where: str = "<translations>",
     ) -> list[TranslationResult]:
         """Forced decoding (nmt/decoding/forced.py): a `TranslationResult` per (source, target)
         pair for the translation given instead of one searched for: its per-token log-probabilities
-        and score, and with `attention` where the model looks while reading it (the word matrix
-        and hard links, as for `translate_full`)."""
+        and score (length-normalised as decode.length_norm says; no coverage penalty), and with
+        `attention` where the model looks while reading it (the word matrix and hard links, as for
+        `translate_full`). `where` / `target_where` name the sources and the translations in
+        errors."""
         _check_lines(sources)
         _check_lines(targets)
         if len(sources) != len(targets):
@@ -271,8 +274,8 @@ class Translator:
         for n, seq in enumerate(tgt_ids):
             if limit is not None and len(seq) > limit:
                 raise DataError(
-                    f"{where}:{first_index + n + 1}: the translation has {len(seq)} subwords, more "
-                    f"than the model's maximum of {limit}"
+                    f"{target_where}:{first_index + n + 1}: {len(seq)} subwords, more than the "
+                    f"model's maximum of {limit}"
                 )
         hyps = force_corpus(self.models, src_ids, tgt_ids, self.cfg, self.device, attention)
         return [

@@ -502,6 +502,9 @@ def translate(
         batches = textio.micro_batches(textio.stdin_binary(sys.stdin))
         where = "<stdin>"
     translator = Translator.load(checkpoints, device, overrides or [], log, **(flags or {}))
+    if forced is not None and (translator.cfg.nbest > 1 or translator.cfg.sample):
+        raise ConfigError("--force reads one given translation per line: it takes no --nbest > 1 "
+                          "and no sampling")  # fmt: skip
     writer = TranslationWriter(translator, output_format, with_attention)
     need_attention = bool(attention_out or alignments_out or plot_dir or output_format == "jsonl")
     if input_path is None and sys.stdin is not None and sys.stdin.isatty():
@@ -515,7 +518,8 @@ def translate(
         for lines in batches:
             if forced is not None:
                 results = translator.score(lines, next(forced), attention=need_attention,
-                                           first_index=writer.count, where=where)  # fmt: skip
+                                           first_index=writer.count, where=where,
+                                           target_where=str(force_path))  # fmt: skip
             else:
                 results = translator.translate_full(
                     lines, attention=need_attention, first_index=writer.count, where=where
@@ -524,19 +528,22 @@ def translate(
             sinks.write(results)
             _flush(out, writer.count)
     seconds = time.perf_counter() - started
-    log(f"translated {writer.count:,} lines in {seconds:.1f} s")
+    done = "read" if forced is not None else "translated"
+    log(f"{done} {writer.count:,} lines in {seconds:.1f} s")
     return {"sentences": writer.count, "tokens": writer.tokens, "seconds": seconds}
 
 
-def forced_translations(force_path: Path, sources: int, input_path: Path) -> Iterator[list[str]]:
+def forced_translations(
+    force_path: Path, source_lines: int, input_path: Path
+) -> Iterator[list[str]]:
     """The lines of `force_path` in the chunks `file_chunks` gives the input, after checking the
-    file whole and that it has a line for each of the input's `sources` lines."""
+    file whole and that it has a line for each of the input's `source_lines` lines."""
     from nmt.data import textio
 
     targets = textio.check_text_file(force_path)
-    if sources != targets:
+    if source_lines != targets:
         raise DataError(
-            f"--force {force_path}: {targets:,} translations for the {sources:,} lines of "
+            f"--force {force_path}: {targets:,} translations for the {source_lines:,} lines of "
             f"{input_path}; give one translation per input line"
         )
     return textio.file_chunks(force_path)
@@ -838,13 +845,13 @@ def plot(
 
 def plot_metrics(runs: list[Path], out: Path, metric: str = "bleu") -> Path:
     """`nmt plot-metrics`: learning curves of one or more runs in one PNG (nmt/curves.py)."""
-    from nmt.curves import plot_curves, read_curves
+    from nmt.curves import plot_curves, read_all
 
     if Path(out).suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: write a .png file")
     if not runs:
         raise ConfigError("give at least one run folder (or metrics.jsonl)")
-    return plot_curves([read_curves(Path(run), metric) for run in runs], out, metric)
+    return plot_curves(read_all([Path(run) for run in runs], metric), out, metric)
 
 
 # ---- built-in corpora (issue 6) -----------------------------------------------------------------

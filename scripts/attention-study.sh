@@ -4,7 +4,8 @@
 # alignment (AER of its attention against eflomal's links of the test set, attention entropy).
 # Usage: scripts/attention-study.sh [train|evaluate|all]     (default: all; from the repo root)
 #   MINUTES=12 (budget per row), MULTI30K=DIR (default ../shared/data/multi30k)
-# A row whose run already has a `last.pt` is not trained again; results go to docs/attention-study/.
+# A finished row (its metrics.jsonl ends the training with a summary) is not trained again; an
+# interrupted one is resumed within its budget. Results go to docs/attention-study/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -47,7 +48,13 @@ train_rows() {
   for row in "${ROWS[@]}"; do
     IFS='|' read -r name config override <<<"$row"
     local run=$RUNS/$name sets=() extra=()
-    [ -f "$run/last.pt" ] && { echo "== $name: trained already ($run)"; continue; }
+    # Finished: the last summary ends the training for a reason other than a signal.
+    if grep '"kind": "summary"' "$run/metrics.jsonl" 2>/dev/null | tail -n 1 \
+        | grep -q -v '"stop_reason": "stopped by'; then
+      echo "== $name: trained already ($run)"; continue
+    elif [ -f "$run/last.pt" ]; then
+      echo "== $name: resuming $run"; "$NMT" train --resume "$run"; continue
+    fi
     for s in "${COMMON[@]}" "$override"; do sets+=(--set "$s"); done
     if [ "$config" = transformer ]; then extra=("${TRANSFORMER[@]}"); else extra=("${RNN[@]}"); fi
     for s in "${extra[@]}"; do sets+=(--set "$s"); done

@@ -16,6 +16,7 @@ results.json, table.md and attention.png (one test sentence under every kind) to
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -26,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from nmt import Translator
-from nmt.config import GUIDED_ALIGNMENT_HEAD
 from nmt.data.align import grow_diag_final_and, run_eflomal, word_strings
 from nmt.data.corpus import clean_text
 from nmt.decoding.alignment import (
@@ -34,9 +34,10 @@ from nmt.decoding.alignment import (
     alignment_error_rate,
     hard_alignment,
     merge_to_words,
+    supervised_head,
     words_of,
 )
-from nmt.io import atomic_open
+from nmt.io import atomic_open, read_jsonl
 from nmt.metrics import corpus_scores, read_lines
 
 LABELS = {
@@ -53,6 +54,8 @@ LABELS = {
 
 def main() -> None:
     args = parse_args()
+    if args.limit and args.sentence >= args.limit:
+        raise SystemExit(f"--sentence {args.sentence} is not among the first --limit {args.limit}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = Path(args.corpus)
@@ -100,11 +103,18 @@ def silver_links(
     t: Translator, data: Path, splits: dict[str, tuple[list[str], list[str]]], cache: Path
 ) -> dict[str, list[set[Link]]]:
     """Symmetrised eflomal word links of val and test, aligned together with the training pairs
-    (eflomal needs the corpus statistics), on the words of the runs' shared SentencePiece pieces."""
+    (eflomal needs the corpus statistics), on the words of the runs' shared SentencePiece pieces.
+    Kept in `cache`, which is used again only for the same prepared data and texts."""
+    import datasets
+
+    key = {"data": json.loads((data / "manifest.json").read_text()).get("hash"),
+           "texts": {name: hashlib.sha256("\n".join(s + r).encode()).hexdigest()
+                     for name, (s, r) in splits.items()}}  # fmt: skip
     if cache.is_file():
         stored = json.loads(cache.read_text())
-        return {k: [{(s, t) for s, t in links} for links in v] for k, v in stored.items()}
-    import datasets
+        if stored.get("key") == key:
+            return {k: [{(s, t) for s, t in links} for links in v]
+                    for k, v in stored["links"].items()}  # fmt: skip
 
     train = datasets.load_from_disk(str(data / "splits" / "train"))
     src_pieces = [t.src_tok.pieces(ids) for ids in train["src_ids"]]
@@ -123,7 +133,7 @@ def silver_links(
     for name, size in sizes.items():
         links[name] = [grow_diag_final_and(*d) for d in directional[offset : offset + size]]
         offset += size
-    write_json(cache, {k: [sorted(x) for x in v] for k, v in links.items()})
+    write_json(cache, {"key": key, "links": {k: [sorted(x) for x in v] for k, v in links.items()}})
     return links
 
 
@@ -164,7 +174,7 @@ def score_run(
     forced = {split: t.score(s, r, attention=True) for split, (s, r) in splits.items()}
     sample = forced["val"][0].record
     assert sample is not None
-    views = attention_views(sample.matrix, name)
+    views = attention_views(sample.matrix, supervised_head(t.runs[0].config))
     scored = []
     for label, view in views.items():
         stats = {
@@ -172,7 +182,7 @@ def score_run(
         }
         scored.append({**base, "view": label, "view_key": label, "val": stats["val"],
                        "test": stats["test_2016_flickr"]})  # fmt: skip
-    rows = pick_rows(scored, name) if t.arch == "transformer" else scored
+    rows = pick_rows(scored) if t.arch == "transformer" else scored
     panels = []
     record = forced["test_2016_flickr"][sentence].record
     assert record is not None
@@ -196,10 +206,10 @@ LAST_MEAN = "last layer, mean of heads"
 GUIDED = "the guided head (layer {}, head {})"
 
 
-def attention_views(matrix: np.ndarray, name: str) -> dict[str, View]:
+def attention_views(matrix: np.ndarray, guided: tuple[str, str] | None) -> dict[str, View]:
     """The (T, S) matrices a run is scored on: the RNN's attention; for a Transformer (records
     of every layer and head, (L, H, T, S)) the last layer's mean of heads and every single head,
-    and the guided head when the run was trained with guided alignment."""
+    and the head guided alignment trained (`guided`: its layer and head) when there is one."""
     if matrix.ndim == 2:
         return {"attention": lambda m: m}
     layers, heads = matrix.shape[:2]
@@ -207,9 +217,9 @@ def attention_views(matrix: np.ndarray, name: str) -> dict[str, View]:
     for layer in range(layers):
         for head in range(heads):
             views[f"layer {layer}, head {head}"] = lambda m, i=layer, j=head: m[i, j]
-    if name.endswith("guided"):
-        layer, head = GUIDED_ALIGNMENT_HEAD
-        views[GUIDED.format(layer % layers, head)] = lambda m: m[layer, head]
+    if guided is not None:
+        layer, head = int(guided[0]) % layers, int(guided[1]) % heads
+        views[GUIDED.format(layer, head)] = lambda m, i=layer, j=head: m[i, j]
     return views
 
 
@@ -236,28 +246,26 @@ def view_stats(results: Sequence[Any], view: View, silver: Sequence[set[Link]]) 
     }
 
 
-def pick_rows(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def pick_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A Transformer's reported views: the last-layer mean and the single head with the lowest
     val AER (test scores are only reported); a guided run leads with its guided head."""
     by_view = {row["view"]: row for row in rows}
     heads = [row for row in rows if row["view"].startswith("layer ")]
     best = dict(min(heads, key=lambda row: row["val"]["aer"]))
     best["view"] = f"best head on val ({best['view']})"
-    if name.endswith("guided"):
-        guided = next(row for row in rows if row["view"].startswith("the guided head"))
-        return [guided, by_view[LAST_MEAN]]
+    guided = [row for row in rows if row["view"].startswith("the guided head")]
+    if guided:
+        return [guided[0], by_view[LAST_MEAN]]
     return [by_view[LAST_MEAN], best]
 
 
 def training_speed(run: Path) -> dict[str, float]:
-    """Updates, training seconds and updates/s from the run's last training log line."""
-    last = None
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row.get("kind") == "train":
-            last = row
-    if last is None:
-        raise SystemExit(f"{run}/metrics.jsonl: no training rows")
+    """Updates, seconds inside updates, updates/s and source+target tokens/s of the whole run,
+    from the summary its training wrote last."""
+    summaries = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("kind") == "summary"]
+    if not summaries:
+        raise SystemExit(f"{run}/metrics.jsonl: the training has not finished (no summary row)")
+    last = summaries[-1]
     return {
         "updates": last["step"],
         "train_seconds": last["train_seconds"],

@@ -68,14 +68,17 @@ def _force_batch(
         tgt_out[row, : len(tgt) + 1] = torch.tensor([*tgt, EOS_ID])
     tgt_in, tgt_out = tgt_in.to(device), tgt_out.to(device)
 
-    log_probs, attention = [], None
+    total: torch.Tensor | None = None  # (B, T, V): the members' log-probabilities, summed
+    attention = None
     for n, model in enumerate(models):
         want = need_attention and n == 0
         output = model(src_ids, src_mask, tgt_in, need_attention=want)
         logits, weights = output if want else (output, None)
-        log_probs.append(torch.log_softmax(logits.float(), dim=-1))
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        total = log_probs if total is None else total.add_(log_probs)
         attention = weights if want else attention
-    mean = torch.stack(log_probs).mean(dim=0)
+    assert total is not None
+    mean = total / len(models)
     if len(models) > 1:  # the search's ensemble rule: renormalise the mean log-probability
         mean = torch.log_softmax(mean, dim=-1)
     token_lp = mean.gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1).cpu()  # (B, T)

@@ -276,7 +276,10 @@ def _train(
             if stop_reason:
                 break
             update_start = time.monotonic()
-            out_of_time = tc.max_minutes > 0 and update_start - start_time >= tc.max_minutes * 60
+            # The budget is the run's, across resumes, as max_steps counts every update.
+            out_of_time = (
+                tc.max_minutes > 0 and update_start - run.wall_start >= tc.max_minutes * 60
+            )
 
             # This rank's micro-batches of the next update. The data position is committed only
             # after the update, so a checkpoint never points into the middle of one.
@@ -362,7 +365,7 @@ def _train(
             state.train_seconds += seconds
             window.add(loss_sum, nll_sum, tgt_tokens, src_tokens, seconds, grad_norm)
             run.progress.update(
-                state.step, loss_sum / max(1.0, tgt_tokens), lr, window, start_time, tc
+                state.step, loss_sum / max(1.0, tgt_tokens), lr, window, run.wall_start, tc
             )
 
             # Log, validate and checkpoint on schedule.
@@ -784,6 +787,8 @@ def restore_train_state(
     if "train_state" not in payload:
         raise CheckpointError("last.pt holds weights only (no training state); cannot resume")
     state = TrainState.from_dict(payload["train_state"])
+    if "wall_seconds" not in payload["train_state"]:  # saved before runs kept their wall clock
+        state.wall_seconds = state.train_seconds  # a lower bound
     if state.world_size != dist.world_size:
         raise CheckpointError(
             f"the run was trained with {state.world_size} process(es) and is resumed with "

@@ -125,6 +125,10 @@ def test_the_wall_clock_budget_stops_cleanly_with_validation_and_checkpoint(
     assert 0 < summary["step"] < 100000
     assert _rows(tmp_path / "run", "valid")[-1]["step"] == summary["step"]
     assert ckpt.load_checkpoint(tmp_path / "run" / "last.pt")["step"] == summary["step"]
+    assert summary["wall_seconds"] >= 0.03 * 60
+    # The budget is the run's: resumed with the same budget, it is already spent.
+    again = train(cfg, tiny_prepared, tmp_path / "run", resume=True)
+    assert again["step"] == summary["step"] and "max_minutes" in again["stop_reason"]
 
 
 def test_a_failing_final_validation_keeps_the_trained_state(
