@@ -124,6 +124,20 @@ def post(connection: http.client.HTTPConnection, sentence: str) -> str:
     return str(data["translations"][0]["translation"])
 
 
+def decoding_calls(address: tuple[str, int]) -> tuple[float, float]:
+    """(sentences, decoding calls) so far, from the server's /metrics (all models summed)."""
+    connection = http.client.HTTPConnection(*address, timeout=60)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode("utf-8")
+    connection.close()
+    totals = {"nmt_sentences_total": 0.0, "nmt_batches_total": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals["nmt_sentences_total"], totals["nmt_batches_total"]
+
+
 def load_level(
     address: tuple[str, int], sentences: list[str], clients: int, time_limit: float
 ) -> dict[str, Any]:
@@ -196,7 +210,12 @@ def main() -> None:
         warm.close()
         for clients in levels:
             print(f"serve: {clients} client(s)", flush=True)
-            rows.append(load_level(server.address, sentences, clients, args.time_limit))
+            sentences_before, calls_before = decoding_calls(server.address)
+            row = load_level(server.address, sentences, clients, args.time_limit)
+            sentences_after, calls_after = decoding_calls(server.address)
+            calls = max(calls_after - calls_before, 1.0)
+            row["sentences_per_call"] = (sentences_after - sentences_before) / calls
+            rows.append(row)
     finally:
         server.stop()
     rows.append(translate_file(args.run, sentences, args.device))
@@ -217,7 +236,8 @@ def report(rows: list[dict[str, Any]], levels: list[int], settings: dict[str, An
         summary["ratio_at_most_clients"] = top[0]["sentences_per_s"] / best_file
     payload = {"machine": machine(), "settings": settings, "rows": rows, **summary}
     path = write_results("serve", payload)
-    columns = ["what", "clients", "sentences", "seconds", "sentences_per_s", "p50_ms", "p99_ms"]
+    columns = ["what", "clients", "sentences", "seconds", "sentences_per_s", "p50_ms", "p99_ms",
+               "sentences_per_call"]  # fmt: skip
     print_table(rows, [*columns, "same_as_translate"])
     if top:
         ratio = summary["ratio_at_most_clients"]
