@@ -9,7 +9,8 @@ before sending the next; a level ends when all `--requests` sentences are answer
 `--time-limit` seconds (the count says how many were). `nmt translate` decodes the same sentences
 from a file before and after the server levels; its throughput is the decoding time it reports
 (model loading excluded, as the server's start is). A last `nmt translate --output-format jsonl`
-computes the attention for its alignments as the server does, to show what that costs. Results: bench/results/serve-TIMESTAMP.json.
+computes the attention for its alignments as the server does, to show what that costs.
+Results: bench/results/serve-TIMESTAMP.json.
 """
 
 from __future__ import annotations
