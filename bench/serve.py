@@ -50,6 +50,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads of both (OMP_NUM_THREADS)"
     )
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=None, help="the server's --max-wait-ms (its default)"
+    )
     return parser.parse_args()
 
 
@@ -90,8 +93,10 @@ def translate_file(
 class ServerChild:
     """`nmt serve RUN --port 0` on 127.0.0.1, its address read from its log."""
 
-    def __init__(self, run: Path, device: str) -> None:
+    def __init__(self, run: Path, device: str, max_wait_ms: float | None = None) -> None:
         argv = [*map(str, NMT), "serve", str(run), "--port", "0", "--device", device]
+        if max_wait_ms is not None:
+            argv += ["--max-wait-ms", str(max_wait_ms)]
         print("  $", " ".join(argv), flush=True)
         self.process = subprocess.Popen(
             argv, cwd=ROOT, env={**os.environ, **OFFLINE}, stderr=subprocess.PIPE, text=True
@@ -208,7 +213,7 @@ def main() -> None:
     levels = [int(n) for n in args.clients.split(",")]
     print(f"{len(sentences)} sentences of {args.sentences}; run {args.run}", flush=True)
     rows = [translate_file(args.run, sentences, args.device)]
-    server = ServerChild(args.run, args.device)
+    server = ServerChild(args.run, args.device, args.max_wait_ms)
     try:
         assert server.address is not None
         warm = http.client.HTTPConnection(*server.address, timeout=60)

@@ -192,7 +192,7 @@ def score_run(
               f"entropy {test['entropy']:.3f}", flush=True)  # fmt: skip
         view = views[row["view_key"]]
         panels.append({
-            "title": row["kind"] if row["view"] == "attention" else f"{row['kind']}: {row['view']}",
+            "title": row["kind"] if row["view"] == "attention" else f"{row['kind']}\n{row['view']}",
             "matrix": merge_to_words(view(record.matrix), record.tgt_pieces, record.src_pieces),
             "src": words_of(record.src_pieces),
             "tgt": words_of(record.tgt_pieces),
