@@ -31,8 +31,8 @@ ROWS=(
 )
 # Shared by every row: the short-budget schedule of the README's recipe rows (the recipe defaults
 # are meant for long runs), validation every 300 updates with greedy search. bf16 only where it
-# helps on this CPU: it speeds the Transformer up, but makes the RNN's step-by-step decoder ~2.7x
-# slower (38 vs 105 updates/min over 40 updates of the Bahdanau row).
+# helps on this CPU: it speeds the Transformer up, but makes the RNN's step-by-step decoder ~2.5x
+# slower (38 vs 96 updates/min over 40 updates of the Bahdanau row).
 COMMON=(train.max_minutes="$MINUTES" train.lr=1e-3 train.valid_every=300 train.save_every=300
   train.patience=0)
 RNN=(train.precision=fp32)
