@@ -68,6 +68,7 @@ evaluate_rows() {
   for row in "${ROWS[@]}"; do names+=("${row%%|*}"); done
   "$PY" scripts/attention_study.py --runs "$RUNS" --corpus "$CORPUS" --data "$DATA" \
     --out docs/attention-study "${names[@]}"
+  "$NMT" plot-metrics "${names[@]/#/$RUNS/}" --out docs/attention-study/curves.png
 }
 
 case "$STAGE" in
