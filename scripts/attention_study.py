@@ -36,6 +36,7 @@ from nmt.decoding.alignment import (
     merge_to_words,
     supervised_head,
     words_of,
+    write_pharaoh,
 )
 from nmt.io import atomic_open, read_jsonl
 from nmt.metrics import corpus_scores, read_lines
@@ -65,6 +66,8 @@ def main() -> None:
     }
     first = Translator.load(Path(args.runs) / args.names[0], "cpu")
     silver = silver_links(first, Path(args.data), splits, Path(args.runs) / "silver.json")
+    for name, links in silver.items():  # for `nmt align-eval --gold` (README)
+        write_pharaoh(Path(args.runs) / f"silver.{name}.align", links)
     if args.limit:
         splits = {k: (s[: args.limit], r[: args.limit]) for k, (s, r) in splits.items()}
         silver = {k: v[: args.limit] for k, v in silver.items()}
