@@ -264,10 +264,17 @@ class Translator:
         `attention` where the model looks while reading it (the word matrix and hard links, as for
         `translate_full`). `where` / `target_where` name the sources and the translations in
         errors."""
-        _check_lines(sources)
-        _check_lines(targets)
+        _check_lines(sources, "Translator.score takes its sources as")
+        _check_lines(targets, "Translator.score takes its translations as")
         if len(sources) != len(targets):
             raise DataError(f"{where}: {len(sources)} sources but {len(targets)} translations")
+        unpaired = [n for n, (s, t) in enumerate(zip(sources, targets, strict=True))
+                    if not s.strip() and t.strip()]  # fmt: skip
+        if unpaired:  # most likely the two files are out of step
+            self.log(
+                f"warning: {where}:{first_index + unpaired[0] + 1}: an empty source line has a "
+                f"translation ({len(unpaired)} such line(s) in this batch); are the files paired?"
+            )
         src_ids = self.encode(sources, first_index, where)
         tgt_ids = self.tgt_tok.encode_batch([clean_text(t, self.cleaning) for t in targets])
         limit = self.max_src_len
@@ -390,10 +397,10 @@ class Translator:
         return hard_alignment(words, cfg.align_threshold)
 
 
-def _check_lines(lines: Sequence[str]) -> None:
+def _check_lines(lines: Sequence[str], what: str = "Translator.translate takes") -> None:
     """A str is a sequence of characters too: refuse it rather than translate each letter."""
     if isinstance(lines, str):
-        raise TypeError("Translator.translate takes a list of lines, not a str: use [text]")
+        raise TypeError(f"{what} a list of lines, not a str: use [text]")
 
 
 __all__ = ["Candidate", "TranslationResult", "Translator", "resolve_device"]

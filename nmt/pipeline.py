@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nmt.config import PrepareConfig, dump_yaml
+from nmt.config import PrepareConfig, dump_yaml, parse_overrides
 from nmt.errors import ConfigError, DataError
 from nmt.io import atomic_dir, atomic_open, output_problem, remove_stale_temps, write_text
 
@@ -491,6 +491,10 @@ def translate(
         raise ConfigError(f"--plot-dir {plot_dir}: is a file; give a folder")
     if force_path is not None and input_path is None:
         raise ConfigError("--force pairs translations with the lines of a file: give it with -i")
+    if force_path is not None:
+        asked = {**parse_overrides(list(overrides or [])).get("decode", {}), **(flags or {})}
+        if (asked.get("nbest") or 1) > 1 or asked.get("sample") in (True, "true", "True"):
+            raise ConfigError(FORCE_ONE_TRANSLATION)
     forced: Iterator[list[str]] | None = None
     if input_path is not None:
         sources = textio.check_text_file(Path(input_path))
@@ -503,8 +507,9 @@ def translate(
         where = "<stdin>"
     translator = Translator.load(checkpoints, device, overrides or [], log, **(flags or {}))
     if forced is not None and (translator.cfg.nbest > 1 or translator.cfg.sample):
-        raise ConfigError("--force reads one given translation per line: it takes no --nbest > 1 "
-                          "and no sampling")  # fmt: skip
+        raise ConfigError(FORCE_ONE_TRANSLATION)  # the run's own decode settings ask for them
+    if forced is not None:
+        log(f"forced decoding: no search; the translations are read from {force_path}")
     writer = TranslationWriter(translator, output_format, with_attention)
     need_attention = bool(attention_out or alignments_out or plot_dir or output_format == "jsonl")
     if input_path is None and sys.stdin is not None and sys.stdin.isatty():
@@ -531,6 +536,11 @@ def translate(
     done = "read" if forced is not None else "translated"
     log(f"{done} {writer.count:,} lines in {seconds:.1f} s")
     return {"sentences": writer.count, "tokens": writer.tokens, "seconds": seconds}
+
+
+FORCE_ONE_TRANSLATION = (
+    "--force reads one given translation per line: it takes no --nbest > 1 and no sampling"
+)
 
 
 def forced_translations(
@@ -851,7 +861,12 @@ def plot_metrics(runs: list[Path], out: Path, metric: str = "bleu") -> Path:
         raise ConfigError(f"--out {out}: write a .png file")
     if not runs:
         raise ConfigError("give at least one run folder (or metrics.jsonl)")
-    return plot_curves(read_all([Path(run) for run in runs], metric), out, metric)
+    check_output_path(Path(out), "--out")
+    curves = read_all([Path(run) for run in runs], metric)
+    if curves[0].clock != "wall_seconds":
+        _log_stderr("note: a run logged no wall clock (trained by an older nmt): time is drawn as "
+                    "minutes inside updates, validation and saving left out")  # fmt: skip
+    return plot_curves(curves, out, metric)
 
 
 # ---- built-in corpora (issue 6) -----------------------------------------------------------------

@@ -93,6 +93,10 @@ def test_the_command_draws_a_real_run_and_refuses_bad_arguments(
     assert curves.valid_minutes[-1] >= curves.train_minutes[-1]  # the last validation came after
     bad = runner.invoke(app, ["plot-metrics", str(tiny_transformer_run), "--out", "x.txt"])
     assert bad.exit_code == 2 and "write a .png file" in bad.output  # a usage error
+    old = write_rows(tmp_path / "old.jsonl", [train_row(50, 60.0, 5.0), valid_row(50, 4.0, 1.0)])
+    mixed = runner.invoke(app, ["plot-metrics", str(tiny_transformer_run), str(old), "--out",
+                                str(out), "--metric", "loss"])  # fmt: skip
+    assert mixed.exit_code == 0 and "note: a run logged no wall clock" in mixed.output
     missing = runner.invoke(app, ["plot-metrics", str(tmp_path / "none"), "--out", str(out)])
     assert missing.exit_code == 1 and "no such file" in missing.output
     assert "Traceback" not in bad.output + missing.output

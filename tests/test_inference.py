@@ -113,6 +113,12 @@ def test_scoring_refuses_unpaired_lines(run_dir: Path) -> None:
 
     with pytest.raises(DataError, match="2 sources but 1 translations"):
         Translator.load(run_dir, "cpu").score(["a", "b"], ["a"])
+    with pytest.raises(TypeError, match="Translator.score takes its translations as a list"):
+        Translator.load(run_dir, "cpu").score(["a"], "a")
+    said: list[str] = []
+    t = Translator.load(run_dir, "cpu", log=said.append)
+    t.score(["ba ce", "", ""], ["ba", "ce do", ""], where="x.txt")  # out of step, most likely
+    assert said[-1].startswith("warning: x.txt:2: an empty source line has a translation (1 ")
 
 
 def test_translate_force_reads_given_translations(run_dir: Path, tmp_path: Path) -> None:
@@ -139,6 +145,10 @@ def test_translate_force_reads_given_translations(run_dir: Path, tmp_path: Path)
     assert piped.exit_code == 2 and "give it with -i" in piped.output
     clobber = cli("translate", run_dir, "-i", src, "--force", own, "-o", own)
     assert clobber.exit_code == 2 and own.read_text(encoding="utf-8").count("\n") == len(LINES)
+    for asked in (["--nbest", "3"], ["--set", "decode.sample=true"]):  # refused before loading
+        refused = cli("translate", run_dir, "-i", src, "--force", own, *asked)
+        assert refused.exit_code == 2 and "no --nbest > 1 and no sampling" in refused.output
+        assert "loaded" not in refused.output
 
 
 def test_batching_and_order_do_not_change_results(run_dir: Path) -> None:
