@@ -3,14 +3,10 @@ AdamW, a GPU checkpoint used on a CPU-only machine, and exact resume after kill 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
-import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -25,6 +21,7 @@ from gpu_support import (
     translate,
     translate_without_cuda,
 )
+from process_support import kill_when_it_says
 from torch import nn
 from typer.testing import CliRunner
 
@@ -146,22 +143,7 @@ def kill_in_update(config: Path, data: Path, run: Path, update: int) -> None:
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     argv = [sys.executable, "-c", KILLED_RUN, str(config), str(data), str(run), str(update)]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
-    watchdog = threading.Timer(240, proc.kill)  # never hang the suite
-    watchdog.start()
-    seen = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            seen.append(line)
-            if "stalled" in line:
-                break
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        watchdog.cancel()
-    assert proc.returncode == -signal.SIGKILL and "stalled" in seen[-1], "".join(seen[-20:])
+    kill_when_it_says(argv, "stalled", timeout=240, env=env)
 
 
 @pytest.mark.parametrize("device", DEVICES)

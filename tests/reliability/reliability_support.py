@@ -39,6 +39,22 @@ def tiny_run_yaml(path: Path, **train: Any) -> Path:
     return path
 
 
+def tiny_prepare(tmp_path: Path) -> Callable[[], Any]:
+    """Write a 15-pair corpus under tmp_path/raw and return a call that runs `nmt prepare` on
+    it into tmp_path/prep (the same inputs each time)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for side, text in (("de", "ba ce\nce do\ndo fe\n"), ("en", "CE BA\nDO CE\nFE DO\n")):
+        (raw / f"train.{side}").write_text(text * 5, encoding="utf-8")
+
+    def prepare() -> Any:
+        return nmt("prepare", "--src-lang", "de", "--tgt-lang", "en", "--train", raw / "train",
+                   "--valid", raw / "train", "--vocab-size", 40, "--set",
+                   "hard_vocab_limit=false", "--out", tmp_path / "prep")  # fmt: skip
+
+    return prepare
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (hidden ones too) -> its bytes."""
     return {

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reliability_support import assert_refused, nmt, snapshot, tiny_run_yaml
+from reliability_support import assert_refused, nmt, snapshot, tiny_prepare, tiny_run_yaml
 
 
 @pytest.fixture()
@@ -104,15 +104,7 @@ def test_train_on_a_truncated_arrow_split(prepared_copy: Path, tmp_path: Path) -
 
 
 def test_prepare_does_not_reuse_a_truncated_arrow_split(tmp_path: Path) -> None:
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for side, text in (("de", "ba ce\nce do\ndo fe\n"), ("en", "CE BA\nDO CE\nFE DO\n")):
-        (raw / f"train.{side}").write_text(text * 5, encoding="utf-8")
-
-    def prepare() -> object:
-        return nmt("prepare", "--src-lang", "de", "--tgt-lang", "en", "--train", raw / "train",
-                   "--valid", raw / "train", "--vocab-size", 40, "--set",
-                   "hard_vocab_limit=false", "--out", tmp_path / "prep")  # fmt: skip
+    prepare = tiny_prepare(tmp_path)
 
     first = prepare()
     assert first.exit_code == 0, first.output

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_support import nmt
+from reliability_support import nmt, tiny_prepare
 
 A_DAY_AGO = time.time() - 86400
 
@@ -53,15 +53,7 @@ def hold_lock(path: Path) -> int:
 
 @pytest.mark.parametrize("first", ["fresh", "reused"])
 def test_prepare_removes_its_own_stale_temps(tmp_path: Path, first: str) -> None:
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for side, text in (("de", "ba ce\nce do\ndo fe\n"), ("en", "CE BA\nDO CE\nFE DO\n")):
-        (raw / f"train.{side}").write_text(text * 5, encoding="utf-8")
-
-    def prepare() -> object:
-        return nmt("prepare", "--src-lang", "de", "--tgt-lang", "en", "--train", raw / "train",
-                   "--valid", raw / "train", "--vocab-size", 40, "--set",
-                   "hard_vocab_limit=false", "--out", tmp_path / "prep")  # fmt: skip
+    prepare = tiny_prepare(tmp_path)
 
     if first == "reused":
         assert prepare().exit_code == 0

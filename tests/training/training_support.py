@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+from process_support import kill_when_it_says
 
 from nmt.checkpoint import load_checkpoint
 from nmt.config import RunConfig, from_dict, merge, parse_overrides
@@ -83,19 +79,4 @@ def kill_when_stalled(config: Path, data: Path, run: Path, update: int) -> None:
     """Train in a child process and `kill -9` it while it stalls inside `update`, so that the
     updates since its last checkpoint exist only in memory when it dies."""
     argv = [sys.executable, "-c", STALLING_RUN, str(config), str(data), str(run), str(update)]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-    watchdog = threading.Timer(120, proc.kill)  # never hang the test suite
-    watchdog.start()
-    seen: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            seen.append(line)
-            if "stalled" in line:
-                break
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        watchdog.cancel()
-    assert proc.returncode == -signal.SIGKILL and "stalled" in seen[-1], "".join(seen[-20:])
+    kill_when_it_says(argv, "stalled", timeout=120)
