@@ -40,6 +40,19 @@ def read_curves(run: Path, metric: str, wall: bool = True) -> Curves:
     to follow (bleu, chrf, loss, ...); `wall=False` keeps to `train_seconds` even when the rows
     have their wall clock (so that runs drawn together share one clock). A file without training
     rows, or without `metric` in its validation rows, is an error that names the file."""
+    path, rows = _read_rows(run)
+    return _build(path, rows, metric, wall)
+
+
+def read_all(runs: Sequence[Path], metric: str) -> list[Curves]:
+    """`read_curves` of every run, on one clock: wall-clock minutes if every run has them."""
+    loaded = [_read_rows(run) for run in runs]
+    wall = all(_has_wall(rows) for _, rows in loaded)
+    return [_build(path, rows, metric, wall) for path, rows in loaded]
+
+
+def _read_rows(run: Path) -> tuple[Path, list[dict]]:
+    """The metrics file of `run` and its records."""
     path = run / METRICS_FILE if run.is_dir() else run
     if not path.is_file():
         raise DataError(f"{path}: no such file (a run folder holds metrics.jsonl)")
@@ -47,12 +60,22 @@ def read_curves(run: Path, metric: str, wall: bool = True) -> Curves:
         rows = read_jsonl(path)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a metrics file ({exc})") from None
-    train = [r for r in rows if isinstance(r, dict) and r.get("kind") == "train"]
-    valid = [r for r in rows if isinstance(r, dict) and r.get("kind") == "valid"]
+    return path, [r for r in rows if isinstance(r, dict)]
+
+
+def _of_kind(rows: Sequence[dict], kind: str) -> list[dict]:
+    return [r for r in rows if r.get("kind") == kind]
+
+
+def _has_wall(rows: Sequence[dict]) -> bool:
+    return all("wall_seconds" in r for r in _of_kind(rows, "train"))
+
+
+def _build(path: Path, rows: Sequence[dict], metric: str, wall: bool) -> Curves:
+    train, valid = _of_kind(rows, "train"), _of_kind(rows, "valid")
     if not train:
         raise DataError(f"{path}: no training rows yet")
-    has_wall = all("wall_seconds" in r for r in train)
-    clock = "wall_seconds" if wall and has_wall else "train_seconds"
+    clock = "wall_seconds" if wall and _has_wall(rows) else "train_seconds"
     name = path.parent.name if path.name == METRICS_FILE else path.stem
     curves = Curves(name, clock)
     try:
@@ -60,7 +83,8 @@ def read_curves(run: Path, metric: str, wall: bool = True) -> Curves:
             curves.train_steps.append(int(r["step"]))
             curves.train_minutes.append(float(r[clock]) / 60)
             curves.train_loss.append(float(r["loss"]))
-        for r in _last_of_each_step(valid):
+        valid = _last_of_each_step(valid)
+        for r in valid:
             if metric not in r:
                 raise DataError(
                     f"{path}: validation rows have no {metric!r}; pick another --metric"
@@ -70,7 +94,7 @@ def read_curves(run: Path, metric: str, wall: bool = True) -> Curves:
             curves.valid_score.append(float(r[metric]))
         timed = clock == "wall_seconds" and all(clock in r for r in valid)
         curves.valid_minutes = (
-            [float(r[clock]) / 60 for r in _last_of_each_step(valid)]
+            [float(r[clock]) / 60 for r in valid]
             if timed
             else minutes_at(curves.valid_steps, curves.train_steps, curves.train_minutes)
         )
@@ -135,14 +159,6 @@ def plot_curves(runs: Sequence[Curves], out: Path, metric: str) -> Path:
         fig.savefig(handle, format="png", dpi=80)
     plt.close(fig)
     return out
-
-
-def read_all(runs: Sequence[Path], metric: str) -> list[Curves]:
-    """`read_curves` of every run, on one clock: wall-clock minutes if every run has them."""
-    curves = [read_curves(run, metric) for run in runs]
-    if any(c.clock != "wall_seconds" for c in curves):
-        curves = [read_curves(run, metric, wall=False) for run in runs]
-    return curves
 
 
 __all__ = ["Curves", "minutes_at", "plot_curves", "read_all", "read_curves"]
