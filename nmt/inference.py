@@ -16,7 +16,7 @@ order. Nothing here imports the training package.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from nmt.decoding.alignment import (
     make_record,
     supervised_head,
 )
-from nmt.decoding.beam import Ensemble, Hypothesis, decode_corpus
+from nmt.decoding.beam import Ensemble, Hypothesis, decode_corpus, iter_decode_corpus
 from nmt.decoding.forced import force_corpus
 from nmt.errors import CheckpointError, ConfigError, DataError
 from nmt.models import count_parameters
@@ -247,6 +247,35 @@ class Translator:
             self.result(first_index + n, src_ids[n], nbest_list, cfg, attention)
             for n, nbest_list in enumerate(hyps)
         ]
+
+    def translate_stream(
+        self,
+        lines: Sequence[str],
+        *,
+        beam_size: int | None = None,
+        nbest: int | None = None,
+        attention: bool = False,
+        attention_layer: str | None = None,
+        attention_head: str | None = None,
+        first_index: int = 0,
+        where: str = "<input>",
+    ) -> Iterator[tuple[int, TranslationResult]]:
+        """As `translate_full`, but yields (line index, result) pairs as the searches end: with
+        a beam, each sentence as soon as its own search has, while the rest of its batch goes on
+        (greedy search and sampling yield a batch at a time). The server answers requests this
+        way, so that a short sentence does not wait for the longest one beside it. The results
+        are those `translate_full` gives."""
+        _check_lines(lines)
+        cfg = self.settings(
+            beam_size=beam_size,
+            nbest=nbest,
+            attention_layer=attention_layer,
+            attention_head=attention_head,
+        )
+        src_ids = self.encode(lines, first_index, where)
+        searches = iter_decode_corpus(self.models, src_ids, cfg, self.device, attention, early=True)
+        for n, nbest_list in searches:
+            yield n, self.result(first_index + n, src_ids[n], nbest_list, cfg, attention)
 
     def score(
         self,

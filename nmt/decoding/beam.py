@@ -29,7 +29,7 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,7 +221,6 @@ class Ensemble:
 # ---- beam search -----------------------------------------------------------------------------
 
 
-@torch.inference_mode()
 def beam_search(
     models: nn.Module | Sequence[nn.Module],
     src_ids: torch.Tensor,
@@ -233,6 +232,27 @@ def beam_search(
 
     Returns, for each sentence in batch order, its `cfg.nbest` best finished hypotheses by score
     (fewer only if fewer than that many outputs are possible).
+    """
+    results: list[list[Hypothesis]] = [[] for _ in range(src_ids.size(0))]
+    for finished in iter_beam_search(models, src_ids, src_mask, cfg, need_attention):
+        for index, nbest in finished:
+            results[index] = nbest
+    return results
+
+
+@torch.inference_mode()
+def iter_beam_search(
+    models: nn.Module | Sequence[nn.Module],
+    src_ids: torch.Tensor,
+    src_mask: torch.Tensor,
+    cfg: DecodeConfig,
+    need_attention: bool = False,
+    early: bool = False,
+) -> Iterator[list[tuple[int, list[Hypothesis]]]]:
+    """`beam_search` as a generator of (batch index, n-best list) pairs. With `early`, the
+    sentences whose search has ended are yielded after the step that ended it, while the others
+    go on, so that a server can answer short sentences first; without it, all come at the end
+    (walking the back-pointers once per batch is cheaper). The hypotheses are the same either way.
     """
     ens = Ensemble(models)
     device = src_ids.device
@@ -264,6 +284,12 @@ def beam_search(
     # Back-pointers of every step: live sentences, tokens (n,K), parent beams (n,K), attention,
     # and the cumulative log-prob of each continuing hypothesis (n,K), for the per-token scores.
     steps: list[Step] = []
+    emitted = torch.zeros(batch, dtype=torch.bool, device=device)  # sentences already yielded
+
+    def collect(sentences: torch.Tensor) -> list[tuple[int, list[Hypothesis]]]:
+        hyps = _collect(fin_logp[:, :beam], fin_step[:, :beam], fin_beam[:, :beam], steps,
+                        src_lengths, cfg, need_attention, sentences)  # fmt: skip
+        return list(zip(sentences.tolist(), hyps, strict=True))
 
     for t in range(num_steps):
         n = alive.numel()
@@ -304,6 +330,9 @@ def beam_search(
         num_done = int(done.sum())  # the one host sync of the step
         if num_done == n:
             break
+        if early and num_done:
+            yield collect(alive[done])
+            emitted[alive[done]] = True
         rows = beams + torch.arange(n, device=device)[:, None] * beam  # (n, K) parent rows
         if num_done:
             keep = ~done
@@ -316,8 +345,9 @@ def beam_search(
         if history is not None:
             history = torch.cat([history.index_select(0, rows), prev[:, None]], dim=1)
 
-    return _collect(fin_logp[:, :beam], fin_step[:, :beam], fin_beam[:, :beam], steps,
-                    src_lengths, cfg, need_attention)  # fmt: skip
+    rest = (~emitted).nonzero().view(-1)
+    if rest.numel():
+        yield collect(rest)
 
 
 # One beam step's record: live sentences (n,), tokens (n,K), parent beams (n,K), attention rows
@@ -333,10 +363,15 @@ def _collect(
     src_lengths: torch.Tensor,
     cfg: DecodeConfig,
     need_attention: bool,
+    sentences: torch.Tensor,
 ) -> list[list[Hypothesis]]:
-    """Walk the back-pointers of every finished hypothesis (B,K pool) at once, then rank them.
-    The steps hold attention when it was requested or the coverage penalty needs it; the
-    hypotheses carry it only in the first case."""
+    """Walk the back-pointers of the finished hypotheses of `sentences` (indices into the B,K
+    pool) at once, then rank them. The steps hold attention when it was requested or the coverage
+    penalty needs it; the hypotheses carry it only in the first case."""
+    total = fin_logp.size(0)
+    fin_logp, fin_step, fin_beam, src_lengths = (
+        x.index_select(0, sentences) for x in (fin_logp, fin_step, fin_beam, src_lengths)
+    )
     batch, beam = fin_logp.shape
     device = fin_logp.device
     num_steps = len(steps)
@@ -351,9 +386,10 @@ def _collect(
     cur = fin_beam.clone()  # beam index in the input of step u (the output of step u - 1)
     for u in reversed(range(num_steps)):
         alive, tokens, beams, attn, cum = steps[u]
-        pos = torch.full((batch,), -1, dtype=torch.long, device=device)
+        pos = torch.full((total,), -1, dtype=torch.long, device=device)
         pos[alive] = torch.arange(alive.numel(), device=device)
-        p = pos.clamp(min=0)[:, None].expand(batch, beam)  # (B, K) row of the sentence at step u
+        # (B, K) row of the sentence at step u
+        p = pos.index_select(0, sentences).clamp(min=0)[:, None].expand(batch, beam)
         at_end = valid & (fin_step == u)
         before = valid & (fin_step > u)
         live = at_end | before
@@ -619,6 +655,23 @@ def decode_corpus(
     sample depends on the batching as well as on the seed. A source longer than `source_limit`
     is cut to it (callers that report cut lines check the limit first).
     """
+    results: list[list[Hypothesis]] = [[] for _ in src_seqs]
+    for index, nbest in iter_decode_corpus(model_or_models, src_seqs, cfg, device, need_attention):
+        results[index] = nbest
+    return results
+
+
+def iter_decode_corpus(
+    model_or_models: nn.Module | Sequence[nn.Module],
+    src_seqs: Sequence[Sequence[int]],
+    cfg: DecodeConfig,
+    device: torch.device | str,
+    need_attention: bool = False,
+    early: bool = False,
+) -> Iterator[tuple[int, list[Hypothesis]]]:
+    """`decode_corpus` as a generator of (input index, n-best list) pairs, in the order the
+    searches end: with `early`, a beam search yields each sentence as soon as its own search has
+    ended (`iter_beam_search`); greedy search and sampling yield a batch at a time."""
     models = [model_or_models] if isinstance(model_or_models, nn.Module) else list(model_or_models)
     for model in models:
         model.eval()
@@ -626,11 +679,10 @@ def decode_corpus(
     limit = source_limit(models)
     if limit is not None:  # callers warn about cut lines; this keeps the models' bound whatever
         src_seqs = [seq[:limit] for seq in src_seqs]
-    results: list[list[Hypothesis]] = [[] for _ in src_seqs]
     todo = [i for i, seq in enumerate(src_seqs) if len(seq) > 0]
     for i in range(len(src_seqs)):
         if len(src_seqs[i]) == 0:
-            results[i] = [Hypothesis([], 0.0, 0.0, None)]
+            yield i, [Hypothesis([], 0.0, 0.0, None)]
     generator = None
     if cfg.sample:
         generator = torch.Generator(device=device)
@@ -644,10 +696,14 @@ def decode_corpus(
         elif cfg.beam_size == 1:
             hyps = greedy_search(models, src_ids, src_mask, cfg, need_attention)
         else:
-            hyps = beam_search(models, src_ids, src_mask, cfg, need_attention)
+            for finished in iter_beam_search(
+                models, src_ids, src_mask, cfg, need_attention, early=early
+            ):
+                for j, nbest in finished:
+                    yield ids[j], nbest
+            continue
         for i, nbest in zip(ids, hyps, strict=True):
-            results[i] = nbest
-    return results
+            yield i, nbest
 
 
 def count_tokens(hyps: Sequence[Sequence[Hypothesis]]) -> int:
@@ -663,6 +719,8 @@ __all__ = [
     "count_tokens",
     "decode_corpus",
     "greedy_search",
+    "iter_beam_search",
+    "iter_decode_corpus",
     "length_batches",
     "length_penalty",
     "max_output_lengths",

@@ -19,6 +19,7 @@ import collections
 import dataclasses
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -151,26 +152,35 @@ class Batcher:
     def _decode(
         self, translator: Translator, model: str, options: Options, jobs: list[Job]
     ) -> None:
+        """One call serves every request of the group, and each request is answered as soon as
+        the searches of all its sentences have ended, while the others go on. The attention
+        matrices are dropped again for requests that did not ask for them."""
         lines = [line for job in jobs for line in job.lines]
-        # One call serves every request of the group; the attention matrices are dropped again
-        # for those that did not ask for them.
+        owners = [(j, k) for j, job in enumerate(jobs) for k in range(len(job.lines))]
+        answers: list[list[dict[str, Any]]] = [[{} for _ in job.lines] for job in jobs]
+        pending = [len(job.lines) for job in jobs]
+        for job, left in zip(jobs, pending, strict=True):
+            if not left:
+                _resolve(job, [], None)
         wants = any(job.options.attention for job in jobs)
         try:
-            results = decode(translator, lines, dataclasses.replace(options, attention=wants))
-        except Exception as exc:  # handed to each waiting request, which answers for it
-            for job in jobs:
-                _resolve(job, None, exc)
+            for n, row in decode_stream(
+                translator, lines, dataclasses.replace(options, attention=wants)
+            ):
+                j, k = owners[n]
+                if not jobs[j].options.attention:
+                    row.pop("attention", None)
+                answers[j][k] = row
+                pending[j] -= 1
+                if not pending[j]:
+                    _resolve(jobs[j], answers[j], None)
+        except Exception as exc:  # handed to each request still waiting, which answers for it
+            for job, left in zip(jobs, pending, strict=True):
+                if left:
+                    _resolve(job, None, exc)
             return
         if self.metrics is not None:
             self.metrics.batch_done(model, len(lines))
-        start = 0
-        for job in jobs:
-            mine = results[start : start + len(job.lines)]
-            start += len(job.lines)
-            if not job.options.attention:
-                for result in mine:
-                    result.pop("attention", None)
-            _resolve(job, mine, None)
 
 
 def _resolve(job: Job, result: list[dict[str, Any]] | None, error: BaseException | None) -> None:
@@ -185,22 +195,27 @@ def _resolve(job: Job, result: list[dict[str, Any]] | None, error: BaseException
     job.loop.call_soon_threadsafe(settle)
 
 
-def decode(translator: Translator, lines: list[str], options: Options) -> list[dict[str, Any]]:
-    """`translate_full` for one group of requests, as JSON-ready dicts. The attention is always
-    computed, so that every answer carries its hard alignment; the matrices are included when
-    `options.attention` asks for them."""
+def decode_stream(
+    translator: Translator, lines: list[str], options: Options
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line index, JSON-ready result) pairs for one group of requests, as each sentence's search
+    ends (`Translator.translate_stream`). The attention is always computed, so that every answer
+    carries its hard alignment; the matrices are included when `options.attention` asks for
+    them."""
     if options.attention_detail and translator.arch == "transformer":
-        return _decode_detail(translator, lines, options)
-    results = translator.translate_full(
+        yield from _decode_detail(translator, lines, options)
+        return
+    results = translator.translate_stream(
         lines, beam_size=options.beam, nbest=options.nbest, attention=True
     )
-    return [r.to_dict(nbest=options.nbest > 1, attention=options.attention) for r in results]
+    for n, result in results:
+        yield n, result.to_dict(nbest=options.nbest > 1, attention=options.attention)
 
 
 def _decode_detail(
     translator: Translator, lines: list[str], options: Options
-) -> list[dict[str, Any]]:
-    """As `decode`, plus every decoder layer and head of the word attention under
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """As `decode_stream`, plus every decoder layer and head of the word attention under
     attention.layers, shaped (layers, heads, target words, source words). The matrix and the
     hard alignment stay those of the run's decode.attention_layer / attention_head (the alignment
     of a run trained with guided alignment: its supervised head): word merging is linear, so
@@ -210,7 +225,7 @@ def _decode_detail(
     from nmt.decoding.alignment import format_pharaoh, hard_alignment, reduce_attention
 
     cfg = translator.cfg
-    results = translator.translate_full(
+    results = translator.translate_stream(
         lines,
         beam_size=options.beam,
         nbest=options.nbest,
@@ -218,8 +233,7 @@ def _decode_detail(
         attention_layer="all",
         attention_head="all",
     )
-    rows = []
-    for result in results:
+    for n, result in results:
         row = result.to_dict(nbest=options.nbest > 1, attention=True)
         layers = result.attention  # (L, H, Tw, Sw), or (0, 0) for an empty line
         if layers is not None and layers.ndim == 4:
@@ -229,5 +243,4 @@ def _decode_detail(
                 row["alignment"] = format_pharaoh(hard_alignment(words, cfg.align_threshold))
             row["attention"]["matrix"] = np.round(words.astype(np.float64), 4).tolist()
             row["attention"]["layers"] = np.round(layers.astype(np.float64), 4).tolist()
-        rows.append(row)
-    return rows
+        yield n, row

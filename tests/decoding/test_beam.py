@@ -19,6 +19,8 @@ from nmt.decoding.beam import (
     beam_search,
     decode_corpus,
     greedy_search,
+    iter_beam_search,
+    iter_decode_corpus,
     length_penalty,
     max_output_lengths,
     select_top_k,
@@ -215,6 +217,24 @@ def test_batched_equals_one_at_a_time(arch: str, beam: int) -> None:
     together = decode_corpus(model, srcs, replace(cfg, batch_tokens=10_000), "cpu", True)
     alone = decode_corpus(model, srcs, replace(cfg, batch_tokens=1), "cpu", True)
     assert_same(together, alone)
+
+
+@pytest.mark.parametrize("arch", ["rnn", "transformer"])
+@pytest.mark.parametrize("coverage", [0.0, 0.4])
+def test_early_results_equal_the_batch_results(arch: str, coverage: float) -> None:
+    model = tiny_model(arch)
+    # A one-word source may write at most 2 tokens, a five-word one 7: the search of sentence 1
+    # ends while the others go on.
+    cfg = DecodeConfig(beam_size=3, nbest=2, max_len_a=1.0, max_len_b=1, coverage_penalty=coverage)
+    src_ids, src_mask = make_src_batch(SOURCES)
+    chunks = list(iter_beam_search(model, src_ids, src_mask, cfg, True, early=True))
+    assert len(chunks) > 1 and 1 not in [index for index, _ in chunks[-1]]
+    found = sorted(pair for chunk in chunks for pair in chunk)
+    assert [index for index, _ in found] == list(range(len(SOURCES)))  # each sentence once
+    assert_same([nbest for _, nbest in found], beam_search(model, src_ids, src_mask, cfg, True))
+    streamed = dict(iter_decode_corpus(model, [[], *SOURCES], cfg, "cpu", True, early=True))
+    assert_same([streamed[i] for i in range(len(SOURCES) + 1)],
+                decode_corpus(model, [[], *SOURCES], cfg, "cpu", True))  # fmt: skip
 
 
 # ---- scores and attention equal teacher forcing ----------------------------------------------

@@ -27,14 +27,23 @@ def translator(served_runs: list[Path]) -> Iterator[Translator]:
     torch.set_num_threads(threads)
 
 
-def run_batcher(translator: Translator, max_tokens: int, jobs: list[tuple[list[str], Options]]):
-    """Queue all jobs at once (before the worker starts), run them; (results, batches, metrics)."""
+def run_batcher(
+    translator: Translator,
+    max_tokens: int,
+    jobs: list[tuple[list[str], Options]],
+    answered: list[int] | None = None,
+):
+    """Queue all jobs at once (before the worker starts), run them; (results, batches, metrics).
+    `answered` receives the job numbers in the order their answers came."""
     batcher = Batcher({"m": translator}, max_tokens, max_wait=0.5, max_queue=100)
     metrics = Metrics(lambda: batcher.queued_sentences, lambda: 0)
     batcher.metrics = metrics
 
     async def main() -> list:
         pending = [asyncio.ensure_future(batcher.translate("m", lines, o)) for lines, o in jobs]
+        for number, future in enumerate(pending):
+            if answered is not None:
+                future.add_done_callback(lambda _, number=number: answered.append(number))
         await asyncio.sleep(0)  # every job is queued before decoding starts
         batcher.start()
         try:
@@ -50,6 +59,21 @@ def test_requests_share_one_call_and_get_their_own_answers(translator: Translato
     results, batches, metrics = run_batcher(translator, 10_000, [([line], PLAIN) for line in LINES])
     assert batches == 1 and metrics.batch_sentences.counts[3] == 1  # one call of 5-8 sentences
     direct = translator.translate_full(LINES, attention=True)
+    assert [r[0] for r in results] == [d.to_dict() for d in direct]
+
+
+def test_a_short_request_is_answered_before_the_long_one_beside_it_ends(
+    translator: Translator,
+) -> None:
+    lines = ["ha ke lo ba do fe ga lo ba ke ce do fo ge", "ce", "fo ge"]
+    ends = [n for n, _ in translator.translate_stream(lines)]
+    assert ends[0] != 0  # a short line's search ends first
+    answered: list[int] = []
+    results, batches, _ = run_batcher(
+        translator, 10_000, [([line], PLAIN) for line in lines], answered
+    )
+    assert batches == 1 and answered == ends  # one call, answered as each search ended
+    direct = translator.translate_full(lines, attention=True)
     assert [r[0] for r in results] == [d.to_dict() for d in direct]
 
 
