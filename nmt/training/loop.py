@@ -233,6 +233,9 @@ def _train(
             f"{len(train_src):,} training pairs, {len(valid) if valid else 0:,} validation pairs"
             + (f"; resuming at update {state.step}" if resume else "")
         )
+        note = precision_note(tc.precision, precision, device)
+        if note:
+            console.print(note)
         if too_long or (valid and valid.truncated):
             console.print(length_note(cfg, too_long, valid))
         if tc.init:
@@ -503,18 +506,34 @@ def resolve_device_type(name: str) -> str:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """The autocast precision: `auto` is bf16 on GPUs that support it and fp32 elsewhere."""
-    is_cuda = device.type == "cuda"
-    # Without `including_emulation=False` torch answers yes on pre-Ampere GPUs too, where bf16
-    # is emulated and slower than fp32.
-    native_bf16 = is_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    """The autocast precision: `auto` is bf16 on GPUs that support it and fp32 elsewhere; `bf16`
+    falls back to fp32 where the device has no native bf16 (`precision_note` says so)."""
+    native_bf16 = has_native_bf16(device)
     if precision == "auto":
-        return "bf16" if native_bf16 else "fp32"
-    if precision == "fp16" and not is_cuda:
+        return "bf16" if native_bf16 and device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    if precision == "bf16" and is_cuda and not native_bf16:
-        raise ConfigError("train.precision bf16: this GPU has no bf16 support; use fp16 or fp32")
+    if precision == "bf16" and not native_bf16:
+        return "fp32"
     return precision
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively, rather than emulated and slower than float32: Ampere or
+    newer GPUs; CPUs with AVX512-BF16 or AMX (x86) or the BF16 extension (ARM)."""
+    if device.type == "cuda":
+        # Without `including_emulation=False` torch answers yes on pre-Ampere GPUs too.
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return any(capabilities.get(name, False) for name in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def precision_note(requested: str, resolved: str, device: torch.device) -> str | None:
+    """The log line for a bf16 request that fell back to fp32; None when nothing changed."""
+    if requested != "bf16" or resolved == "bf16":
+        return None
+    what = "GPU" if device.type == "cuda" else "CPU"
+    return f"warning: train.precision bf16: this {what} has no native bf16, so training in float32"
 
 
 def configure_torch(cfg: RunConfig, device: torch.device) -> None:

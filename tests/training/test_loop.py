@@ -27,6 +27,7 @@ from nmt.training.loop import (
     TrainDebug,
     TrainingError,
     make_autocast,
+    precision_note,
     resolve_device_type,
     resolve_precision,
     train,
@@ -177,10 +178,17 @@ def test_bf16_autocast_on_cpu(tiny_prepared: Path, tmp_path: Path, monkeypatch) 
     assert os.environ["LRU_CACHE_CAPACITY"] == "1"
 
 
-def test_precision_and_device_choices() -> None:
+def test_precision_and_device_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"  # no autocast, no scaler, no TF32 on CPU
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     assert resolve_precision("bf16", cpu) == "bf16"
+    assert precision_note("bf16", "bf16", cpu) is None
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_f": True})
+    assert resolve_precision("bf16", cpu) == "fp32"  # emulated bf16 is slower than float32
+    assert precision_note("bf16", "fp32", cpu) == (
+        "warning: train.precision bf16: this CPU has no native bf16, so training in float32"
+    )
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu)
     if not torch.cuda.is_available():
