@@ -127,9 +127,9 @@ def check_output_file(path: str | os.PathLike) -> None:
         return
 
 
-def _temp_pattern(path: Path) -> re.Pattern[str]:
+def _temp_pattern(name: str) -> re.Pattern[str]:
     # The names tempfile.mkstemp / mkdtemp give with prefix ".NAME." and suffix ".tmp".
-    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    return re.compile(rf"\.{name}\.[a-z0-9_]{{8}}\.tmp")
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
@@ -140,10 +140,19 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     Returns what was removed.
     """
     path = Path(path)
-    pattern = _temp_pattern(path)
+    return _remove_stale(path.parent, _temp_pattern(re.escape(path.name)))
+
+
+def remove_stale_temps_in(folder: str | os.PathLike, names: str) -> list[Path]:
+    """`remove_stale_temps` for every output in `folder` whose name matches the regular
+    expression `names` (e.g. the checkpoints of a run, which a resumed run may not write again)."""
+    return _remove_stale(Path(folder), _temp_pattern(names))
+
+
+def _remove_stale(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
     removed: list[Path] = []
     try:
-        entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name)]
+        entries = [e for e in os.scandir(folder) if pattern.fullmatch(e.name)]
     except OSError:
         return removed
     for entry in entries:

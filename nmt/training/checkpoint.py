@@ -14,7 +14,7 @@ import torch
 
 from nmt.checkpoint import AVERAGED, list_checkpoints, load_checkpoint, sha256_file, spm_file_names
 from nmt.errors import CheckpointError, ConfigError
-from nmt.io import atomic_open
+from nmt.io import atomic_open, remove_stale_temps_in
 
 
 def copy_atomic(src: str | Path, dst: str | Path) -> None:
@@ -57,13 +57,10 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
 
 
 def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
-    """Temp files left by a run killed while writing (`.last.pt.abc123.tmp`); they are never
-    complete, so they are removed when the run resumes."""
-    stale = [p for p in Path(run_dir).glob(".*.tmp") if p.is_file()]
-    for path in stale:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-    return stale
+    """Temp files of checkpoints left by a run killed while writing (`.last.pt.abc123xy.tmp`):
+    they are never complete, so a resumed run removes them (nmt.io's rules: only our temp names,
+    older than this process, not locked by a live writer)."""
+    return remove_stale_temps_in(run_dir, r"(last|best|checkpoint_\d+)\.pt")
 
 
 def average_checkpoints(paths: list[str | Path]) -> dict[str, torch.Tensor]:

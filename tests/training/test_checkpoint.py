@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -175,9 +176,16 @@ def test_kill_9_while_writing_leaves_a_complete_checkpoint(tmp_path: Path) -> No
     payload = ckpt.load_checkpoint(path)
     assert payload["i"] in (done, done + 1)  # the last complete one, never a torn one
     assert torch.equal(payload["model"]["w"], torch.arange(10_000_000.0) + payload["i"])
-    stale = saving.remove_stale_temp_files(tmp_path)  # what a resumed run cleans up
-    assert all(p.name.startswith(".last.pt.") for p in stale)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    # What a resumed run, a later process, cleans up: the writer's temp files, and nothing else.
+    leftovers = list(tmp_path.glob(".last.pt.*.tmp"))
+    users = [tmp_path / ".notes.txt.abcd1234.tmp", tmp_path / "scratch.tmp"]
+    for path in [*leftovers, *users]:
+        path.touch()
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    assert sorted(saving.remove_stale_temp_files(tmp_path)) == sorted(leftovers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last.pt", *(p.name for p in users)]
+    )
 
 
 def test_average_is_the_elementwise_mean(tmp_path: Path) -> None:
