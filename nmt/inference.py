@@ -264,7 +264,8 @@ class Translator:
         a beam, each sentence as soon as its own search has, while the rest of its batch goes on
         (greedy search and sampling yield a batch at a time). The server answers requests this
         way, so that a short sentence does not wait for the longest one beside it. The results
-        are those `translate_full` gives."""
+        are those `translate_full` gives; bad lines and settings raise here, before the first
+        result."""
         _check_lines(lines)
         cfg = self.settings(
             beam_size=beam_size,
@@ -274,8 +275,10 @@ class Translator:
         )
         src_ids = self.encode(lines, first_index, where)
         searches = iter_decode_corpus(self.models, src_ids, cfg, self.device, attention, early=True)
-        for n, nbest_list in searches:
-            yield n, self.result(first_index + n, src_ids[n], nbest_list, cfg, attention)
+        return (
+            (n, self.result(first_index + n, src_ids[n], nbest_list, cfg, attention))
+            for n, nbest_list in searches
+        )
 
     def score(
         self,

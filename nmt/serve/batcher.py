@@ -4,9 +4,10 @@ The event loop only queues a request and awaits its future; one worker thread ow
 `Translator`s (they are not thread-safe) and does all the decoding, so the loop never blocks.
 Whenever it is free and a request is queued, the worker takes queued requests in arrival order
 until their source tokens fill the budget or `max_wait` seconds have passed; requests asking for
-the same model and search settings then go through one `translate_full` call. While it decodes,
-new requests queue up, so under load each call carries about as many sentences as there are
-clients. The wait starts when the worker is free, not when the oldest request came: otherwise, with
+the same model and search settings then go through one `Translator.translate_stream` call, which
+answers each request as soon as the searches of its sentences have ended. While it decodes, new
+requests queue up, so under load each call carries about as many sentences as there are clients.
+The wait starts when the worker is free, not when the oldest request came: otherwise, with
 clients that send again as soon as they are answered, one request left over from a busy spell is
 decoded alone while the others are still on their way, and the batches keep alternating between
 a few sentences and the rest.
@@ -163,6 +164,8 @@ class Batcher:
             if not left:
                 _resolve(job, [], None)
         wants = any(job.options.attention for job in jobs)
+        if self.metrics is not None:  # counted first: a client answered early already sees it
+            self.metrics.batch_started(model, len(lines))
         try:
             for n, row in decode_stream(
                 translator, lines, dataclasses.replace(options, attention=wants)
@@ -179,8 +182,6 @@ class Batcher:
                 if left:
                     _resolve(job, None, exc)
             return
-        if self.metrics is not None:
-            self.metrics.batch_done(model, len(lines))
 
 
 def _resolve(job: Job, result: list[dict[str, Any]] | None, error: BaseException | None) -> None:

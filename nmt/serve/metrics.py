@@ -62,7 +62,7 @@ class Metrics:
             if path == "/translate":
                 self.latency.observe(seconds)
 
-    def batch_done(self, model: str, sentences: int) -> None:
+    def batch_started(self, model: str, sentences: int) -> None:
         with self._lock:
             self.sentences[model] = self.sentences.get(model, 0) + sentences
             self.batches[model] = self.batches.get(model, 0) + 1

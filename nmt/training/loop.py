@@ -524,7 +524,9 @@ def has_native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         # Without `including_emulation=False` torch answers yes on pre-Ampere GPUs too.
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    if not hasattr(torch.cpu, "get_capabilities"):  # an older torch cannot tell: do as asked
+        return True
+    capabilities = torch.cpu.get_capabilities()
     return any(capabilities.get(name, False) for name in ("avx512_bf16", "amx_bf16", "bf16"))
 
 

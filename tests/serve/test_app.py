@@ -256,10 +256,10 @@ def faulty_server(served_runs: list[Path], monkeypatch: pytest.MonkeyPatch) -> I
     from nmt.serve import batcher
     from nmt.serve.app import create_app, load_translators
 
-    def broken(*args: Any) -> None:
+    def broken(*args: Any) -> Iterator[tuple[int, dict[str, Any]]]:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(batcher, "decode", broken)
+    monkeypatch.setattr(batcher, "decode_stream", broken)
     app = create_app(load_translators(served_runs[:1], "cpu"), ServeConfig())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,3 +111,33 @@ def test_a_full_queue_refuses_more(translator: Translator) -> None:
         batcher.stop()
 
     asyncio.run(main())
+
+
+def test_a_fault_part_way_fails_only_the_requests_still_waiting(
+    translator: Translator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nmt.serve import batcher as module
+
+    real = module.decode_stream
+
+    def fails_after_one(*args: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+        stream = real(*args)
+        yield next(stream)
+        raise RuntimeError("the model went away")
+
+    monkeypatch.setattr(module, "decode_stream", fails_after_one)
+    batcher = Batcher({"m": translator}, 10_000, max_wait=0.5, max_queue=100)
+
+    async def main() -> list:
+        pending = [batcher.translate("m", [line], PLAIN) for line in ("ce", "fo ge")]
+        futures = [asyncio.ensure_future(p) for p in pending]
+        await asyncio.sleep(0)
+        batcher.start()
+        try:
+            return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 60)
+        finally:
+            batcher.stop()
+
+    answered, failed = sorted(asyncio.run(main()), key=lambda r: isinstance(r, Exception))
+    assert answered[0]["translation"] in translator.translate(["ce", "fo ge"])
+    assert isinstance(failed, RuntimeError) and "went away" in str(failed)
