@@ -234,19 +234,20 @@ class Translator:
         (as decode.attention_layer / attention_head: an index, "mean" or "all").
         `first_index` and `where` name the lines in warnings and errors (0-based index of the
         first line, file name)."""
-        _check_lines(lines)
-        cfg = self.settings(
-            beam_size=beam_size,
-            nbest=nbest,
-            attention_layer=attention_layer,
-            attention_head=attention_head,
+        found = dict(
+            self._results(
+                lines,
+                False,
+                beam_size,
+                nbest,
+                attention,
+                attention_layer,
+                attention_head,
+                first_index,
+                where,
+            )  # fmt: skip
         )
-        src_ids = self.encode(lines, first_index, where)
-        hyps = self.decode(src_ids, cfg, attention)
-        return [
-            self.result(first_index + n, src_ids[n], nbest_list, cfg, attention)
-            for n, nbest_list in enumerate(hyps)
-        ]
+        return [found[n] for n in range(len(lines))]
 
     def translate_stream(
         self,
@@ -266,6 +267,23 @@ class Translator:
         way, so that a short sentence does not wait for the longest one beside it. The results
         are those `translate_full` gives; bad lines and settings raise here, before the first
         result."""
+        return self._results(lines, True, beam_size, nbest, attention, attention_layer,
+                             attention_head, first_index, where)  # fmt: skip
+
+    def _results(
+        self,
+        lines: Sequence[str],
+        early: bool,
+        beam_size: int | None,
+        nbest: int | None,
+        attention: bool,
+        attention_layer: str | None,
+        attention_head: str | None,
+        first_index: int,
+        where: str,
+    ) -> Iterator[tuple[int, TranslationResult]]:
+        """The body of `translate_full` and `translate_stream`: lines and settings checked now,
+        (line index, result) pairs as the searches end (`early`: each sentence on its own)."""
         _check_lines(lines)
         cfg = self.settings(
             beam_size=beam_size,
@@ -274,7 +292,7 @@ class Translator:
             attention_head=attention_head,
         )
         src_ids = self.encode(lines, first_index, where)
-        searches = iter_decode_corpus(self.models, src_ids, cfg, self.device, attention, early=True)
+        searches = iter_decode_corpus(self.models, src_ids, cfg, self.device, attention, early)
         return (
             (n, self.result(first_index + n, src_ids[n], nbest_list, cfg, attention))
             for n, nbest_list in searches
