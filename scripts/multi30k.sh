@@ -26,13 +26,13 @@ else "$NMT" train "configs/multi30k/$MODEL.yaml" --data "$DATA" --out "$RUN" "$@
 "$NMT" average "$RUN" --last 5 --out "$RUN/averaged.pt" || cp "$RUN/best.pt" "$RUN/averaged.pt"
 "$NMT" plot-metrics "$RUN" --out "$RUN/curve.png"   # where the validation score stops rising
 
-# Checkpoint (averaged or best) and decoding settings chosen on val: greedy, and beam 5 with two
-# GNMT length penalties.
+# Checkpoint (averaged or best) and decoding settings chosen on val: greedy, and beam 5 with four
+# GNMT length penalties (beam search alone tends to end sentences too early on Multi30k).
 mkdir -p "$TUNE"
 VAL="val=$CORPUS/val.$SRC.gz,$CORPUS/val.$TGT.gz"
 for ckpt in averaged best; do
   "$NMT" evaluate "$RUN/$ckpt.pt" --test "$VAL" --beam 1 --report "$TUNE/$ckpt-beam1.json"
-  for lp in 0.6 1.0; do
+  for lp in 0.6 1.0 1.5 2.0; do
     "$NMT" evaluate "$RUN/$ckpt.pt" --test "$VAL" --beam 5 --set "decode.len_penalty=$lp" \
       --report "$TUNE/$ckpt-beam5-lp$lp.json"
   done
