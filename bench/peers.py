@@ -199,7 +199,7 @@ def _summary_of(run_dir: Path) -> dict[str, Any]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = [r for r in rows if r["kind"] == "summary"][-1]
     return {"updates": summary["step"], "tokens_per_s": summary["tokens_per_s"],
-            "peak_rss_gib": None}  # fmt: skip
+            "precision": summary.get("precision"), "peak_rss_gib": None}  # fmt: skip
 
 
 # ---- the peers -----------------------------------------------------------------------------------
@@ -295,7 +295,9 @@ def report(results: list[dict[str, Any]], ratio: dict[str, dict[str, float]]) ->
     rows = [dict(r) for r in results]
     rows += [{"toolkit": f"{name} / best peer", **figures} for name, figures in ratio.items()]
     print()
-    print_table(rows, ["toolkit", *FIGURES])
+    # `precision`: what our training computed in; nmt-bf16 falls back to float32 on CPUs without
+    # native bf16, and the column says so.
+    print_table(rows, ["toolkit", "precision", *FIGURES])
 
 
 if __name__ == "__main__":

@@ -247,6 +247,7 @@ def _train(
         cfg=cfg,
         dist=dist,
         device=device,
+        precision=precision,
         autocast=make_autocast(device, precision),
         raw_model=raw_model,
         meta=meta,
@@ -431,6 +432,7 @@ class Run:
     cfg: RunConfig
     dist: DistContext
     device: torch.device
+    precision: str  # what training computes in: train.precision after its fallbacks
     autocast: Any  # a reusable autocast context (or a no-op for fp32)
     raw_model: nn.Module  # without compile / DDP wrappers: saved and validated
     meta: dict[str, Any]  # the checkpoint fields that describe the run
@@ -483,6 +485,7 @@ def make_summary(state: TrainState, stop_reason: str, run: Run) -> dict[str, Any
         "best_score": state.best_score,
         "best_step": state.best_step,
         "valid_metric": valid_metric_name(run.cfg),
+        "precision": run.precision,
         "run_dir": str(run.run_dir),
         # Peak memory of this process's tensors on the GPU (None on the CPU), for benchmarks.
         "gpu_peak_mib": (

@@ -89,6 +89,7 @@ def test_rnn_with_bahdanau_attention_trains(tiny_prepared: Path, tmp_path: Path)
     summary = train(cfg, tiny_prepared, tmp_path / "rnn")
     valid = [r["nll"] for r in _rows(tmp_path / "rnn", "valid")]
     assert summary["step"] == 12 and len(valid) == 3 and valid[-1] < valid[0]
+    assert summary["precision"] == "fp32"  # train.precision auto on a CPU
 
 
 def test_a_non_finite_loss_is_skipped_and_counted(tiny_prepared: Path, tmp_path: Path) -> None:
@@ -176,6 +177,7 @@ def test_bf16_autocast_on_cpu(tiny_prepared: Path, tmp_path: Path, monkeypatch) 
         tiny_config("train.precision=bf16", "train.max_steps=4"), tiny_prepared, tmp_path / "r"
     )
     assert summary["nan_steps"] == 0 and math.isfinite(summary["best_score"])
+    assert summary["precision"] == "bf16"
     # bf16 on the CPU turns oneDNN's per-shape kernel caches off (they grew memory to 4 GiB).
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
     assert os.environ["LRU_CACHE_CAPACITY"] == "1"
