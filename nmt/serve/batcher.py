@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nmt.errors import NmtError
 from nmt.serve.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -122,33 +123,51 @@ class Batcher:
         """Block until there is work; then take jobs up to the token budget or the wait limit.
         An empty list means: stopping and nothing left."""
         with self._wake:
-            while not self._jobs:
-                if self._stopping:
-                    return []
-                self._wake.wait()
-            jobs: list[Job] = []
-            tokens = 0
-            deadline = time.monotonic() + self.max_wait
             while True:
-                while self._jobs:
-                    cost = self._tokens(self._jobs[0])
-                    if jobs and tokens + cost > self.max_tokens:
-                        return self._taken(jobs)
-                    jobs.append(self._jobs.popleft())
-                    tokens += cost
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stopping:
+                while not self._jobs:
+                    if self._stopping:
+                        return []
+                    self._wake.wait()
+                jobs = self._fill()
+                if jobs:  # else every job was refused on its own: wait for the next
+                    return jobs
+
+    def _fill(self) -> list[Job]:
+        jobs: list[Job] = []
+        tokens = 0
+        deadline = time.monotonic() + self.max_wait
+        while True:
+            while self._jobs:
+                cost = self._admit(self._jobs[0])
+                if cost is None:
+                    self._taken([self._jobs.popleft()])
+                    continue
+                if jobs and tokens + cost > self.max_tokens:
                     return self._taken(jobs)
-                self._wake.wait(left)
+                jobs.append(self._jobs.popleft())
+                tokens += cost
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stopping:
+                return self._taken(jobs)
+            self._wake.wait(left)
 
     def _taken(self, jobs: list[Job]) -> list[Job]:
         self._queued -= sum(len(job.lines) for job in jobs)
         return jobs
 
-    def _tokens(self, job: Job) -> int:
-        """Source subwords plus one EOS per sentence: the budget's unit."""
-        tokenizer = self.translators[job.model].src_tok
-        return sum(len(ids) + 1 for ids in tokenizer.encode_batch(job.lines))
+    def _admit(self, job: Job) -> int | None:
+        """The job's cost in the budget's unit, source subwords plus one EOS per sentence; or
+        None when its model refuses one of its lines (longer than the model takes, under
+        decode.too_long=error). Such a job is answered with that error now, naming its own line,
+        so that it cannot fail the call it would have shared with other clients' requests."""
+        translator = self.translators[job.model]
+        if translator.cfg.too_long != "error":
+            return sum(len(ids) + 1 for ids in translator.src_tok.encode_batch(job.lines))
+        try:
+            return sum(len(ids) + 1 for ids in translator.encode(job.lines, 0, "request"))
+        except NmtError as exc:
+            _resolve(job, None, exc)
+            return None
 
     def _decode(
         self, translator: Translator, model: str, options: Options, jobs: list[Job]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from nmt.errors import DataError
 from nmt.inference import Translator
 from nmt.serve.batcher import Batcher, Options, QueueFull
 from nmt.serve.metrics import Metrics
@@ -141,3 +142,27 @@ def test_a_fault_part_way_fails_only_the_requests_still_waiting(
     answered, failed = sorted(asyncio.run(main()), key=lambda r: isinstance(r, Exception))
     assert answered[0]["translation"] in translator.translate(["ce", "fo ge"])
     assert isinstance(failed, RuntimeError) and "went away" in str(failed)
+
+
+def test_a_line_the_model_refuses_fails_only_its_own_request(served_runs: list[Path]) -> None:
+    strict = Translator.load(served_runs[0], device="cpu", too_long="error", beam=3)
+    assert strict.max_src_len is not None
+    too_long = " ".join(["ba ce do fo"] * strict.max_src_len)
+    jobs = [([LINES[0]], PLAIN), ([LINES[1], too_long], PLAIN), ([LINES[2]], PLAIN)]
+    batcher = Batcher({"m": strict}, 10_000, max_wait=0.5, max_queue=100)
+
+    async def main() -> list:
+        pending = [asyncio.ensure_future(batcher.translate("m", lines, o)) for lines, o in jobs]
+        await asyncio.sleep(0)  # all three queued before the worker takes any
+        batcher.start()
+        try:
+            return await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 120)
+        finally:
+            batcher.stop()
+
+    first, refused, third = asyncio.run(main())
+    assert isinstance(refused, DataError)
+    assert str(refused).startswith("request:2: ")  # its own second line
+    direct = strict.translate_full([LINES[0], LINES[2]], attention=True)
+    assert [first[0], third[0]] == [d.to_dict() for d in direct]
+    assert batcher.queued_sentences == 0
