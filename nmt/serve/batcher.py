@@ -133,6 +133,8 @@ class Batcher:
                     return jobs
 
     def _fill(self) -> list[Job]:
+        """Queued jobs in arrival order up to the token budget or the wait limit (the caller
+        holds the lock); refused jobs are answered and skipped."""
         jobs: list[Job] = []
         tokens = 0
         deadline = time.monotonic() + self.max_wait
