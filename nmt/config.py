@@ -188,10 +188,15 @@ class TransformerConfig:
     ffn_dim: int = 1024
     dropout: float = 0.1
     attn_dropout: float = 0.1
-    activation: Literal["relu", "gelu"] = "relu"
-    pre_norm: bool = True
+    activation: Literal["relu", "gelu", "silu"] = "relu"  # silu: Marian's "swish"
+    pre_norm: bool = True  # false: the paper's post-norm, as Marian models have it
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
     max_positions: int = 1024
+    # Embeddings times sqrt(d_model) (section 3.4); false for models trained without it.
+    scale_embeddings: bool = True
+    # A fixed per-token bias added to the output logits (a buffer, kept as it is by training):
+    # Marian's final_logits_bias.
+    output_bias: bool = False
 
     def validate(self) -> None:
         check_sizes(

@@ -38,6 +38,8 @@ def random_transformer(**settings: object) -> tuple[nn.Module, TransformerConfig
                 module.bias.normal_(0.0, 0.2)
         if model.learned_positions is not None:
             model.learned_positions.weight.normal_(0.0, 0.5)
+        if model.logits_bias is not None:
+            model.logits_bias.normal_(0.0, 1.0)
     return model, cfg.transformer
 
 
@@ -57,8 +59,9 @@ def our_token_log_probs(model: nn.Module, src: list[int], tgt: list[int]) -> tor
         {},
         {"pre_norm": False},
         {"positions": "learned", "activation": "gelu"},
+        {"pre_norm": False, "activation": "silu", "scale_embeddings": False, "output_bias": True},
     ],
-    ids=["pre-norm", "post-norm", "learned-positions-gelu"],
+    ids=["pre-norm", "post-norm", "learned-positions-gelu", "marian-options"],
 )
 def test_ctranslate2_scores_every_token_as_we_do(settings: dict, tmp_path: Path) -> None:
     model, cfg = random_transformer(**settings)

@@ -5,13 +5,14 @@ CTranslate2 (OpenNMT's C++ inference engine) runs the same maths with its own ke
 gives the benchmarks a fair comparison: the same weights decoded by both.
 
 The mapping, sublayer by sublayer (both sides use pre- or post-norm alike):
-- embeddings (times sqrt(D)) plus our position table, given to CTranslate2 explicitly, so the
-  half-sines/half-cosines layout and learned positions both carry over exactly;
+- embeddings (times sqrt(D) unless `scale_embeddings` is off) plus our position table, given to
+  CTranslate2 explicitly, so the half-sines/half-cosines layout and learned positions both carry
+  over exactly;
 - self-attention: our fused Q|K|V projection is CTranslate2's `linear[0]`, `out_proj` `linear[1]`;
 - cross-attention: `q_proj`, the fused K|V `kv_proj` and `out_proj` are `linear[0..2]`;
 - LayerNorms: norm1/norm2(/norm3) are the layer norms of the sublayers they precede (pre-norm)
   or follow (post-norm); the stacks' final norms exist only with pre-norm;
-- the output layer (no bias) is the decoder's projection.
+- the output layer is the decoder's projection, with `output_bias`'s fixed bias as its bias.
 
 The source gets EOS appended (our encoder reads subwords + EOS) and the decoder starts from BOS.
 `ctranslate2` is imported here only: it is an optional dependency (`pip install nmt[export]`).
@@ -50,7 +51,11 @@ def transformer_spec(
     import_ctranslate2()
     from ctranslate2.specs import common_spec, transformer_spec
 
-    activations = {"gelu": common_spec.Activation.GELU, "relu": common_spec.Activation.RELU}
+    activations = {
+        "gelu": common_spec.Activation.GELU,
+        "relu": common_spec.Activation.RELU,
+        "silu": common_spec.Activation.SWISH,
+    }
     spec = transformer_spec.TransformerSpec.from_config(
         (cfg.enc_layers, cfg.dec_layers),
         cfg.heads,
@@ -62,7 +67,7 @@ def transformer_spec(
     _set(encoder.embeddings[0], weight=model.src_embed.weight)
     _set(decoder.embeddings, weight=model.tgt_embed.weight)
     for stack in (encoder, decoder):
-        stack.scale_embeddings = True  # times sqrt(D), as `Transformer._embed`
+        stack.scale_embeddings = cfg.scale_embeddings  # times sqrt(D), as `Transformer._embed`
         stack.position_encodings.encodings = positions
     encoder_layers = cast("list[EncoderLayer]", list(model.encoder_layers))
     decoder_layers = cast("list[DecoderLayer]", list(model.decoder_layers))
@@ -76,7 +81,7 @@ def transformer_spec(
     if cfg.pre_norm:
         _layer_norm(encoder.layer_norm, model.encoder_norm)
         _layer_norm(decoder.layer_norm, model.decoder_norm)
-    _set(decoder.projection, weight=model.output.weight)
+    _set(decoder.projection, weight=model.output.weight, bias=model.logits_bias)
 
     spec.register_source_vocabulary(src_pieces)
     spec.register_target_vocabulary(tgt_pieces)

@@ -2,9 +2,10 @@
 
 Pre-norm residual blocks by default (x + F(LayerNorm(x)) with a final LayerNorm on each stack, as in
 Wang et al. 2019 and fairseq's `normalize_before`), or the paper's post-norm (LayerNorm(x + F(x))).
-Embeddings are scaled by sqrt(D) (section 3.4) and, with `tie_embeddings`, tied: target embeddings
-with the output layer (which has no bias), and the source embeddings too when the vocabulary is
-shared.
+Embeddings are scaled by sqrt(D) (section 3.4; `scale_embeddings`) and, with `tie_embeddings`,
+tied: target embeddings with the output layer, and the source embeddings too when the vocabulary is
+shared. The output layer has no bias of its own; `output_bias` adds a fixed one (a buffer, as
+Marian's final_logits_bias is).
 
 Attention runs through `F.scaled_dot_product_attention` unless weights are requested; then the
 exact path in `nmt.models.attention` returns them. Incremental decoding keeps per-layer key/value
@@ -14,6 +15,7 @@ caches for self-attention and the cross-attention keys/values computed once in `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -72,6 +74,14 @@ class TransformerState:
         )
 
 
+# silu(x) = x sigmoid(x), Marian's "swish"
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+}
+
+
 class FeedForward(nn.Module):
     """Position-wise feed-forward network, W_2 act(W_1 x + b_1) + b_2 (section 3.3)."""
 
@@ -79,7 +89,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, d_model)
-        self.activation = F.gelu if activation == "gelu" else F.relu
+        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation(self.fc1(x)))
@@ -174,6 +184,7 @@ class TransformerModel(nn.Module):
     """The Transformer behind the decoding protocol of `nmt.models` (see there for shapes)."""
 
     position_table: torch.Tensor  # (max_positions, D) buffer, sinusoidal positions only
+    logits_bias: torch.Tensor | None  # (V,) buffer with `output_bias`, else None
 
     def __init__(
         self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, shared_vocab: bool
@@ -187,7 +198,7 @@ class TransformerModel(nn.Module):
         d = t.d_model
         self.d_model = d
         self.heads = t.heads
-        self.embed_scale = math.sqrt(d)
+        self.embed_scale = math.sqrt(d) if t.scale_embeddings else 1.0
 
         src_embed, tgt_embed = make_embeddings(
             src_vocab_size, tgt_vocab_size, d, cfg.tie_embeddings and shared_vocab
@@ -213,6 +224,8 @@ class TransformerModel(nn.Module):
         self.encoder_norm = nn.LayerNorm(d) if t.pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(d) if t.pre_norm else nn.Identity()
         self.output = nn.Linear(d, tgt_vocab_size, bias=False)
+        # Saved in checkpoints but not trained (`nmt train --init` keeps it as imported).
+        self.register_buffer("logits_bias", torch.zeros(tgt_vocab_size) if t.output_bias else None)
         self._init_weights()
         if cfg.tie_embeddings:
             self.output.weight = self.tgt_embed.weight
@@ -258,6 +271,11 @@ class TransformerModel(nn.Module):
         x = embedding(ids) * self.embed_scale + self._positions(start, ids.size(1), ids.device)
         return self.dropout(x)  # (B, T, D)
 
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder output (..., D) -> logits (..., V)."""
+        logits = self.output(self.decoder_norm(x))
+        return logits if self.logits_bias is None else logits + self.logits_bias
+
     def encode_memory(self, src_ids: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         """Encoder output (B,S,D). Padded positions hold values that nothing attends to."""
         key_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
@@ -285,7 +303,7 @@ class TransformerModel(nn.Module):
             k, v = layer.cross_attn.project_memory(memory)
             x, weights = layer(x, k, v, key_mask, need_attention)
             all_weights.append(weights)
-        logits = self.output(self.decoder_norm(x))  # (B, T, V)
+        logits = self._logits(x)  # (B, T, V)
         if need_attention:
             return logits, torch.stack(all_weights, dim=1)  # (B, L, H, T, S)
         return logits
@@ -328,7 +346,7 @@ class TransformerModel(nn.Module):
             new_v.append(v)
             if weights is not None:
                 all_weights.append(weights[:, :, 0])  # (B, H, S)
-        logits = self.output(self.decoder_norm(x[:, 0]))  # (B, V)
+        logits = self._logits(x[:, 0])  # (B, V)
         log_probs = F.log_softmax(logits.float(), dim=-1)
         new_state = replace(state, self_k=tuple(new_k), self_v=tuple(new_v), step=state.step + 1)
         attn = torch.stack(all_weights, dim=1) if need_attention else None  # (B, L, H, S)

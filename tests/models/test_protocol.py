@@ -62,12 +62,19 @@ CONFIGS = {
     "transformer-postnorm-learned-gelu": transformer_config(
         pre_norm=False, positions="learned", activation="gelu"
     ),
+    # What an imported Marian model has (nmt/pretrained.py), unscaled embeddings for the variety.
+    "transformer-postnorm-silu-bias": transformer_config(
+        pre_norm=False, activation="silu", scale_embeddings=False, output_bias=True
+    ),
 }
 
 
 def make_model(name: str, shared_vocab: bool = True) -> torch.nn.Module:
     torch.manual_seed(1)
-    return build_model(CONFIGS[name], V, V, shared_vocab).eval()
+    model = build_model(CONFIGS[name], V, V, shared_vocab).eval()
+    if getattr(model, "logits_bias", None) is not None:
+        model.logits_bias.normal_()  # starts at 0; random, so that every path must add it
+    return model
 
 
 def make_batch(extra_pad: int = 0, pad_fill: int | None = None) -> tuple[torch.Tensor, ...]:

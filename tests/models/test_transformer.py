@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nmt.config import PAD_ID, ModelConfig, TransformerConfig
 from nmt.models import build_model
@@ -73,6 +74,32 @@ def test_tying() -> None:
     model = TransformerModel(ModelConfig(tie_embeddings=False, transformer=t), 20, 20, True)
     assert model.src_embed is not model.tgt_embed
     assert model.output.weight is not model.tgt_embed.weight
+
+
+def test_marian_options_off_by_default_and_what_they_change() -> None:
+    """The defaults keep the model of earlier versions (no bias buffer, sqrt(D) scaling, ReLU);
+    `scale_embeddings=False` multiplies by 1, `output_bias` adds a saved, untrained buffer to
+    every logit, and silu is x * sigmoid(x)."""
+    default = small_model()
+    assert default.logits_bias is None and "logits_bias" not in default.state_dict()
+    assert default.embed_scale == 4.0 and default.encoder_layers[0].ffn.activation is F.relu
+    torch.manual_seed(3)
+    plain = small_model(pre_norm=False, activation="silu", scale_embeddings=False)
+    torch.manual_seed(3)
+    biased = small_model(pre_norm=False, activation="silu", scale_embeddings=False,
+                         output_bias=True)  # fmt: skip
+    assert plain.embed_scale == 1.0
+    x = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(plain.encoder_layers[0].ffn.activation(x), x * torch.sigmoid(x))
+    assert "logits_bias" in biased.state_dict()
+    assert "logits_bias" not in dict(biased.named_parameters())  # never trained
+    with torch.no_grad():
+        biased.logits_bias.copy_(torch.arange(20.0))
+    src, src_mask, tgt = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            biased(src, src_mask, tgt), plain(src, src_mask, tgt) + torch.arange(20.0)
+        )
 
 
 def small_model(**kw: object) -> TransformerModel:
