@@ -5,7 +5,8 @@ A run directory (`nmt train --out RUN_DIR`):
 
     config.yaml             the resolved RunConfig (what `--resume` compares against)
     data.json               the prepared directory it was trained on and that directory's hash
-    spm.model               the SentencePiece model (joint vocabulary), or
+    spm.model               the SentencePiece model (joint vocabulary; for an imported Marian
+                            model the mapped vocabulary of nmt.data.spm.MappedTokenizer), or
     spm.src.model, spm.tgt.model   one per side
     last.pt                 the newest checkpoint, with the full training state (--resume reads it)
     best.pt                 the weights with the best validation score (what translate reads)
@@ -23,7 +24,8 @@ reads it and no pickled code ever runs:
     data            dict     {"path", "hash"} of the prepared data
     cleaning        dict     PrepareConfig of that data (NFKC, lowercasing, ...): text to translate
                              is cleaned with it, never with whatever the prepared folder holds now
-    step            int      optimizer updates done
+    step            int      optimizer updates done (0 for a model made by `nmt import`)
+    imported        dict     (`nmt import` only) {"source", "weights"}: where the model came from
     model           dict     the model's state_dict
     train_state     dict     (last.pt and checkpoint_<step>.pt only) TrainState.to_dict()
 
@@ -211,7 +213,7 @@ def load_tokenizers(payload: dict[str, Any], folder: str | Path) -> tuple[Tokeni
                 f"{path}: SentencePiece model changed since training (sha256 {actual[:12]}..., "
                 f"checkpoint expects {entry['sha256'][:12]}...); restore the run's own file"
             )
-        loaded[side] = Tokenizer.load(path)
+        loaded[side] = Tokenizer.load(path, side)
         expected = payload["vocab"][f"{side}_vocab_size"]
         if loaded[side].vocab_size != expected:
             raise CheckpointError(

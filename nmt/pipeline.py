@@ -400,8 +400,8 @@ def export(
     spec.optimize(quantization=quantization)
     with atomic_dir(out, EXPORT_KIND, [checkpoint], refused=ConfigError) as tmp:
         spec.save(str(tmp))
-        (tmp / "source.spm").write_bytes(src_tok.model_bytes)
-        (tmp / "target.spm").write_bytes(tgt_tok.model_bytes)
+        (tmp / "source.spm").write_bytes(src_tok.spm_bytes)
+        (tmp / "target.spm").write_bytes(tgt_tok.spm_bytes)
         options = translate_options(cfg.decode)
         write_json(tmp / DECODING_FILE, options)
     for difference in options["differences"]:

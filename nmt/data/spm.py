@@ -5,13 +5,21 @@ BOS 2 `<s>`, EOS 3 `</s>`. Training goes through the library's Python API from a
 sentence iterator; the random generator is seeded and the thread count fixed, so the same input
 gives the same model bytes. Encoding never adds BOS/EOS: `nmt.data.batching` adds them when it
 builds a batch.
+
+A tokenizer file is either a SentencePiece model whose ids are the model's (what `nmt prepare`
+trains), or a mapped vocabulary (`MappedTokenizer`): the two SentencePiece models of an imported
+Marian (OPUS-MT) model and the vocabulary they share, in one JSON file. `Tokenizer.load` reads
+either.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import itertools
+import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -49,16 +57,30 @@ class Tokenizer:
             )
 
     @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
+    def load(cls, path: str | Path, side: str = "src") -> Tokenizer:
+        """The tokenizer in file `path`: a SentencePiece model, or a mapped vocabulary, whose
+        `side` ("src" or "tgt") it then is."""
         path = Path(path)
         try:
             model = path.read_bytes()
         except FileNotFoundError:
             raise DataError(f"{path}: SentencePiece model not found") from None
+        return cls.from_bytes(model, path, side)
+
+    @staticmethod
+    def from_bytes(model: bytes, path: Path | None = None, side: str = "src") -> Tokenizer:
+        """`Tokenizer` or `MappedTokenizer`, whichever the bytes of a tokenizer file hold."""
+        if model.lstrip()[:1] == b"{":  # a SentencePiece model is a protobuf: never JSON
+            return MappedTokenizer(model, path, side)
         try:
-            return cls(model, path)
+            return Tokenizer(model, path)
         except RuntimeError as exc:  # the library's parse error
             raise DataError(f"{path}: not a SentencePiece model ({exc})") from None
+
+    @property
+    def spm_bytes(self) -> bytes:
+        """The SentencePiece model that cuts this side's text (what an export ships)."""
+        return self.model_bytes
 
     @property
     def vocab_size(self) -> int:
@@ -93,6 +115,129 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.path or '<memory>'}, vocab_size={self.vocab_size})"
+
+
+MAPPED_KIND = "nmt-mapped-sentencepiece"  # the "kind" of a mapped vocabulary file, version 1
+SIDES = ("src", "tgt")
+# Marian's decoding (MarianTokenizer with skip_special_tokens) leaves out UNK as well.
+_DROPPED_BY_MAPPED = _DROPPED_ON_DECODE | {UNK_ID}
+
+
+def split_language_code(text: str) -> tuple[list[str], str]:
+    """A leading ">>xx<<" (the target-language token of multi-target Marian models) as a piece
+    of its own, and the rest of the text, as MarianTokenizer cuts them:
+    ">>fr<< Hallo" -> ([">>fr<<"], " Hallo")."""
+    end = text.find("<<") if text.startswith(">>") else -1
+    if end == -1:
+        return [], text
+    return [text[: end + 2]], text[end + 2 :]
+
+
+class MappedTokenizer(Tokenizer):
+    """One side of a shared vocabulary over two SentencePiece models, as Marian (OPUS-MT) models
+    have them: text is cut into pieces by this side's model, and each piece gets its id in the
+    shared vocabulary (UNK when it has none), as MarianTokenizer does through vocab.json. A
+    leading ">>xx<<" stays one piece (`split_language_code`). Decoding drops PAD, BOS, EOS and
+    UNK and lets the target model join the pieces, as MarianTokenizer's decode with
+    skip_special_tokens does.
+
+    The file (`write_mapped_vocabulary`) is one JSON object holding both models (base64) and the
+    vocabulary in id order, so that it is hashed, copied and reused like any SentencePiece model.
+    """
+
+    def __init__(self, model: bytes, path: Path | None = None, side: str = "src") -> None:
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        where = path or "mapped vocabulary"
+        try:
+            data = json.loads(model.decode("utf-8"))
+            if not isinstance(data, dict) or data.get("kind") != MAPPED_KIND:
+                raise ValueError(f'no "kind": "{MAPPED_KIND}"')
+            spm_model = base64.b64decode(data[f"{side}_spm"], validate=True)
+            pieces = data["pieces"]
+            if not isinstance(pieces, list):
+                raise TypeError("pieces must be a list")
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise DataError(f"{where}: not a mapped vocabulary file ({exc})") from None
+        if pieces[:4] != [SPECIAL_PIECES[k] for k in ("pad", "unk", "bos", "eos")]:
+            raise DataError(f"{where}: the first pieces must be <pad> <unk> <s> </s>")
+        if len(set(pieces)) != len(pieces) or not all(isinstance(p, str) for p in pieces):
+            raise DataError(f"{where}: the vocabulary must list distinct pieces")
+        self.model_bytes = model
+        self.path = path
+        self.side = side
+        self.sha256 = hashlib.sha256(model).hexdigest()
+        self._side_model = spm_model
+        try:
+            self._sp = sp.SentencePieceProcessor(model_proto=spm_model)
+        except RuntimeError as exc:
+            raise DataError(f"{where}: its {side} SentencePiece model is damaged ({exc})") from None
+        self._pieces = pieces
+        # PAD and BOS are nmt's own slots (padding; Marian's <pad>, the decoder start): no text
+        # maps to them.
+        self._ids = {p: i for i, p in enumerate(pieces) if i not in (PAD_ID, BOS_ID)}
+
+    @property
+    def spm_bytes(self) -> bytes:
+        return self._side_model
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._pieces)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        split = [split_language_code(text) for text in texts]
+        cut = self._sp.encode([rest for _, rest in split], out_type=str)
+        return [
+            [self._ids.get(piece, UNK_ID) for piece in code + pieces]
+            for (code, _), pieces in zip(split, cut, strict=True)
+        ]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        pieces = [self._pieces[int(i)] for i in ids if int(i) not in _DROPPED_BY_MAPPED]
+        # The library keeps a piece it does not know (another side's, a ">>xx<<") as it is,
+        # "▁" included; Marian's tokenizer turns those into spaces too.
+        return self._sp.decode_pieces(pieces).replace(WORD_START, " ").strip()
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        return [self._pieces[int(i)] for i in ids]
+
+    def write_vocab(self, path: str | Path) -> None:
+        with atomic_open(path) as handle:
+            handle.writelines(f"{piece}\t0\n" for piece in self._pieces)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model": self.model_bytes, "path": self.path, "side": self.side}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["model"], state["path"], state["side"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"MappedTokenizer({self.path or '<memory>'}, {self.side}, {self.vocab_size} pieces)"
+
+
+def write_mapped_vocabulary(
+    path: str | Path, pieces: Sequence[str], src_spm: bytes, tgt_spm: bytes, origin: str
+) -> MappedTokenizer:
+    """Write a `MappedTokenizer` file: `pieces` in id order (starting <pad> <unk> <s> </s>), the
+    source and target SentencePiece models, and where they came from. Checked before it is
+    written (DataError); returns its source side."""
+    document = {
+        "kind": MAPPED_KIND,
+        "version": 1,
+        "origin": origin,
+        "src_spm": base64.b64encode(src_spm).decode("ascii"),
+        "tgt_spm": base64.b64encode(tgt_spm).decode("ascii"),
+        "pieces": list(pieces),
+    }
+    model = (json.dumps(document, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    tok = MappedTokenizer(model, Path(path), "src")
+    with atomic_open(path, "wb", encoding=None) as handle:
+        handle.write(model)
+    return tok
 
 
 def train_tokenizer(
@@ -175,7 +320,9 @@ def make_tokenizers(
     if cfg.joint_vocab:
         joint = itertools.chain.from_iterable(zip(src_texts, tgt_texts, strict=True))
         tok, reused = _one_tokenizer(cfg, cfg.spm_model, joint, root / "spm.model", where)
-        return {"src": ("spm.model", tok, reused), "tgt": ("spm.model", tok, reused)}
+        # One file; a mapped vocabulary still cuts each side's text with that side's model.
+        tgt = Tokenizer.from_bytes(tok.model_bytes, tok.path, "tgt")
+        return {"src": ("spm.model", tok, reused), "tgt": ("spm.model", tgt, reused)}
     out = {}
     sides = (
         ("src", cfg.src_lang, cfg.spm_model, src_texts),
@@ -195,7 +342,7 @@ def _one_tokenizer(
         tok = Tokenizer.load(model)
         with atomic_open(path, "wb", encoding=None) as handle:
             handle.write(tok.model_bytes)
-        tok = Tokenizer(tok.model_bytes, path)
+        tok = Tokenizer.from_bytes(tok.model_bytes, path)
         reused: str | None = str(Path(model).resolve())
     else:
         tok = train_tokenizer(texts, cfg, path, where)

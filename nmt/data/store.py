@@ -106,10 +106,10 @@ class PreparedData:
         return read_json(self.path / STATS)
 
     def src_tokenizer(self) -> Tokenizer:
-        return Tokenizer.load(self.src_spm_path)
+        return Tokenizer.load(self.src_spm_path, "src")
 
     def tgt_tokenizer(self) -> Tokenizer:
-        return Tokenizer.load(self.tgt_spm_path)
+        return Tokenizer.load(self.tgt_spm_path, "tgt")
 
     def split(self, name: str) -> Any:
         """The split `name` ("train", "valid" or a test name) as a memory-mapped `datasets.Dataset`

@@ -11,7 +11,14 @@ import sentencepiece as sp
 from data_support import make_pairs, tiny_config
 
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from nmt.data.spm import Tokenizer, make_tokenizers, train_tokenizer
+from nmt.data.spm import (
+    MappedTokenizer,
+    Tokenizer,
+    make_tokenizers,
+    split_language_code,
+    train_tokenizer,
+    write_mapped_vocabulary,
+)
 from nmt.errors import DataError
 
 TEXTS = [s for pair in make_pairs(300, seed=1) for s in pair]
@@ -99,3 +106,56 @@ def test_joint_separate_and_reused_models(tmp_path: Path) -> None:
     )
     assert reused["src"][1].sha256 == joint["src"][1].sha256
     assert reused["src"][2] == str((tmp_path / "j" / "spm.model").resolve())
+
+
+# ---- mapped vocabularies (imported Marian models) ---------------------------------------------
+
+
+def foreign_model(texts: list[str]) -> bytes:
+    """A SentencePiece model with the library's own ids, as Marian's source.spm / target.spm."""
+    buffer = io.BytesIO()
+    sp.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buffer,
+                                  vocab_size=40, minloglevel=2, num_threads=1)  # fmt: skip
+    return buffer.getvalue()
+
+
+def test_language_codes_are_split_as_marian_does() -> None:
+    assert split_language_code(">>fr<< Hallo") == ([">>fr<<"], " Hallo")
+    assert split_language_code(">>pt_BR<<Hallo") == ([">>pt_BR<<"], "Hallo")
+    assert split_language_code("Hallo >>fr<<") == ([], "Hallo >>fr<<")
+    assert split_language_code(">> no end") == ([], ">> no end")
+
+
+def test_a_mapped_vocabulary_cuts_each_side_with_its_model(tmp_path: Path) -> None:
+    src_model, tgt_model = foreign_model(TEXTS[0::2]), foreign_model(TEXTS[1::2])
+    pieces = ["<pad>", "<unk>", "<s>", "</s>", ">>fr<<"]
+    for model in (src_model, tgt_model):
+        proc = sp.SentencePieceProcessor(model_proto=model)
+        more = [proc.id_to_piece(i) for i in range(3, proc.get_piece_size())]
+        pieces += [p for p in more if p not in pieces]
+    written = write_mapped_vocabulary(tmp_path / "spm.model", pieces, src_model, tgt_model, "t")
+    src = Tokenizer.load(tmp_path / "spm.model", "src")
+    tgt = Tokenizer.load(tmp_path / "spm.model", "tgt")
+    assert isinstance(src, MappedTokenizer) and src.sha256 == tgt.sha256 == written.sha256
+    assert src.vocab_size == tgt.vocab_size == len(pieces) and src.spm_bytes == src_model
+    text = TEXTS[2]
+    for tok, model in ((src, src_model), (tgt, tgt_model)):
+        cut = sp.SentencePieceProcessor(model_proto=model).encode(text, out_type=str)
+        assert tok.pieces(tok.encode(text)) == [p if p in pieces else "<unk>" for p in cut]
+    ids = src.encode(">>fr<< " + text + " жж")
+    assert src.pieces(ids[:1]) == [">>fr<<"] and ids[-1] == UNK_ID  # unknown: no such piece
+    # Decoding drops PAD, BOS, EOS and UNK (MarianTokenizer's skip_special_tokens).
+    assert tgt.decode([BOS_ID, *tgt.encode(text), UNK_ID, EOS_ID, PAD_ID]) == text
+    copy = pickle.loads(pickle.dumps(tgt))
+    assert copy.side == "tgt" and copy.encode(text) == tgt.encode(text)
+
+
+def test_a_damaged_mapped_vocabulary_is_one_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.model").write_text('{"kind": "something else"}')
+    with pytest.raises(DataError, match="bad.model: not a mapped vocabulary file"):
+        Tokenizer.load(tmp_path / "bad.model")
+    model = foreign_model(TEXTS)
+    with pytest.raises(DataError, match="the first pieces must be <pad> <unk> <s> </s>"):
+        write_mapped_vocabulary(tmp_path / "odd.model", ["<unk>", "<pad>", "<s>", "</s>"],
+                                model, model, "t")  # fmt: skip
+    assert not (tmp_path / "odd.model").exists()  # checked before anything is written
