@@ -276,6 +276,63 @@ def export(
     )
 
 
+@app.command("import")
+@user_errors
+def import_(
+    source: str = typer.Argument(
+        ..., help="hf:OWNER/NAME[@REVISION] (downloaded), or a folder saved by save_pretrained."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder to write. Default: checkpoints/NAME."
+    ),
+    src_lang: str | None = typer.Option(
+        None, "--src-lang", help="Source language code, when the model does not name it."
+    ),
+    tgt_lang: str | None = typer.Option(
+        None, "--tgt-lang", help="Target language code, when the model does not name it."
+    ),
+) -> None:
+    """Import a MarianMT model (Helsinki-NLP's OPUS-MT) once, as a run folder that translate,
+    evaluate, serve, train --init and export take like a run of their own.
+
+    A download needs `pip install 'nmt[import]'` and internet access; weights are read with
+    safetensors or torch.load(weights_only=True), and no code of the model runs. Anything the
+    import does not support (another architecture, a missing file, a config field or value) is
+    refused before anything is written. Multi-target models choose the target language with a
+    token at the start of each line: >>fr<< Hallo Welt.
+
+    Examples:
+
+    \b
+      nmt import hf:Helsinki-NLP/opus-mt-de-en --out checkpoints/opus-mt-de-en
+      nmt import ./opus-mt-de-en-saved --out checkpoints/opus-mt-de-en
+      echo 'Ein Hund rennt.' | nmt translate checkpoints/opus-mt-de-en
+    """
+    from nmt.pretrained import import_model
+
+    name = source.rstrip("/").split("/")[-1].split("@")[0] or "imported"
+    target = out if out is not None else Path("checkpoints") / name
+    done = import_model(source, target, src_lang, tgt_lang, _note)
+    t = done.config.model.transformer
+    d = done.config.decode
+    typer.echo(
+        f"imported {done.source} -> {done.out}: Transformer {t.enc_layers}+{t.dec_layers} layers, "
+        f"d_model {t.d_model}, {done.vocab_size:,} pieces; decoding with beam {d.beam_size}, "
+        f"at most {d.max_len_b} tokens"
+    )
+    if done.language_tokens:
+        shown = " ".join(done.language_tokens[:8]) + (
+            " ..." if len(done.language_tokens) > 8 else ""
+        )
+        typer.echo(f"target-language tokens (start each line with one): {shown}")
+    for note in done.notes:
+        typer.echo(f"note: {note}", err=True)
+
+
+def _note(message: str) -> None:
+    typer.echo(message, err=True)
+
+
 # ---- translate, evaluate, align-eval, plot (issue 5) --------------------------------------------
 
 

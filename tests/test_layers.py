@@ -27,6 +27,7 @@ RANK = {
     "nmt.training": 4,
     "nmt.inference": 4,
     "nmt.curves": 4,
+    "nmt.pretrained": 4,
     "nmt.pipeline": 5,
     "nmt.serve": 5,
     "nmt.cli": 6,
