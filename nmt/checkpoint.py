@@ -90,8 +90,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    payload = read_torch_file(path, "checkpoint")
+    if not isinstance(payload, dict) or "format_version" not in payload or "model" not in payload:
+        raise CheckpointError(f"{path}: not an nmt checkpoint (no format_version / model inside)")
+    return upgrade_payload(payload, path)
+
+
+def read_torch_file(path: Path, what: str) -> Any:
+    """`torch.load(path, weights_only=True)` onto the CPU: tensors and plain values only, so no
+    pickled code runs. CheckpointError "PATH: not a readable WHAT (why)" when it fails."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated zip, a pickle with code in it, a non-torch file ...
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
@@ -101,10 +110,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             # torch.save writes a zip archive; anything else (text, an old pickle) fails deep
             # inside the unpickler with a bare KeyError or EOFError that says nothing.
             first_line = "not a file written by torch.save"
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
-    if not isinstance(payload, dict) or "format_version" not in payload or "model" not in payload:
-        raise CheckpointError(f"{path}: not an nmt checkpoint (no format_version / model inside)")
-    return upgrade_payload(payload, path)
+        raise CheckpointError(f"{path}: not a readable {what} ({first_line})") from None
 
 
 def upgrade_payload(payload: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:

@@ -33,9 +33,7 @@ import does not support is refused in one line that names it.
 from __future__ import annotations
 
 import json
-import pickle
 import re
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -524,15 +522,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path}: not a readable safetensors file ({_first(exc)})"
             ) from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        why = _first(exc)
-        if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
-            why = "it holds Python objects other than tensors"
-        elif not zipfile.is_zipfile(path):
-            why = "not a file written by torch.save"
-        raise CheckpointError(f"{path}: not a readable weights file ({why})") from None
+    state = ckpt.read_torch_file(path, "weights file")
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CheckpointError(f"{path}: expected a mapping of names to tensors")
     return dict(state)
@@ -601,26 +591,27 @@ def convert_weights(
         state[f"{ours}.weight"] = take(f"{theirs}.weight", (d,))
         state[f"{ours}.bias"] = take(f"{theirs}.bias", (d,))
 
-    for i in range(t.enc_layers):
-        src, dst = f"model.encoder.layers.{i}", f"encoder_layers.{i}"
+    def self_attention(dst: str, src: str) -> None:
         fused(f"{dst}.self_attn.qkv_proj", f"{src}.self_attn", ("q_proj", "k_proj", "v_proj"))
         linear(f"{dst}.self_attn.out_proj", f"{src}.self_attn.out_proj", d, d)
         norm(f"{dst}.norm1", f"{src}.self_attn_layer_norm")
+
+    def feed_forward(dst: str, src: str, last_norm: str) -> None:
         linear(f"{dst}.ffn.fc1", f"{src}.fc1", f, d)
         linear(f"{dst}.ffn.fc2", f"{src}.fc2", d, f)
-        norm(f"{dst}.norm2", f"{src}.final_layer_norm")
+        norm(f"{dst}.{last_norm}", f"{src}.final_layer_norm")
+
+    for i in range(t.enc_layers):
+        self_attention(f"encoder_layers.{i}", f"model.encoder.layers.{i}")
+        feed_forward(f"encoder_layers.{i}", f"model.encoder.layers.{i}", "norm2")
     for i in range(t.dec_layers):
         src, dst = f"model.decoder.layers.{i}", f"decoder_layers.{i}"
-        fused(f"{dst}.self_attn.qkv_proj", f"{src}.self_attn", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{dst}.self_attn.out_proj", f"{src}.self_attn.out_proj", d, d)
-        norm(f"{dst}.norm1", f"{src}.self_attn_layer_norm")
+        self_attention(dst, src)
         linear(f"{dst}.cross_attn.q_proj", f"{src}.encoder_attn.q_proj", d, d)
         fused(f"{dst}.cross_attn.kv_proj", f"{src}.encoder_attn", ("k_proj", "v_proj"))
         linear(f"{dst}.cross_attn.out_proj", f"{src}.encoder_attn.out_proj", d, d)
         norm(f"{dst}.norm2", f"{src}.encoder_attn_layer_norm")
-        linear(f"{dst}.ffn.fc1", f"{src}.fc1", f, d)
-        linear(f"{dst}.ffn.fc2", f"{src}.fc2", d, f)
-        norm(f"{dst}.norm3", f"{src}.final_layer_norm")
+        feed_forward(dst, src, "norm3")
     unexpected = sorted(set(marian) - taken)
     if unexpected:
         raise CheckpointError(

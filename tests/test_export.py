@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from export_support import export_and_compare
 from torch import nn
 from typer.testing import CliRunner
 
@@ -112,32 +113,6 @@ def random_sentences(count: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(2, 8))) for _ in range(count)]
 
 
-def export_and_compare(run: Path, out: Path) -> tuple[int, dict]:
-    """Export `run`, decode 100 sentences with both engines, CTranslate2 with the settings of
-    `nmt-decoding.json`, and count the identical 1-best outputs."""
-    import json
-
-    from nmt.inference import Translator
-
-    ours = Translator.load(run, "cpu")
-    exported = CliRunner().invoke(app, ["export", str(run), "-o", str(out)])
-    assert exported.exit_code == 0, exported.output
-    settings = json.loads((out / "nmt-decoding.json").read_text(encoding="utf-8"))
-    lines = random_sentences(100, seed=7)
-    src_ids = ours.encode(lines, 0, "test")
-    our_pieces = [ours.tgt_tok.pieces(n[0].tokens) for n in ours.decode(src_ids)]
-    theirs = ctranslate2.Translator(str(out), device="cpu", inter_threads=1, intra_threads=1)
-    rule = settings["max_decoding_length"]
-    same = 0
-    for ids, mine in zip(src_ids, our_pieces, strict=True):
-        limit = int(rule["a"] * (len(ids) + 1) + rule["b"])
-        result = theirs.translate_batch(
-            [ours.src_tok.pieces(ids)], max_decoding_length=limit, **settings["translate_batch"]
-        )
-        same += result[0].hypotheses[0] == mine
-    return same, settings
-
-
 def test_export_decodes_like_nmt_with_the_default_beam(
     tiny_transformer_run: Path, tmp_path: Path
 ) -> None:
@@ -152,7 +127,7 @@ def test_export_decodes_like_nmt_with_the_default_beam(
     payload = torch.load(run / "best.pt", weights_only=True)
     payload["config"]["decode"] = to_dict(DecodeConfig())  # a run trained with the defaults
     torch.save(payload, run / "best.pt")
-    same, settings = export_and_compare(run, tmp_path / "ct2")
+    same, settings = export_and_compare(run, tmp_path / "ct2", random_sentences(100, seed=7))
     assert settings["differences"] == []
     assert settings["translate_batch"]["length_penalty"] == 1.0
     assert same >= 98, same

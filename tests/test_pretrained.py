@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from export_support import export_and_compare
 from typer.testing import CliRunner
 
 from nmt.cli import app
@@ -362,26 +363,16 @@ def test_ctranslate2_export_of_an_imported_model_decodes_like_nmt(
     every token of a translation as nmt does."""
     ctranslate2 = pytest.importorskip("ctranslate2")
     out = tmp_path / "ct2"
-    exported = invoke("export", imported, "-o", out)
-    assert exported.exit_code == 0, exported.output
-    settings = json.loads((out / "nmt-decoding.json").read_text(encoding="utf-8"))
-    ours = Translator.load(imported, "cpu")
     sources, _ = pairs(100, 14)
-    src_ids = ours.encode(sources, 0, "test")
+    same, _ = export_and_compare(imported, out, sources)
+    assert same >= 98, same
+    ours = Translator.load(imported, "cpu")
+    src_ids = ours.encode(sources[:10], 0, "test")
     hyps = [n[0] for n in ours.decode(src_ids)]
     engine = ctranslate2.Translator(str(out), device="cpu", inter_threads=1, intra_threads=1)
-    rule = settings["max_decoding_length"]
-    same = 0
-    for ids, hyp in zip(src_ids, hyps, strict=True):
-        limit = int(rule["a"] * (len(ids) + 1) + rule["b"])
-        result = engine.translate_batch(
-            [ours.src_tok.pieces(ids)], max_decoding_length=limit, **settings["translate_batch"]
-        )
-        same += result[0].hypotheses[0] == ours.tgt_tok.pieces(hyp.tokens)
-    assert same >= 98, same
-    scored = engine.score_batch([ours.src_tok.pieces(ids) for ids in src_ids[:10]],
-                                [ours.tgt_tok.pieces(h.tokens) for h in hyps[:10]])  # fmt: skip
-    for result, hyp in zip(scored, hyps[:10], strict=True):
+    scored = engine.score_batch([ours.src_tok.pieces(ids) for ids in src_ids],
+                                [ours.tgt_tok.pieces(h.tokens) for h in hyps])  # fmt: skip
+    for result, hyp in zip(scored, hyps, strict=True):
         torch.testing.assert_close(torch.tensor(result.log_probs),
                                    torch.tensor(hyp.token_scores), atol=2e-4, rtol=0)  # fmt: skip
 
