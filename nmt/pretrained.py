@@ -80,6 +80,14 @@ OPUS_NAME = re.compile(r"opus-mt-([^-/]+)-([^-/@]+)$")
 # ---- config.json -------------------------------------------------------------------------------
 
 ACTIVATIONS = {"swish": "silu", "silu": "silu", "gelu": "gelu", "relu": "relu"}
+# MarianConfig's defaults, for fields a config.json leaves out (transformers reads it so too).
+MARIAN_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 58101, "d_model": 1024, "encoder_layers": 12, "decoder_layers": 12,
+    "encoder_attention_heads": 16, "decoder_attention_heads": 16, "encoder_ffn_dim": 4096,
+    "decoder_ffn_dim": 4096, "max_position_embeddings": 1024, "activation_function": "gelu",
+    "scale_embedding": False, "dropout": 0.1, "attention_dropout": 0.0, "pad_token_id": 58100,
+    "eos_token_id": 0, "decoder_start_token_id": 58100,
+}  # fmt: skip
 # Fields a MarianMTModel must have these values for, or that our Transformer reads (below).
 REQUIRED_VALUES: dict[str, Any] = {
     "model_type": "marian",
@@ -125,7 +133,8 @@ INERT_FIELDS = {
 MAPPED_GENERATION = {
     "num_beams", "num_return_sequences", "length_penalty", "max_length", "max_new_tokens",
     "min_length", "min_new_tokens", "no_repeat_ngram_size", "bad_words_ids", "early_stopping",
-    "forced_eos_token_id", "renormalize_logits", "do_sample",
+    "forced_eos_token_id", "renormalize_logits", "do_sample", "eos_token_id",
+    "decoder_start_token_id",
 }  # fmt: skip
 # Settings nmt's search does not have, with the value that leaves them off.
 NEUTRAL_GENERATION: dict[str, Any] = {
@@ -140,11 +149,10 @@ NEUTRAL_GENERATION: dict[str, Any] = {
 SAMPLING_ONLY = {"temperature", "top_k", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
                  "min_p", "top_h"}  # fmt: skip
 INERT_GENERATION = {
-    "_from_model_config", "transformers_version", "pad_token_id", "bos_token_id",
-    "eos_token_id", "decoder_start_token_id", "use_cache", "output_attentions",
-    "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate",
-    "remove_invalid_values", "cache_implementation", "cache_config", "low_memory",
-    "watermarking_config", "assistant_confidence_threshold", "num_assistant_tokens",
+    "_from_model_config", "transformers_version", "pad_token_id", "bos_token_id", "use_cache",
+    "output_attentions", "output_hidden_states", "output_scores", "output_logits",
+    "return_dict_in_generate", "remove_invalid_values", "cache_implementation", "cache_config",
+    "low_memory", "watermarking_config", "assistant_confidence_threshold", "num_assistant_tokens",
     "num_assistant_tokens_schedule", "prompt_lookup_num_tokens", "max_matching_ngram_size",
     "assistant_early_exit", "assistant_lookbehind", "target_lookbehind", "is_assistant",
     "token_healing", "dola_layers", "compile_config", "disable_compile", "generation_kwargs",
@@ -347,39 +355,35 @@ def model_config(config: dict[str, Any]) -> ModelConfig:
             raise _refused(key, config[key], "nmt has no such setting; only 0 imports")
     for ours, theirs in (("encoder_ffn_dim", "decoder_ffn_dim"),
                          ("encoder_attention_heads", "decoder_attention_heads")):  # fmt: skip
-        if _int(config, ours, 4096 if "ffn" in ours else 16) != _int(
-            config, theirs, 4096 if "ffn" in theirs else 16
-        ):
+        if _int(config, ours) != _int(config, theirs):
             raise _refused(theirs, config.get(theirs), f"nmt needs it equal to {ours}")
-    vocab_size = _int(config, "vocab_size", 58101)
-    if config.get("decoder_vocab_size") not in (None, vocab_size):
+    if config.get("decoder_vocab_size") not in (None, _int(config, "vocab_size")):
         raise _refused("decoder_vocab_size", config["decoder_vocab_size"],
                        "a separate target vocabulary is not supported")  # fmt: skip
-    activation = config.get("activation_function", "gelu")
+    activation = config.get("activation_function", MARIAN_DEFAULTS["activation_function"])
     if activation not in ACTIVATIONS:
         raise _refused("activation_function", activation,
                        f"nmt has {', '.join(sorted(ACTIVATIONS))}")  # fmt: skip
-    d_model = _int(config, "d_model", 1024)
+    d_model = _int(config, "d_model")
     if d_model % 2:
         raise _refused("d_model", d_model, "an odd width lays out Marian's sinusoids otherwise")
-    if config.get("decoder_start_token_id") != config.get("pad_token_id", 58100):
+    if _int(config, "decoder_start_token_id") != _int(config, "pad_token_id"):
         raise _refused("decoder_start_token_id", config.get("decoder_start_token_id"),
                        "nmt starts decoding from pad_token_id, as MarianMTModel does")  # fmt: skip
-    if isinstance(config.get("eos_token_id"), list):
-        raise _refused("eos_token_id", config["eos_token_id"], "one end-of-sentence id only")
+    _int(config, "eos_token_id")  # one id, not a list
     transformer = {
         "d_model": d_model,
-        "heads": _int(config, "encoder_attention_heads", 16),
-        "enc_layers": _int(config, "encoder_layers", 12),
-        "dec_layers": _int(config, "decoder_layers", 12),
-        "ffn_dim": _int(config, "encoder_ffn_dim", 4096),
-        "dropout": float(config.get("dropout", 0.1)),
-        "attn_dropout": float(config.get("attention_dropout", 0.0)),
+        "heads": _int(config, "encoder_attention_heads"),
+        "enc_layers": _int(config, "encoder_layers"),
+        "dec_layers": _int(config, "decoder_layers"),
+        "ffn_dim": _int(config, "encoder_ffn_dim"),
+        "dropout": config.get("dropout", MARIAN_DEFAULTS["dropout"]),
+        "attn_dropout": config.get("attention_dropout", MARIAN_DEFAULTS["attention_dropout"]),
         "activation": ACTIVATIONS[activation],
         "pre_norm": False,
         "positions": "sinusoidal",
-        "max_positions": _int(config, "max_position_embeddings", 1024),
-        "scale_embeddings": bool(config.get("scale_embedding", False)),
+        "max_positions": _int(config, "max_position_embeddings"),
+        "scale_embeddings": config.get("scale_embedding", MARIAN_DEFAULTS["scale_embedding"]),
         "output_bias": True,
     }
     try:
@@ -407,38 +411,41 @@ def decode_config(
             raise _refused(key, value, "nmt's search has no such setting", "generation")
     if generation.get("do_sample"):
         raise _refused("do_sample", True, "sampling defaults are not imported", "generation")
-    pad, eos = config.get("pad_token_id", 58100), config.get("eos_token_id", 0)
+    pad, eos = _int(config, "pad_token_id"), _int(config, "eos_token_id")
     bad_words = generation.get("bad_words_ids") or []
     if any(words != [pad] for words in bad_words):
         why = f"nmt bans only [[{pad}]] (<pad>), which it never produces"
         raise _refused("bad_words_ids", bad_words, why, "generation")
-    if generation.get("forced_eos_token_id") not in (None, eos):
-        raise _refused("forced_eos_token_id", generation["forced_eos_token_id"],
-                       "only the end-of-sentence id can be forced", "generation")  # fmt: skip
-    beam = int(generation.get("num_beams") or 1)
+    # generate takes these from the generation settings when they are there.
+    same_ids = {"forced_eos_token_id": eos, "eos_token_id": eos, "decoder_start_token_id": pad}
+    for key, expected in same_ids.items():
+        if generation.get(key) not in (None, expected, [expected]):
+            why = f"nmt needs {expected}, the id config.json gives it"
+            raise _refused(key, generation[key], why, "generation")
+    beam = _int(generation, "num_beams", 1)
     # `generate` counts the start token in max_length and min_length; nmt counts output tokens,
     # EOS left out, and always ends a hypothesis at its maximum length with EOS.
-    if generation.get("max_new_tokens"):
-        most = int(generation["max_new_tokens"]) - 1
+    if generation.get("max_new_tokens") is not None:
+        most = _int(generation, "max_new_tokens") - 1
     else:
-        most = int(generation.get("max_length") or HF_DEFAULT_MAX_LENGTH) - 2
-    if generation.get("min_new_tokens"):
-        least = int(generation["min_new_tokens"])
+        most = _int(generation, "max_length", HF_DEFAULT_MAX_LENGTH) - 2
+    if generation.get("min_new_tokens") is not None:
+        least = _int(generation, "min_new_tokens")
     else:
-        least = max(0, int(generation.get("min_length") or 0) - 1)
+        least = max(0, _int(generation, "min_length", 0) - 1)
     settings = {
         "beam_size": beam,
-        "nbest": int(generation.get("num_return_sequences") or 1),
+        "nbest": _int(generation, "num_return_sequences", 1),
         "length_norm": "power",
-        "len_penalty": float(generation.get("length_penalty", 1.0)),
+        "len_penalty": generation.get("length_penalty", 1.0),
         "max_len_a": 0.0,
         "max_len_b": max(0, min(most, model.max_positions - 1)),
         "min_len": least,
-        "no_repeat_ngram": int(generation.get("no_repeat_ngram_size") or 0),
+        "no_repeat_ngram": _int(generation, "no_repeat_ngram_size", 0),
     }
     try:
         cfg: DecodeConfig = from_dict(DecodeConfig, settings, "decode")
-    except ConfigError as exc:
+    except ConfigError as exc:  # a length penalty that is not a number, a negative length ...
         raise ConfigError(f"generation settings: {exc}") from None
     notes = []
     if beam > 1 and generation.get("early_stopping") is not True:
@@ -457,8 +464,11 @@ def decode_config(
 _GENERATION_KEYS = MAPPED_GENERATION | set(NEUTRAL_GENERATION) | SAMPLING_ONLY
 
 
-def _int(config: dict[str, Any], key: str, default: int) -> int:
-    value = config.get(key, default)
+def _int(fields: dict[str, Any], key: str, default: int | None = None) -> int:
+    """An integer field, MarianConfig's default (or `default`) when absent or null."""
+    value = fields.get(key)
+    if value is None:
+        value = MARIAN_DEFAULTS[key] if default is None else default
     if not isinstance(value, int) or isinstance(value, bool):
         raise _refused(key, value, "expected an integer")
     return value
@@ -475,7 +485,7 @@ def vocabulary(vocab: dict[str, int], config: dict[str, Any]) -> tuple[list[int]
     """The Marian id behind each of our ids (-1 for our padding row, which has none) and our
     pieces in id order: <pad> (ours), <unk>, <s> (Marian's <pad>, the decoder start), </s>, then
     every other Marian piece in Marian's order."""
-    size = _int(config, "vocab_size", 58101)
+    size = _int(config, "vocab_size")
     if sorted(vocab.values()) != list(range(size)):
         raise DataError(
             f"vocab.json: its ids must be 0 .. {size - 1} (config vocab_size {size}), each once; "
@@ -484,9 +494,11 @@ def vocabulary(vocab: dict[str, int], config: dict[str, Any]) -> tuple[list[int]
     piece_of = {i: p for p, i in vocab.items()}
     if "<unk>" not in vocab:
         raise DataError("vocab.json: no <unk> piece")
-    pad, eos, unk = config.get("pad_token_id", 58100), config.get("eos_token_id", 0), vocab["<unk>"]
-    if not (isinstance(pad, int) and 0 <= pad < size and isinstance(eos, int) and 0 <= eos < size):
-        raise DataError(f"config.json: pad_token_id {pad} / eos_token_id {eos} not in 0 .. {size}")
+    pad, eos, unk = _int(config, "pad_token_id"), _int(config, "eos_token_id"), vocab["<unk>"]
+    if not (0 <= pad < size and 0 <= eos < size):
+        raise DataError(
+            f"config.json: pad_token_id {pad} / eos_token_id {eos} not in 0 .. {size - 1}"
+        )
     if len({pad, eos, unk}) != 3:
         raise DataError(f"vocab.json: <pad> {pad}, </s> {eos} and <unk> {unk} must differ")
     ours = {SPECIAL_PIECES["pad"], SPECIAL_PIECES["bos"]}

@@ -285,6 +285,44 @@ def test_renormalized_generation_is_imported_as_a_pad_logit_without_probability(
     torch.testing.assert_close(scores, out.sequences_scores[same], atol=1e-4, rtol=0)
 
 
+def test_an_older_save_imports_alike(
+    marian: tuple[Path, Any, Any], imported: Path, tmp_path: Path
+) -> None:
+    """As older transformers versions saved OPUS-MT models: pytorch_model.bin with every name of
+    the shared embedding table and both position tables, and a config.json with the BART-era
+    keys and the generation defaults in it (no generation_config.json). The import gives the
+    same weights and decode settings as from the new-style folder."""
+    from safetensors.torch import load_file
+
+    folder, model, _ = marian
+    old = tmp_path / "opus-mt-de-en"
+    shutil.copytree(folder, old)
+    (old / "generation_config.json").unlink()
+    state = load_file(str(old / "model.safetensors"))
+    (old / "model.safetensors").unlink()
+    for name in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
+                 "lm_head.weight"):  # fmt: skip
+        state[name] = state["model.shared.weight"]
+    for stack in ("encoder", "decoder"):
+        positions = getattr(model.model, stack).embed_positions
+        state[f"model.{stack}.embed_positions.weight"] = positions.create_weight()
+    torch.save(state, old / "pytorch_model.bin")
+    config = json.loads((old / "config.json").read_text(encoding="utf-8"))
+    pad = config["pad_token_id"]
+    config.update({"add_bias_logits": False, "add_final_layer_norm": False,
+                   "normalize_before": False, "normalize_embedding": False,
+                   "static_position_embeddings": True, "id2label": {"0": "LABEL_0"},
+                   "num_beams": 4, "max_length": MAX_LENGTH, "bad_words_ids": [[pad]],
+                   "torch_dtype": "float32", "output_past": True})  # fmt: skip
+    (old / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    result = invoke("import", old, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    ours = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    new = torch.load(imported / "best.pt", weights_only=True)
+    assert ours["config"] == new["config"]
+    assert all(torch.equal(ours["model"][k], new["model"][k]) for k in new["model"])
+
+
 def test_a_multi_target_model_keeps_language_tokens_whole(tmp_path: Path) -> None:
     folder = tmp_path / "opus-mt-de-ROMANCE"
     model, tok = build_marian(folder, codes=CODES, steps=150)
@@ -432,6 +470,15 @@ def test_missing_files_and_foreign_tensors_are_refused_by_name(
     assert foreign.exit_code == 1, foreign.output
     assert "model.encoder.layernorm_embedding.weight is not part of" in foreign.stderr
     assert foreign.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
+    untied = {**state, "lm_head.weight": state["model.shared.weight"] + 1}
+    save_file(untied, str(copy / "model.safetensors"))
+    refused = invoke("import", copy, "--out", tmp_path / "run")
+    assert "lm_head.weight differs from model.shared.weight" in refused.stderr
+    shifted = {**state, "model.encoder.embed_positions.weight": torch.zeros(64, 32)}
+    save_file(shifted, str(copy / "model.safetensors"))
+    refused = invoke("import", copy, "--out", tmp_path / "run")
+    assert "embed_positions.weight is not the sinusoidal table" in refused.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_hub_name_offline_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
