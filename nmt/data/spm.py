@@ -330,19 +330,24 @@ def make_tokenizers(
     )
     for side, lang, model, texts in sides:
         file = f"spm.{lang}.model"
-        tok, reused = _one_tokenizer(cfg, model, texts, root / file, f"{where} ({lang} side)")
+        tok, reused = _one_tokenizer(cfg, model, texts, root / file, f"{where} ({lang} side)", side)
         out[side] = (file, tok, reused)
     return out
 
 
 def _one_tokenizer(
-    cfg: PrepareConfig, model: str | None, texts: Iterable[str], path: Path, where: str
+    cfg: PrepareConfig,
+    model: str | None,
+    texts: Iterable[str],
+    path: Path,
+    where: str,
+    side: str = "src",
 ) -> tuple[Tokenizer, str | None]:
     if model:
-        tok = Tokenizer.load(model)
+        tok = Tokenizer.load(model, side)
         with atomic_open(path, "wb", encoding=None) as handle:
             handle.write(tok.model_bytes)
-        tok = Tokenizer.from_bytes(tok.model_bytes, path)
+        tok = Tokenizer.from_bytes(tok.model_bytes, path, side)
         reused: str | None = str(Path(model).resolve())
     else:
         tok = train_tokenizer(texts, cfg, path, where)

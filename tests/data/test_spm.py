@@ -148,6 +148,12 @@ def test_a_mapped_vocabulary_cuts_each_side_with_its_model(tmp_path: Path) -> No
     assert tgt.decode([BOS_ID, *tgt.encode(text), UNK_ID, EOS_ID, PAD_ID]) == text
     copy = pickle.loads(pickle.dumps(tgt))
     assert copy.side == "tgt" and copy.encode(text) == tgt.encode(text)
+    # nmt prepare reusing it, as one joint file or as a file per side: each side cuts its way.
+    bundle = str(tmp_path / "spm.model")
+    separate = {"joint_vocab": False, "spm_model": bundle, "spm_tgt_model": bundle}
+    for settings in ({"spm_model": bundle}, separate):
+        made = make_tokenizers(tiny_config(**settings), [], [], tmp_path / "p", "toy")
+        assert [made[side][1].side for side in ("src", "tgt")] == ["src", "tgt"]
 
 
 def test_a_damaged_mapped_vocabulary_is_one_error(tmp_path: Path) -> None:
