@@ -50,8 +50,9 @@ from torch import nn
 from nmt import __version__
 from nmt.config import PrepareConfig, RunConfig, from_dict, load_yaml
 from nmt.data.spm import Tokenizer
+from nmt.data.store import prepared_folder_around
 from nmt.errors import CheckpointError, NmtError
-from nmt.io import read_json
+from nmt.io import Input, Output, check_outputs, read_json
 from nmt.models import build_model
 
 FORMAT_VERSION = 1
@@ -66,6 +67,7 @@ AVERAGED = "averaged.pt"
 JOINT_SPM = "spm.model"
 SRC_SPM = "spm.src.model"
 TGT_SPM = "spm.tgt.model"
+LOCK_FILE = "train.lock"  # held by the `nmt train` that writes the run (training/run_folder.py)
 _PERIODIC = re.compile(r"^checkpoint_(\d+)\.pt$")
 
 # format_version -> function turning a payload of that version into one of version + 1.
@@ -145,6 +147,50 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
         if match:
             found.append((int(match.group(1)), path))
     return sorted(found)
+
+
+def run_inputs(path: str | Path, skip: tuple[str, ...] = ()) -> list[Input]:
+    """The files of the run folder that holds `path` (a run folder, or a checkpoint in one) that
+    nmt reads now or may read later, present or not (best.pt appears after the first validation),
+    plus every .pt file there: what no output of a command that reads the run may replace.
+    `skip` leaves names out (`nmt average` writes averaged.pt)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    names = [BEST, LAST, AVERAGED, JOINT_SPM, SRC_SPM, TGT_SPM, CONFIG_FILE, DATA_FILE,
+             METRICS_FILE, LOCK_FILE]  # fmt: skip
+    files = [folder / name for name in names] + sorted(folder.glob("*.pt"))
+    if not path.is_dir():
+        files.insert(0, path)
+    what = f"a file of the run folder {folder}"
+    unique = {str(file): file for file in files if file.name not in skip}
+    return [Input(file, what) for file in unique.values()]
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` holds a run: its config.yaml beside data.json or a checkpoint."""
+    return (folder / CONFIG_FILE).is_file() and any(
+        (folder / name).is_file() for name in (DATA_FILE, LAST, BEST)
+    )
+
+
+def guard_outputs(
+    outputs: list[Output],
+    inputs: list[Input],
+    refused: type[Exception],
+    skip: tuple[str, ...] = (),
+) -> None:
+    """`nmt.io.check_outputs` with, besides the command's own `inputs`, the files of any run
+    folder an output file would be written into (`run_inputs`, less `skip`) and any prepared data
+    folder around it: nmt reads those later, whichever command writes now."""
+    guarded = list(inputs)
+    for out in outputs:
+        folder = out.path if out.kind == "files" else out.path.parent  # where it writes
+        if out.kind != "folder" and is_run_folder(folder):
+            guarded += run_inputs(folder, skip)
+        prepared = prepared_folder_around(folder)
+        if prepared is not None:
+            guarded.append(Input(prepared, "a prepared data folder", tree=True))
+    check_outputs(outputs, guarded, refused)
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:

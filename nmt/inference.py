@@ -26,7 +26,7 @@ import torch
 
 from nmt.checkpoint import LoadedRun, load_run
 from nmt.config import DecodeConfig, from_dict, merge, parse_overrides, to_dict
-from nmt.data.corpus import clean_text
+from nmt.data.corpus import MAX_LINE_BYTES, clean_text
 from nmt.decoding.alignment import (
     AttentionRecord,
     Link,
@@ -326,6 +326,7 @@ class Translator:
                 f"translation ({len(unpaired)} such line(s) in this batch); are the files paired?"
             )
         src_ids = self.encode(sources, first_index, where)
+        _check_text(targets, first_index, target_where)
         tgt_ids = self.tgt_tok.encode_batch([clean_text(t, self.cleaning) for t in targets])
         limit = self.max_src_len
         for n, seq in enumerate(tgt_ids):
@@ -364,7 +365,10 @@ class Translator:
     # ---- the steps ------------------------------------------------------------------------------
 
     def encode(self, lines: Sequence[str], first_index: int, where: str) -> list[list[int]]:
-        """Source ids per line; empty lines give []; too long lines follow decode.too_long."""
+        """Source ids per line; empty lines give []; too long lines follow decode.too_long.
+        A line that is not text (a lone surrogate, a non-str) or longer than MAX_LINE_BYTES is
+        refused, naming it, before SentencePiece sees it."""
+        _check_text(lines, first_index, where)
         ids = self.src_tok.encode_batch([clean_text(line, self.cleaning) for line in lines])
         limit = self.max_src_len
         for n, seq in enumerate(ids):
@@ -451,6 +455,28 @@ def _check_lines(lines: Sequence[str], what: str = "Translator.translate takes")
     """A str is a sequence of characters too: refuse it rather than translate each letter."""
     if isinstance(lines, str):
         raise TypeError(f"{what} a list of lines, not a str: use [text]")
+
+
+def _check_text(lines: Sequence[str], first_index: int, where: str) -> None:
+    """Each line is a str that UTF-8 can hold (no lone surrogate such as "\\ud800", which
+    SentencePiece would refuse with a bare TypeError) of at most MAX_LINE_BYTES."""
+    for n, line in enumerate(lines):
+        name = f"{where}:{first_index + n + 1}"
+        if not isinstance(line, str):
+            raise TypeError(f"{name}: a line must be a str, got {type(line).__name__}")
+        size = len(line)  # a lower bound of its UTF-8 size: no need to encode a huge line
+        if size <= MAX_LINE_BYTES:
+            try:
+                size = len(line.encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise DataError(
+                    f"{name}: not valid Unicode (lone surrogate U+{ord(line[exc.start]):04X} at "
+                    f"character {exc.start + 1}); pass text decoded from UTF-8"
+                ) from None
+        if size > MAX_LINE_BYTES:
+            raise DataError(
+                f"{name}: a line longer than {MAX_LINE_BYTES:,} bytes, the limit for one sentence"
+            )
 
 
 __all__ = ["Candidate", "TranslationResult", "Translator", "resolve_device"]

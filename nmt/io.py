@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import fnmatch
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -240,6 +242,155 @@ def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+# ---- outputs never replace inputs ---------------------------------------------------------------
+# The one rule every writing command checks before any work: no output may be, or resolve to
+# (through symlinks or a hard link), a file the command reads or may read later (the files of a
+# run or prepared folder it uses), nor another output of the same call. Devices and pipes
+# (/dev/stdout, a FIFO) are streams, not files: writing to one replaces nothing.
+
+
+@dataclass(frozen=True)
+class Output:
+    """Something a command writes, as the user named it (`flag`, e.g. "-o").
+
+    kind "file": the file `path`; "folder": the folder `path`, replaced whole (prepare, export);
+    "files": files named like the glob `pattern` written into the folder `path` (--plot-dir)."""
+
+    flag: str
+    path: Path
+    kind: str = "file"
+    pattern: str = "*"
+
+
+@dataclass(frozen=True)
+class Input:
+    """Something a command reads (or may read later), described for the message (`what`, e.g.
+    "-i" or "a file of the run RUN"); `tree`: a folder read whole (a prepared data folder)."""
+
+    path: Path
+    what: str
+    tree: bool = False
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _is_stream(path: Path) -> bool:
+    """A device, FIFO or socket (through links): read or written as a stream, never replaced."""
+    info = _stat(path)
+    return info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode))
+
+
+def _real(path: Path) -> Path:
+    """`path` with every symlink resolved, also a last one that points nowhere yet."""
+    return Path(os.path.realpath(path))
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    info = _stat(path)
+    return None if info is None else (info.st_dev, info.st_ino)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file: one inode (a hard or symbolic link) or, for a path that does not exist
+    yet, the same place once links are resolved."""
+    if _is_stream(a) or _is_stream(b):
+        return False
+    ids = _identity(a), _identity(b)
+    if ids[0] is not None and ids[1] is not None:
+        return ids[0] == ids[1]
+    return _real(a) == _real(b)
+
+
+def _file_ids(folder: Path, pattern: str = "*", recursive: bool = True) -> set[tuple[int, int]]:
+    """The inodes of the regular files under `folder` whose names match `pattern`."""
+    found: set[tuple[int, int]] = set()
+    if not folder.is_dir():
+        return found
+    for root, _, names in os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]:
+        for name in fnmatch.filter(names, pattern):
+            info = _stat(Path(root) / name)
+            if info is not None and stat.S_ISREG(info.st_mode):
+                found.add((info.st_dev, info.st_ino))
+    return found
+
+
+def _conflict_with_input(out: Output, source: Input) -> str | None:
+    where = f"{out.flag} {out.path}".lstrip()
+    if source.tree and _is_within(_real(out.path), _real(source.path)):
+        return f"{where}: lies inside {source.path} ({source.what}); write the output elsewhere"
+    if out.kind == "file":
+        if not source.tree and _same_file(out.path, source.path):
+            if os.path.abspath(out.path) == os.path.abspath(source.path):
+                return f"{where}: is also {source.what}; write the output to another file"
+            return (
+                f"{where}: is {source.path} ({source.what}) through a link; write the output "
+                "to another file"
+            )
+        if source.tree and _identity(out.path) in _file_ids(source.path):
+            return (
+                f"{where}: is a hard link of a file in {source.path} ({source.what}); write the "
+                "output to another file"
+            )
+        return None
+    folder = _real(out.path)
+    inside = _real(source.path)
+    if out.kind == "folder":
+        held = _is_within(inside, folder) or _identity(source.path) in _file_ids(out.path)
+        if held:
+            return f"{where}: holds {source.path} ({source.what}); write the output elsewhere"
+        return None
+    matches = inside.parent == folder and fnmatch.fnmatch(inside.name, out.pattern)
+    if matches or _identity(source.path) in _file_ids(out.path, out.pattern, recursive=False):
+        return (
+            f"{where}: its {out.pattern} files would replace {source.path} ({source.what}); "
+            "write them to another folder"
+        )
+    return None
+
+
+def _conflict_between(out: Output, other: Output) -> str | None:
+    where = f"{out.flag} {out.path}".lstrip()
+    if out.kind == "file" and other.kind == "file" and _same_file(out.path, other.path):
+        return f"{where}: is also {other.flag}; give each output a file of its own"
+    if out.kind == "file" and other.kind == "files":
+        real = _real(out.path)
+        if real.parent == _real(other.path) and fnmatch.fnmatch(real.name, other.pattern):
+            return f"{where}: {other.flag} {other.path} writes its {other.pattern} files there"
+    return None
+
+
+def output_conflict(outputs: Iterable[Output], inputs: Iterable[Input]) -> str | None:
+    """The first reason why one of `outputs` may not be written, or None: it is (or, for a
+    folder, holds; for a file, lies inside a `tree` of) one of `inputs`, or it is another output
+    of the same call. Paths are compared after resolving symlinks, and existing files by inode,
+    so neither a link nor a hard link hides an input. The caller raises its NmtError kind."""
+    outputs, inputs = list(outputs), list(inputs)
+    for n, out in enumerate(outputs):
+        for source in inputs:
+            problem = _conflict_with_input(out, source)
+            if problem:
+                return problem
+        for other in outputs[:n]:
+            problem = _conflict_between(out, other) or _conflict_between(other, out)
+            if problem:
+                return problem
+    return None
+
+
+def check_outputs(
+    outputs: Iterable[Output], inputs: Iterable[Input], refused: type[Exception]
+) -> None:
+    """Raise `refused(message)` (an NmtError kind) when `output_conflict` finds a reason."""
+    problem = output_conflict(outputs, inputs)
+    if problem:
+        raise refused(problem)
+
+
 def output_problem(
     path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike] = ()
 ) -> str | None:
@@ -247,13 +398,13 @@ def output_problem(
 
     It may when it is absent, an empty folder, or a folder that an earlier `nmt KIND` wrote: its
     `OUTPUT_MARKER` names `kind` and it holds no top-level entry besides the ones listed there.
-    Never when it is, or contains, one of `inputs` (paths are compared resolved).
+    Never when it is, or contains, one of `inputs` (`output_conflict`).
     """
     path = Path(path)
-    resolved = path.resolve()
-    for source in inputs:
-        if _is_within(Path(source).resolve(), resolved):
-            return f"{path}: holds the input {source}; write the output to another folder"
+    sources = [Input(Path(source), "the input") for source in inputs]
+    problem = output_conflict([Output("", path, "folder")], sources)
+    if problem:
+        return problem
     if not path.exists() and not path.is_symlink():
         return None
     if path.is_symlink() or not path.is_dir():

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from nmt.config import PrepareConfig, dump_yaml, parse_overrides
 from nmt.errors import ConfigError, DataError
-from nmt.io import atomic_dir, atomic_open, output_problem, remove_stale_temps, write_text
+from nmt.io import (
+    Input,
+    Output,
+    atomic_dir,
+    atomic_open,
+    output_problem,
+    remove_stale_temps,
+    write_text,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -41,15 +49,18 @@ def prepare(
     out: Path,
     overwrite: bool,
     console: Console | None = None,
+    config_file: Path | None = None,
 ) -> PreparedData:
     """Read, clean, tokenize and store a corpus as a prepared directory `out` (see nmt.data.store).
 
     `train`, `valid` and the values of `tests` (test name -> SPEC) are corpus SPECs (see
     nmt.data.corpus). An existing `out` made from the same inputs and config is reused as it is;
-    one made differently is replaced only with `overwrite`. `out` appears only once complete.
+    one made differently is replaced only with `overwrite`. `out` appears only once complete, and
+    never holds an input (`config_file`: the --config the settings came from).
     """
     from rich.console import Console
 
+    from nmt.checkpoint import guard_outputs
     from nmt.data import corpus, store
     from nmt.data.batching import TokenBatchSampler
     from nmt.data.spm import make_tokenizers
@@ -72,6 +83,10 @@ def prepare(
     }
     sources = [path for spec in specs.values() for path in spec.paths]
     sources += [Path(model) for model in (cfg.spm_model, cfg.spm_tgt_model) if model]
+    read = [Input(path, "the input", tree=path.is_dir()) for path in sources]
+    if config_file is not None:
+        read.append(Input(Path(config_file), "the --config file"))
+    guard_outputs([Output("--out", out, "folder")], read, DataError)
     if overwrite and (out / store.MANIFEST).is_file():
         problem = output_problem(out, PREPARE_KIND, sources)
         if problem:
@@ -231,6 +246,7 @@ def train(
     Returns the summary dict of `nmt.training.loop.train`.
     """
     from nmt import checkpoint as ckpt
+    from nmt.checkpoint import guard_outputs
     from nmt.config import RunConfig, load_config, replace, resume_conflicts, to_dict
     from nmt.data.store import load_prepared
     from nmt.errors import CheckpointError
@@ -269,6 +285,7 @@ def train(
             )
         info = ckpt.read_data_info(run_dir)
         data_dir = Path(data) if data is not None else Path(info["path"])
+        guard_outputs([Output("--resume", run_dir, "folder")], _data_input(data_dir), ConfigError)
         prepared = load_prepared(data_dir)
         if prepared.hash != info["hash"]:
             raise DataError(
@@ -286,12 +303,16 @@ def train(
     if init is None and config is not None:
         cfg = load_config(RunConfig, config, overrides)
         init = Path(cfg.train.init) if cfg.train.init else None  # a fine-tuning run's config
+    run_dir = Path(out) if out is not None else Path("checkpoints") / f"{Path(str(config)).stem}"
+    inputs = _data_input(data) + ([Input(Path(config), "CONFIG")] if config is not None else [])
+    if init is not None:
+        inputs += ckpt.run_inputs(init)
+    guard_outputs([Output("--out", run_dir, "folder")], inputs, ConfigError)
     if init is not None:
         cfg, init_payload = _finetune_config(config, overrides, Path(init))
     prepared = load_prepared(data)  # a missing or broken prepared directory fails here
     if init is not None:
         check_vocabulary(init_payload, prepared, Path(cfg.train.init))
-    run_dir = Path(out) if out is not None else Path("checkpoints") / f"{Path(str(config)).stem}"
     if run_dir.is_dir():
         check_unlocked(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -300,11 +321,16 @@ def train(
             if (run_dir / ckpt.LAST).is_file()
             else "a run killed before its first checkpoint: nothing to resume; remove it to start "
             "again"
-            if (run_dir / ckpt.CONFIG_FILE).is_file()
+            if all((run_dir / name).is_file() for name in (ckpt.CONFIG_FILE, ckpt.DATA_FILE))
             else "it is not empty"
         )
         raise ConfigError(f"{run_dir}: already exists ({hint}); choose another --out")
     return run_training(cfg, data, run_dir)
+
+
+def _data_input(data: Path) -> list[Input]:
+    """A prepared data folder as an input: read whole, so no output may lie inside it."""
+    return [Input(Path(data), "the prepared data folder --data", tree=True)]
 
 
 def _finetune_config(
@@ -349,10 +375,15 @@ def average(run_dir: Path, last: int, out: Path | None) -> tuple[Path, list[int]
     """`nmt average`: the mean of the `last` newest periodic checkpoints of `run_dir`, written to
     `out` (default RUN_DIR/averaged.pt) beside the run's tokenizer files. Returns the file and
     the steps averaged."""
+    from nmt.checkpoint import AVERAGED, guard_outputs, run_inputs
     from nmt.training import checkpoint as saving
 
     if last < 1:
         raise ConfigError(f"--last must be >= 1, got {last}")
+    target = Path(out) if out is not None else Path(run_dir) / AVERAGED
+    # averaged.pt is the one file of a run that `nmt average` writes (replacing only an average).
+    skip = (AVERAGED,)
+    guard_outputs([Output("--out", target)], run_inputs(run_dir, skip), ConfigError, skip)
     return saving.average_run(Path(run_dir), last, Path(out) if out is not None else None)
 
 
@@ -374,7 +405,7 @@ def export(
     target.spm. Written under a temp name and renamed, so `out` is never half-written; an existing
     `out` is replaced only when an earlier `nmt export` wrote it, and never when it holds
     `checkpoint`."""
-    from nmt.checkpoint import load_for_inference
+    from nmt.checkpoint import guard_outputs, load_for_inference
     from nmt.io import write_json
     from nmt.models.ctranslate2 import DECODING_FILE, transformer_spec, translate_options
     from nmt.models.transformer import TransformerModel
@@ -385,7 +416,8 @@ def export(
         raise ConfigError(
             f"--quantization {quantization!r}: expected one of {', '.join(CT2_QUANTIZATIONS)}"
         )
-    problem = output_problem(out, EXPORT_KIND, [checkpoint])
+    guard_outputs([Output("--out", Path(out), "folder")], model_inputs([checkpoint]), ConfigError)
+    problem = output_problem(out, EXPORT_KIND)
     if problem:
         raise ConfigError(problem)
     model, cfg, src_tok, tgt_tok = load_for_inference(checkpoint, "cpu")
@@ -414,10 +446,10 @@ def export(
 OUTPUT_FORMATS = ("text", "jsonl")
 
 
-def check_output_path(path: Path, flag: str, inputs: tuple[Path | None, ...] = ()) -> None:
+def check_output_path(path: Path, flag: str) -> None:
     """Refuse, before any work, an output that cannot be written as a file (`check_output_file`:
-    a directory, a path under a regular file, an unwritable folder) or that is one of the
-    command's own inputs (it would be replaced)."""
+    a directory, a path under a regular file, an unwritable folder). Whether it is one of the
+    command's inputs is `check_outputs`' question."""
     from nmt.io import check_output_file
 
     path = Path(path)
@@ -429,10 +461,18 @@ def check_output_path(path: Path, flag: str, inputs: tuple[Path | None, ...] = (
         raise ConfigError(
             f"{flag} {path}: cannot be written ({exc.filename}: {exc.strerror})"
         ) from None
-    for source in inputs:
-        if source is not None and path.exists() and Path(source).exists():
-            if path.resolve() == Path(source).resolve():
-                raise ConfigError(f"{flag} {path}: is also an input; write to another file")
+
+
+def model_inputs(checkpoints: list[Path]) -> list[Input]:
+    """What a command that loads `checkpoints` reads, now or later: their run folders' files."""
+    from nmt.checkpoint import run_inputs
+
+    return [source for path in checkpoints for source in run_inputs(path)]
+
+
+def _given(*pairs: tuple[str, Path | None]) -> list[tuple[str, Path]]:
+    """The (flag, path) pairs whose path was given."""
+    return [(flag, Path(path)) for flag, path in pairs if path is not None]
 
 
 def translate(
@@ -468,7 +508,9 @@ def translate(
     """
     import sys
 
+    from nmt.checkpoint import guard_outputs
     from nmt.data import textio
+    from nmt.data.corpus import open_binary
     from nmt.inference import Translator
 
     log = log or _log_stderr
@@ -479,16 +521,19 @@ def translate(
                           "--output-format jsonl (or --attention-out FILE)")  # fmt: skip
     if attention_out is not None and Path(attention_out).suffix.lower() not in (".npz", ".jsonl"):
         raise ConfigError(f"--attention-out {attention_out}: the file must end in .npz or .jsonl")
-    outputs = [(flag, Path(path)) for flag, path in (("-o", output_path),
-               ("--attention-out", attention_out), ("--alignments-out", alignments_out))
-               if path is not None]  # fmt: skip
-    for n, (flag, path) in enumerate(outputs):
-        check_output_path(path, flag, (input_path, force_path))
-        for other_flag, other in outputs[:n]:
-            if path.absolute() == other.absolute():
-                raise ConfigError(f"{flag} {path}: is also {other_flag}; give each output a file")
+    files = _given(("-o", output_path), ("--attention-out", attention_out),
+                   ("--alignments-out", alignments_out))  # fmt: skip
+    for flag, path in files:
+        check_output_path(path, flag)
     if plot_dir is not None and Path(plot_dir).exists() and not Path(plot_dir).is_dir():
         raise ConfigError(f"--plot-dir {plot_dir}: is a file; give a folder")
+    outputs = [Output(flag, path) for flag, path in files]
+    if plot_dir is not None:
+        outputs.append(Output("--plot-dir", Path(plot_dir), "files", "attention_*.png"))
+    inputs = [
+        Input(path, flag) for flag, path in _given(("-i", input_path), ("--force", force_path))
+    ]
+    guard_outputs(outputs, inputs + model_inputs(checkpoints), ConfigError)
     if force_path is not None and input_path is None:
         raise ConfigError("--force pairs translations with the lines of a file: give it with -i")
     if force_path is not None:
@@ -496,7 +541,17 @@ def translate(
         if (asked.get("nbest") or 1) > 1 or asked.get("sample") in (True, "true", "True"):
             raise ConfigError(FORCE_ONE_TRANSLATION)
     forced: Iterator[list[str]] | None = None
-    if input_path is not None:
+    for flag, path in _given(("-i", input_path), ("--force", force_path)):
+        if force_path is not None and textio.is_stream(path):
+            raise ConfigError(
+                f"{flag} {path}: is a pipe or device, read once; --force reads both files "
+                "twice (counted, then paired): give regular files"
+            )
+    if input_path is not None and textio.is_stream(Path(input_path)):
+        # A pipe, FIFO or <(process substitution) can be read only once: answered as it comes.
+        batches = textio.micro_batches(open_binary(Path(input_path)), str(input_path))
+        where = str(input_path)
+    elif input_path is not None:
         sources = textio.check_text_file(Path(input_path))
         if force_path is not None:
             forced = forced_translations(Path(force_path), sources, Path(input_path))
@@ -510,7 +565,7 @@ def translate(
         raise ConfigError(FORCE_ONE_TRANSLATION)  # the run's own decode settings ask for them
     if forced is not None:
         log(f"forced decoding: no search; the translations are read from {force_path}")
-    writer = TranslationWriter(translator, output_format, with_attention)
+    writer = TranslationWriter(translator, output_format, with_attention, output_path)
     need_attention = bool(attention_out or alignments_out or plot_dir or output_format == "jsonl")
     if input_path is None and sys.stdin is not None and sys.stdin.isatty():
         log("type a sentence and press Enter; Ctrl-D ends")
@@ -531,7 +586,7 @@ def translate(
                 )
             writer.write(out, results)
             sinks.write(results)
-            _flush(out, writer.count)
+            writer.flush(out)
     seconds = time.perf_counter() - started
     done = "read" if forced is not None else "translated"
     log(f"{done} {writer.count:,} lines in {seconds:.1f} s")
@@ -559,14 +614,6 @@ def forced_translations(
     return textio.file_chunks(force_path)
 
 
-def _flush(out: Any, lines_done: int) -> None:
-    """Flush after each batch, so that a pipe's reader gets its answers at once."""
-    try:
-        out.flush()
-    except BrokenPipeError:
-        raise _reader_gone(lines_done) from None
-
-
 def _reader_gone(lines_done: int) -> DataError:
     """The error for a reader that closed our stdout (`nmt translate ... | head`). Standard
     output is pointed at /dev/null first, so that the interpreter's own last flush is silent."""
@@ -581,12 +628,25 @@ def _reader_gone(lines_done: int) -> DataError:
 class TranslationWriter:
     """Writes results as text (or Moses n-best) or JSONL, counting lines and target tokens."""
 
-    def __init__(self, translator: Any, output_format: str, with_attention: bool) -> None:
+    def __init__(
+        self, translator: Any, output_format: str, with_attention: bool, path: Path | None
+    ) -> None:
         self.nbest = translator.cfg.nbest > 1
         self.jsonl = output_format == "jsonl"
         self.with_attention = with_attention
+        self.where = str(path) if path is not None else "<stdout>"  # names a failed write
         self.count = 0
         self.tokens = 0
+
+    def flush(self, out: Any) -> None:
+        """Flush after each batch, so that a pipe's reader gets its answers at once."""
+        try:
+            out.flush()
+        except BrokenPipeError:
+            raise _reader_gone(self.count) from None
+        except OSError as exc:
+            exc.filename = exc.filename or self.where
+            raise
 
     def write(self, out: Any, results: list[Any]) -> None:
         import json
@@ -605,6 +665,9 @@ class TranslationWriter:
                 self.tokens += max(0, len(result.tokens) - 1)  # EOS not counted
         except BrokenPipeError:
             raise _reader_gone(self.count) from None
+        except OSError as exc:  # a full disk: named here, not by another output's file
+            exc.filename = exc.filename or self.where
+            raise
 
 
 class AttentionSinks:
@@ -649,7 +712,11 @@ class AttentionSinks:
             if self.attention is not None and record is not None:
                 self.attention.write(record)
             if self.alignments is not None:
-                self.alignments.write(format_pharaoh(result.alignment) + "\n")
+                try:
+                    self.alignments.write(format_pharaoh(result.alignment) + "\n")
+                except OSError as exc:
+                    exc.filename = exc.filename or str(self.paths[1])
+                    raise
             if self.plot_dir is not None and record is not None and record.word_matrix.size:
                 plot_attention(record, Path(self.plot_dir) / f"attention_{record.index}.png")
 
@@ -713,6 +780,7 @@ def evaluate(
     translation starts. `hyp_out` is a file for one test set and a folder (NAME.hyp) for several.
     Returns (and writes to `report_path` as JSON) {"models", "decode", "tests": {NAME: ...}}.
     """
+    from nmt.checkpoint import guard_outputs
     from nmt.config import to_dict
     from nmt.io import check_output_file, write_json, write_text
     from nmt.metrics import check_tokenize, corpus_scores, read_lines
@@ -722,6 +790,8 @@ def evaluate(
     for path in (report_path, hyp_out if hyp_out is not None and len(sets) == 1 else None):
         if path is not None:
             check_output_file(path)
+    guard_outputs(_evaluate_outputs(sets, report_path, hyp_out),
+                  _evaluate_inputs(sets) + model_inputs(checkpoints), ConfigError)  # fmt: skip
     uses_model = any(s["hyp"] is None for s in sets.values())
     if uses_model and not checkpoints:
         raise ConfigError(
@@ -767,7 +837,7 @@ def evaluate(
             entry["sentences_per_second"] = round(len(hyps) / seconds, 2) if seconds else None
             entry["tokens_per_second"] = round(out_tokens / seconds, 1) if seconds else None
             if hyp_out is not None:
-                target = Path(hyp_out) if len(sets) == 1 else Path(hyp_out) / f"{name}.hyp"
+                target = _hyp_file(hyp_out, name, len(sets))
                 write_text(target, "".join(h + "\n" for h in hyps))
                 entry["hyp"] = str(target)
             log(f"{name}: translated {len(hyps):,} sentences in {seconds:.1f} s")
@@ -788,6 +858,32 @@ def evaluate(
     if report_path is not None:
         write_json(report_path, report)
     return report
+
+
+def _hyp_file(hyp_out: Path, name: str, sets: int) -> Path:
+    """Where `--hyp-out` keeps the translations of test set `name`: the file itself for one set,
+    NAME.hyp inside the folder for several."""
+    return Path(hyp_out) if sets == 1 else Path(hyp_out) / f"{name}.hyp"
+
+
+def _evaluate_inputs(sets: dict[str, dict[str, Any]]) -> list[Input]:
+    inputs = []
+    for name, files in sets.items():
+        for role in ("src", "hyp"):
+            if files[role] is not None:
+                inputs.append(Input(Path(files[role]), f"the --{role} of test set {name}"))
+        inputs += [Input(Path(ref), f"a --ref of test set {name}") for ref in files["refs"]]
+    return inputs
+
+
+def _evaluate_outputs(
+    sets: dict[str, dict[str, Any]], report_path: Path | None, hyp_out: Path | None
+) -> list[Output]:
+    outputs = [Output("--report", Path(report_path))] if report_path is not None else []
+    if hyp_out is not None:
+        outputs += [Output("--hyp-out", _hyp_file(hyp_out, name, len(sets)))
+                    for name, files in sets.items() if files["hyp"] is None]  # fmt: skip
+    return outputs
 
 
 def print_scores(report: dict[str, Any], console: Console | None = None) -> None:
@@ -818,9 +914,12 @@ def print_scores(report: dict[str, Any], console: Console | None = None) -> None
 
 def align_eval(gold: Path, hyp: Path, report_path: Path | None = None) -> dict[str, Any]:
     """`nmt align-eval`: AER, precision and recall of Pharaoh `hyp` links against `gold`."""
+    from nmt.checkpoint import guard_outputs
     from nmt.decoding.alignment import alignment_error_rate, read_pharaoh
     from nmt.io import write_json
 
+    outputs = [Output("--report", Path(report_path))] if report_path is not None else []
+    guard_outputs(outputs, [Input(Path(gold), "--gold"), Input(Path(hyp), "--hyp")], ConfigError)
     gold_links = read_pharaoh(gold)
     hyp_links = read_pharaoh(hyp)
     if not any(sure | possible for sure, possible in gold_links):
@@ -844,17 +943,21 @@ def plot(
     attention_file: Path, index: int, out: Path, layer: int | None = None, subwords: bool = False
 ) -> Path:
     """`nmt plot`: the heatmap of sentence `index` (0-based input line) of an attention file."""
+    from nmt.checkpoint import guard_outputs
     from nmt.decoding.alignment import get_record
     from nmt.decoding.plot import plot_attention
 
     if Path(out).suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: write a .png file")
+    inputs = [Input(Path(attention_file), "the attention file")]
+    guard_outputs([Output("--out", Path(out))], inputs, ConfigError)
     _, record = get_record(attention_file, index)
     return plot_attention(record, out, layer=layer, words=not subwords, title=f"sentence {index}")
 
 
 def plot_metrics(runs: list[Path], out: Path, metric: str = "bleu") -> Path:
     """`nmt plot-metrics`: learning curves of one or more runs in one PNG (nmt/curves.py)."""
+    from nmt.checkpoint import guard_outputs
     from nmt.curves import plot_curves, read_all
 
     if Path(out).suffix.lower() != ".png":
@@ -862,6 +965,7 @@ def plot_metrics(runs: list[Path], out: Path, metric: str = "bleu") -> Path:
     if not runs:
         raise ConfigError("give at least one run folder (or metrics.jsonl)")
     check_output_path(Path(out), "--out")
+    guard_outputs([Output("--out", Path(out))], model_inputs(list(runs)), ConfigError)
     curves = read_all([Path(run) for run in runs], metric)
     if curves[0].clock != "wall_seconds":
         _log_stderr("note: a run logged no wall clock (trained by an older nmt): time is drawn as "

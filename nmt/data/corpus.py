@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal, cast
 
 from nmt.config import PrepareConfig
 from nmt.errors import DataError
@@ -256,18 +256,47 @@ def _stream_files(src_path: Path, tgt_path: Path, errors: str) -> Iterator[tuple
             )
 
 
-def binary_lines(path: Path) -> Generator[bytes, None, None]:
-    """The lines of `path` (gunzipped when it ends in .gz) as bytes. Lines end at b"\\n" only, as
-    in `read_lines`: U+2028 and friends stay inside their sentence."""
+# The most one line of text may hold, in bytes (its newline left out). A sentence is far shorter;
+# the bound keeps /dev/zero or a file without newlines from filling the memory, and a huge line
+# from reaching SentencePiece, which encodes a whole line before anything can cut it.
+MAX_LINE_BYTES = 1 << 20
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """`path` opened for reading bytes, gunzipped when it ends in .gz; DataError when it cannot
+    be opened."""
     try:
-        handle = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+        if path.suffix == ".gz":
+            return cast(IO[bytes], gzip.GzipFile(path, "rb"))
+        return open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    with handle:
+
+
+def bounded_lines(handle: IO[bytes], where: str) -> Iterator[bytes]:
+    """The lines of `handle`, each with its b"\\n"; a line longer than MAX_LINE_BYTES is a
+    DataError naming it, raised before more than that is read."""
+    for number in itertools.count(1):
+        raw = handle.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise DataError(
+                f"{where}:{number}: a line longer than {MAX_LINE_BYTES:,} bytes, the limit for "
+                "one sentence; is this a text file with one sentence per line?"
+            )
+        yield raw
+
+
+def binary_lines(path: Path) -> Generator[bytes, None, None]:
+    """The lines of `path` (gunzipped when it ends in .gz) as bytes. Lines end at b"\\n" only, as
+    in `read_lines`: U+2028 and friends stay inside their sentence. A line may hold at most
+    MAX_LINE_BYTES."""
+    with open_binary(path) as handle:
         try:
-            yield from handle
+            yield from bounded_lines(handle, str(path))
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: cannot read ({exc})") from None
 

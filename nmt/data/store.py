@@ -153,6 +153,15 @@ class PreparedData:
         return split_lengths(self.split(name))
 
 
+def prepared_folder_around(path: Path) -> Path | None:
+    """The prepared data folder that `path` lies in (itself included), found by its manifest and
+    splits, or None."""
+    for folder in (Path(os.path.abspath(path)), *Path(os.path.abspath(path)).parents):
+        if (folder / MANIFEST).is_file() and (folder / SPLITS_DIR).is_dir():
+            return folder
+    return None
+
+
 def split_lengths(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     """`(src_lens, tgt_lens)` of an encoded split (see `PreparedData.lengths`)."""
     table = dataset.data

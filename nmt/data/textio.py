@@ -2,28 +2,41 @@
 
 A file (`.gz` allowed) is read twice: once to check that it decompresses and is UTF-8 throughout,
 so that a bad byte on line 90,000 is reported (with its line number) before a single line is
-translated, then again in chunks. A pipe or terminal cannot be read twice; a reader thread feeds
-its lines to `micro_batches`, which hands over whatever has arrived within a few milliseconds, so
-a program that writes one line and waits gets its answer, and a fast producer still fills batches.
+translated, then again in chunks. A pipe, FIFO, device or terminal (stdin, `-i <(cmd)`) cannot be
+read twice; a reader thread feeds its lines to `micro_batches`, which hands over whatever has
+arrived within a few milliseconds, so a program that writes one line and waits gets its answer,
+and a fast producer still fills batches. Either way no line may hold more than MAX_LINE_BYTES.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TextIO
 
-from nmt.data.corpus import binary_lines, decode_line
+from nmt.data.corpus import binary_lines, bounded_lines, decode_line
 from nmt.errors import DataError
 
 CHUNK_LINES = 1000  # lines per batch at most: enough to sort by length, small enough to stream
 WAIT_SECONDS = 0.005  # how long a micro-batch waits for more lines once it has one
 _END = None  # queue marker: the stream is finished
 HINT = "fix the input"  # what to do about invalid UTF-8 (translate has no --errors replace)
+
+
+def is_stream(path: Path) -> bool:
+    """Whether `path` is something other than a regular file or folder (a pipe, FIFO, device or
+    socket, through links: /dev/stdin, `<(cmd)`), which can be read only once."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def check_text_file(path: Path) -> int:
@@ -73,9 +86,9 @@ def micro_batches(
 
     def feed() -> None:
         try:
-            for raw in stream:
+            for raw in bounded_lines(stream, where):
                 lines.put(raw)
-        except (OSError, ValueError) as exc:  # the stream broke or was closed under us
+        except (OSError, ValueError, EOFError, DataError) as exc:  # broke, closed, too long
             lines.put(exc)
         lines.put(_END)
 
@@ -91,6 +104,10 @@ def micro_batches(
                 finished = True
                 break
             if isinstance(item, BaseException):
+                if batch:  # the lines before the failure are still answered
+                    yield batch
+                if isinstance(item, DataError):
+                    raise item
                 raise DataError(f"{where}: reading failed after line {lineno:,} ({item})")
             lineno += 1
             try:

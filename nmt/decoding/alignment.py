@@ -296,6 +296,12 @@ class AttentionWriter:
         )
 
     def write(self, record: AttentionRecord) -> None:
+        try:
+            self._write(record)
+        except OSError as exc:
+            raise _named(exc, self.path) from None
+
+    def _write(self, record: AttentionRecord) -> None:
         if self._zip is not None:
             i = record.index
             self._array(f"attention_{i}", record.matrix.astype(np.float32))
@@ -323,15 +329,27 @@ class AttentionWriter:
             np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
 
     def close(self, error: BaseException | None = None) -> None:
-        if self._zip is not None:
-            meta = json.dumps({"sentences": self.count, **self.meta})
-            if error is None:
-                self._array("meta", np.array(meta))
-            self._zip.close()
-        if error is None:
-            self._ctx.__exit__(None, None, None)
-        else:
-            self._ctx.__exit__(type(error), error, error.__traceback__)
+        """Finish the file, or after `error` drop it. The temp file is let go of either way, and
+        a write that fails here (a full disk) is raised naming this file."""
+        failure: BaseException | None = None
+        try:
+            if self._zip is not None:
+                meta = json.dumps({"sentences": self.count, **self.meta})
+                if error is None:
+                    self._array("meta", np.array(meta))
+                self._zip.close()
+        except BaseException as exc:
+            failure = exc
+        outcome = error or failure
+        try:
+            if outcome is None:
+                self._ctx.__exit__(None, None, None)
+            else:
+                self._ctx.__exit__(type(outcome), outcome, outcome.__traceback__)
+        except BaseException as exc:
+            failure = failure or exc
+        if failure is not None:
+            raise _named(failure, self.path)
 
     def __enter__(self) -> AttentionWriter:
         return self
@@ -343,6 +361,14 @@ class AttentionWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close(exc)
+
+
+def _named(error: BaseException, path: Path) -> BaseException:
+    """`error`, given `path` as its file name when it is an OSError without one (a full disk
+    says only ENOSPC), so that the message names the file that could not be written."""
+    if isinstance(error, OSError) and not error.filename:
+        error.filename = str(path)
+    return error
 
 
 def _strings(values: Sequence[str]) -> np.ndarray:

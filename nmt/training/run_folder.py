@@ -17,7 +17,7 @@ from pathlib import Path
 from nmt import checkpoint as ckpt
 from nmt.errors import CheckpointError, ConfigError
 
-LOCK_FILE = "train.lock"
+LOCK_FILE = ckpt.LOCK_FILE
 
 
 def _busy_message(run_dir: Path, pid: str) -> str:

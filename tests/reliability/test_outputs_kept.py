@@ -42,7 +42,7 @@ def raw(tmp_path: Path) -> Path:
 def test_export_into_the_run_it_exports_is_refused(tiny_transformer_run: Path) -> None:
     before = snapshot(tiny_transformer_run)
     line = assert_refused(nmt("export", tiny_transformer_run, "--out", tiny_transformer_run), 2)
-    assert f"{tiny_transformer_run}: holds the input" in line
+    assert f"{tiny_transformer_run}: holds {tiny_transformer_run / 'best.pt'}" in line
     assert snapshot(tiny_transformer_run) == before
 
 
@@ -52,7 +52,7 @@ def test_export_into_a_folder_that_contains_the_run_is_refused(
     parent = tiny_transformer_run.parent
     before = snapshot(parent)
     assert_refused(nmt("export", tiny_transformer_run / "best.pt", "--out", parent), 2,
-                   f"{parent}: holds the input")  # fmt: skip
+                   f"{parent}: holds {tiny_transformer_run / 'best.pt'}")  # fmt: skip
     assert snapshot(parent) == before
 
 
@@ -104,7 +104,7 @@ def test_prepare_overwrite_refuses_an_output_that_holds_its_input(
     for path in raw.iterdir():
         (inside / path.name).write_bytes(path.read_bytes())
     before = snapshot(tmp_path)
-    line = assert_refused(prepare(inside, out, "--overwrite"), 1, f"{out}: holds the input")
+    line = assert_refused(prepare(inside, out, "--overwrite"), 1, f"{out}: holds", "(the input)")
     assert str(inside / "train") in line
     assert snapshot(tmp_path) == before
 
@@ -164,8 +164,16 @@ def test_average_over_a_checkpoint_it_did_not_write_is_refused(tiny_transformer_
     before = snapshot(tiny_transformer_run)
     last = tiny_transformer_run / "last.pt"
     assert_refused(nmt("average", tiny_transformer_run, "--last", 1, "--out", last), 2,
-                   f"{last}: exists and is not a checkpoint written by `nmt average`")  # fmt: skip
+                   f"{last}: is also a file of the run folder")  # fmt: skip
     assert snapshot(tiny_transformer_run) == before
+
+
+def test_average_over_a_users_file_is_refused(tiny_transformer_run: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "model.pt"
+    mine.write_bytes(b"my own weights\n")
+    assert_refused(nmt("average", tiny_transformer_run, "--last", 1, "--out", mine), 2,
+                   f"{mine}: exists and is not a checkpoint written by `nmt average`")  # fmt: skip
+    assert mine.read_bytes() == b"my own weights\n"
 
 
 def test_the_demo_deletes_no_earlier_run() -> None:

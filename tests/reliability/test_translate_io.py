@@ -48,7 +48,7 @@ def test_output_that_is_a_directory(tiny_transformer_run: Path, tmp_path: Path, 
 
 
 def test_output_that_is_the_input(tiny_transformer_run: Path, tmp_path: Path, src: Path) -> None:
-    refuse(tmp_path, [tiny_transformer_run, "-i", src, "-o", src], 2, "is also an input")
+    refuse(tmp_path, [tiny_transformer_run, "-i", src, "-o", src], 2, "is also -i")
 
 
 @pytest.mark.parametrize("flag", ["-o", "--alignments-out", "--attention-out"])
