@@ -164,7 +164,7 @@ def prepare(
         if name in tests:
             raise ConfigError(f"--test {item}: a test set named {name!r} was given twice")
         tests[name] = spec
-    pipeline.prepare(cfg, train, valid, tests, out, overwrite)
+    pipeline.prepare(cfg, train, valid, tests, out, overwrite, config_file=config)
 
 
 # ---- train, average (issue 4) -------------------------------------------------------------------
@@ -615,19 +615,51 @@ def serve(
     max_chars: int | None = typer.Option(
         None, "--max-chars", help="Characters per request (20000)."
     ),
+    allow_host: list[str] = typer.Option(
+        [], "--allow-host", help="A Host name to answer besides loopback ones (repeatable; *: any)."
+    ),
+    allow_origin: list[str] = typer.Option(
+        [], "--allow-origin", help="A web origin whose pages may call the server (repeatable)."
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        help="Require 'Authorization: Bearer KEY' (visible in ps: prefer a file).",
+    ),
+    api_key_file: Path | None = typer.Option(
+        None, "--api-key-file", help="Read the API key from the first line of this file."
+    ),
+    header_timeout: float | None = typer.Option(
+        None, "--header-timeout", help="Seconds a client has to send its request headers (10)."
+    ),
+    body_timeout: float | None = typer.Option(
+        None, "--body-timeout", help="Seconds a client has to send its request body (30)."
+    ),
+    max_connections: int | None = typer.Option(
+        None, "--max-connections", help="Open connections at most; more get 503 (256)."
+    ),
+    drain_seconds: float | None = typer.Option(
+        None, "--drain-seconds", help="On SIGTERM, time left to requests in flight (30)."
+    ),
 ) -> None:
     """Serve models over HTTP, with a page at / that shows the attention.
 
     POST /translate {"text": "..." or [...], "model", "beam", "nbest", "attention"} answers with
     the translations, their scores, tokens and alignments; GET /models, /health and /metrics
     (Prometheus) describe the server. Requests that arrive together are decoded together. The
-    first Ctrl-C (or SIGTERM) lets the requests in flight finish while new ones get 503.
+    first Ctrl-C (or SIGTERM) lets the requests in flight finish, for --drain-seconds at most,
+    while new ones get 503; a second stops at once.
+
+    Only requests that name this server in their Host header (loopback names, the --host
+    address, --allow-host) and come from its own page or no page at all (--allow-origin adds
+    origins) are answered; POST /translate takes Content-Type application/json. Listening
+    beyond loopback, set an API key (--api-key-file) and open the page as http://HOST:PORT/#key=KEY.
 
     Example:
 
     
       nmt serve checkpoints/m30k-tf --port 8080
-      curl -s localhost:8080/translate -d '{"text": "Ein Hund rennt."}'
+      curl -s localhost:8080/translate -H 'content-type: application/json' -d '{"text": "Hallo"}'
     """
     from nmt.config import ServeConfig, from_dict
 
@@ -639,6 +671,12 @@ def serve(
         "max_wait_ms": max_wait_ms,
         "max_sentences": max_sentences,
         "max_chars": max_chars,
+        "allow_hosts": list(allow_host) or None,
+        "allow_origins": list(allow_origin) or None,
+        "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
+        "max_connections": max_connections,
+        "drain_seconds": drain_seconds,
     }
     cfg = from_dict(ServeConfig, {k: v for k, v in named.items() if v is not None})
     try:
@@ -647,7 +685,8 @@ def serve(
         if exc.name not in ("starlette", "uvicorn"):
             raise
         raise ConfigError(f"nmt serve needs {exc.name}: pip install 'nmt[serve]'") from None
-    run_server(list(runs), cfg, lambda message: typer.echo(message, err=True))
+    say = lambda message: typer.echo(message, err=True)  # noqa: E731
+    run_server(list(runs), cfg, say, api_key, api_key_file)
 
 
 def main() -> None:

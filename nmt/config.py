@@ -297,6 +297,11 @@ class TrainConfig:
                 f"train.freeze: unknown part {unknown[0]!r}; valid parts: "
                 f"{', '.join(FREEZABLE_PARTS)}"
             )
+        if set(self.freeze) >= set(FREEZABLE_PARTS):  # every parameter belongs to one of them
+            raise ConfigError(
+                f"train.freeze=[{', '.join(self.freeze)}]: nothing left to train; leave at least "
+                "one part out of the list"
+            )
         if self.max_steps < 1:
             raise ConfigError("train.max_steps must be >= 1")
         if self.batch_tokens < 16:
@@ -432,7 +437,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """How `nmt serve` (nmt/serve/) listens, batches requests together and bounds them."""
+    """How `nmt serve` (nmt/serve/) listens, batches requests together and bounds them, and which
+    clients it answers."""
 
     host: str = "127.0.0.1"  # loopback only, unless a wider address is asked for
     port: int = 8080  # 0: any free port (the address is printed at start)
@@ -447,16 +453,48 @@ class ServeConfig:
     max_beam: int = 16
     max_queue: int = 2048  # sentences waiting; beyond it new requests get 503
     drain_seconds: float = 30.0  # after SIGINT/SIGTERM, time left to in-flight requests
+    # Host header names answered besides the loopback ones (127.0.0.1, localhost, ::1) and a
+    # specific --host address; "*" answers any (a Host check stops DNS rebinding).
+    allow_hosts: tuple[str, ...] = ()
+    # Origins (scheme://host[:port]) whose pages may call the server besides its own; "*": any.
+    allow_origins: tuple[str, ...] = ()
+    header_timeout: float = 10.0  # seconds for a client to send its request line and headers
+    body_timeout: float = 30.0  # seconds for a client to send a request body once it started
+    max_connections: int = 256  # open connections; beyond it a new one gets 503 and is closed
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"serve port {self.port}: expected 0-65535 (0: any free port)")
-        if self.max_batch_tokens < 0 or self.max_wait_ms < 0 or self.drain_seconds < 0:
-            raise ConfigError("need max_batch_tokens >= 0, max_wait_ms >= 0, drain_seconds >= 0")
-        limits = ("max_sentences", "max_chars", "max_beam", "max_queue")
-        for name in limits:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"serve {name} must be >= 1, got {getattr(self, name)}")
+            raise ConfigError(f"--port {self.port}: expected 0-65535 (0: any free port)")
+        if not self.host.strip():
+            raise ConfigError("--host is empty; give an address such as 127.0.0.1")
+        # Bounds that keep every setting usable as a timeout, a count or a size at run time
+        # (a wait of 1e300 ms overflows the decoder thread's timer).
+        ranges = {
+            "max_batch_tokens": (0, 10_000_000),
+            "max_wait_ms": (0, 60_000),
+            "drain_seconds": (0, 3600),
+            "header_timeout": (0.01, 3600),
+            "body_timeout": (0.01, 3600),
+            "max_sentences": (1, 100_000),
+            "max_chars": (1, 10_000_000),
+            "max_beam": (1, 1024),
+            "max_queue": (1, 10_000_000),
+            "max_connections": (1, 100_000),
+        }
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if not low <= value <= high:  # NaN fails every comparison
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} {value:g}: expected {low:g} to {high:g}")
+        for origin in self.allow_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ConfigError(
+                    f"--allow-origin {origin!r}: expected scheme://host[:port] (such as "
+                    "https://example.org) or *"
+                )
+        for name in self.allow_hosts:
+            if not name or any(c.isspace() or c in "/@" for c in name):
+                raise ConfigError(f"--allow-host {name!r}: expected a host name or address, or *")
 
 
 # Fields that may differ between a stored run and a resumed one: they change when or how long the

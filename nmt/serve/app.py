@@ -2,30 +2,35 @@
 
 POST /translate takes JSON and answers with the fields of `nmt translate --output-format jsonl`;
 GET /models, /health and /metrics (Prometheus text) describe the server; GET / is the page
-(nmt/serve/static/, no CDN). Decoding happens in the `Batcher`'s thread. SIGINT/SIGTERM start a
-drain: new requests get 503 while those in flight finish, then the server stops.
+(nmt/serve/static/, no CDN). Decoding happens in the `Batcher`'s thread. Requests from foreign
+hosts, origins or without the API key are turned away first (access.py). SIGINT/SIGTERM start a
+drain: new requests get 503 while those in flight finish, until the drain's deadline, when those
+still open are answered 503 and the server stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from nmt.config import ServeConfig
 from nmt.errors import ConfigError, NmtError
-from nmt.serve.batcher import Batcher, QueueFull
+from nmt.serve.access import AccessPolicy
+from nmt.serve.batcher import Batcher, DecoderStopped, QueueFull
 from nmt.serve.metrics import Metrics
 from nmt.serve.protocol import BadRequest, parse_translate
 
@@ -39,6 +44,32 @@ STATIC = Path(__file__).resolve().parent / "static"
 class ServerState:
     draining: bool = False
     in_flight: int = 0
+    aborting: bool = False  # the drain's deadline passed: requests still open are cut short
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # the requests in flight
+
+    def abort(self) -> None:
+        """Answer every request still in flight with 503 now (`Guard` catches the cancel)."""
+        self.aborting = True
+        for task in list(self.tasks):
+            task.cancel()
+
+
+class ClientGone(Exception):
+    """The client closed its connection in the middle of its request body."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"{received} bytes received")
+        self.received = received
+
+
+class NoAnswer(Response):
+    """The response for a client that has gone: nothing is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    async def __call__(self, scope: Any, receive: Callable[..., Any], send: Callable[..., Any]):
+        return None
 
 
 def model_name(path: Path) -> str:
@@ -65,35 +96,61 @@ def load_translators(
     }
 
 
-def json_response(payload: Any, status: int = 200) -> Response:
+def json_response(payload: Any, status: int = 200, close: bool = False) -> Response:
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return Response(body, status_code=status, media_type="application/json")
+    headers = {"connection": "close"} if close else None
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(status: int, message: str) -> Response:
-    return json_response({"error": message}, status)
+def error_response(status: int, message: str, close: bool = False) -> Response:
+    return json_response({"error": message}, status, close)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, refused with 413 beyond `limit` bytes (before reading it when the
-    client announced its length)."""
+    client announced its length) and with 408 when it takes longer than `timeout` seconds.
+    ClientGone when the client leaves half-way."""
     announced = request.headers.get("content-length", "")
     if announced.isdigit() and int(announced) > limit:
         raise BadRequest(413, f"request body of {announced} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"request body over the limit of {limit} bytes")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+
+    async def collect() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(413, f"request body over the limit of {limit} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    except asyncio.TimeoutError:
+        raise BadRequest(408, f"the request body took longer than {timeout:g} s") from None
+    except ClientDisconnect:
+        raise ClientGone(sum(map(len, chunks))) from None
     return b"".join(chunks)
 
 
-def create_app(translators: dict[str, Translator], cfg: ServeConfig) -> Guard:
+async def wait_for_disconnect(request: Request) -> None:
+    """Return once the client has closed its connection (its body having been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def create_app(
+    translators: dict[str, Translator],
+    cfg: ServeConfig,
+    api_key: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Guard:
     """The ASGI application: routes, the decoding thread (started and stopped by the lifespan)
-    and the guard that counts requests and turns them away while draining."""
+    and the guard that refuses foreign requests, counts the others and turns them away while
+    draining. `log` gets one line per client that left before its answer."""
     if not translators:
         raise ConfigError("nmt serve: give at least one run directory")
+    cfg.validate()
+    say = log or (lambda message: None)
     names = list(translators)
     state = ServerState()
     first = translators[names[0]]
@@ -105,14 +162,43 @@ def create_app(translators: dict[str, Translator], cfg: ServeConfig) -> Guard:
     models = [describe(name, t, n == 0) for n, (name, t) in enumerate(translators.items())]
     body_limit = 8 * cfg.max_chars + 65536  # JSON escapes can take 6 bytes per character
 
+    def gone(request: Request, stage: str, detail: str) -> Response:
+        client = request.client
+        who = f"{client.host}:{client.port}" if client else "a client"
+        say(f"{who} left {detail}")
+        metrics.client_gone("/translate", stage)
+        return NoAnswer()
+
     async def translate(request: Request) -> Response:
         started = time.perf_counter()
-        body = await read_body(request, body_limit)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise BadRequest(415, f"send the body as Content-Type: application/json, not {kind!r}")
+        try:
+            body = await read_body(request, body_limit, cfg.body_timeout)
+        except ClientGone as exc:
+            return gone(request, "sending", f"while sending its request ({exc.received:,} bytes)")
         req = parse_translate(body, names, default_beam, cfg)
         try:
-            results = await batcher.translate(req.model, req.lines, req.options)
+            job = batcher.submit(req.model, req.lines, req.options)
         except QueueFull as exc:
             return error_response(503, f"server busy: {exc}")
+        except DecoderStopped as exc:
+            return error_response(503, f"the decoder has stopped ({exc}); restart the server")
+        watcher = asyncio.ensure_future(wait_for_disconnect(request))
+        waiting: set[asyncio.Future[Any]] = {job.future, watcher}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not job.future.done():  # the client left, or the drain's deadline came
+                batcher.cancel(job)
+        if job.future.cancelled():
+            return gone(request, "waiting", f"before its {len(req.lines)} sentence(s) were decoded")
+        try:
+            results = job.future.result()
+        except DecoderStopped as exc:
+            return error_response(503, f"the decoder has stopped ({exc}); restart the server")
         except NmtError as exc:  # e.g. a line longer than the model takes, with too_long=error
             return error_response(422, str(exc))
         elapsed = (time.perf_counter() - started) * 1000
@@ -121,7 +207,10 @@ def create_app(translators: dict[str, Translator], cfg: ServeConfig) -> Guard:
         )
 
     async def health(request: Request) -> Response:
-        return json_response({"status": "ok", "models": names})
+        decoder = batcher.state
+        status = "ok" if decoder == "running" else "error"
+        payload = {"status": status, "models": names, "decoder": decoder}
+        return json_response(payload, 200 if status == "ok" else 503)
 
     async def list_models(request: Request) -> Response:
         return json_response({"models": models})
@@ -134,7 +223,7 @@ def create_app(translators: dict[str, Translator], cfg: ServeConfig) -> Guard:
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BadRequest)
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.close)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -151,7 +240,8 @@ def create_app(translators: dict[str, Translator], cfg: ServeConfig) -> Guard:
         try:
             yield
         finally:
-            batcher.stop()
+            # After a drain, whatever is still queued has no client left to answer.
+            batcher.stop(timeout=STOP_SECONDS if state.draining else None)
 
     app = Starlette(
         routes=[
@@ -169,7 +259,12 @@ def create_app(translators: dict[str, Translator], cfg: ServeConfig) -> Guard:
         },
         lifespan=lifespan,
     )
-    return Guard(app, state, metrics)
+    inner: Any = app
+    if cfg.allow_origins:  # the pages of those origins may read the answers (CORS headers)
+        inner = CORSMiddleware(app, allow_origins=list(cfg.allow_origins),
+                               allow_methods=["GET", "POST"],
+                               allow_headers=["content-type", "authorization"])  # fmt: skip
+    return Guard(inner, state, metrics, AccessPolicy(cfg, api_key))
 
 
 def describe(name: str, translator: Translator, is_default: bool) -> dict[str, Any]:
@@ -186,14 +281,22 @@ def describe(name: str, translator: Translator, is_default: bool) -> dict[str, A
     }
 
 
-class Guard:
-    """ASGI wrapper around the app: counts requests in flight and their outcome for /metrics,
-    and answers 503 once a drain has begun."""
+# How long a stopping server waits for the batch being decoded once the drain is over.
+STOP_SECONDS = 0.5
 
-    def __init__(self, app: Any, state: ServerState, metrics: Metrics) -> None:
+
+class Guard:
+    """ASGI wrapper around the app: refuses what `AccessPolicy` refuses, counts requests in flight
+    and their outcome for /metrics, answers 503 once a drain has begun, and 503 to the requests
+    still open when the drain's deadline cuts them short (`ServerState.abort`)."""
+
+    def __init__(
+        self, app: Any, state: ServerState, metrics: Metrics, access: AccessPolicy
+    ) -> None:
         self.app = app
         self.state = state
         self.metrics = metrics
+        self.access = access
 
     async def __call__(
         self, scope: Any, receive: Callable[..., Any], send: Callable[..., Any]
@@ -201,14 +304,23 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        path = _known(scope["path"])
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self.access.refusal(scope["method"], scope["path"], headers)
+        if refusal is not None:
+            await _send_json(send, refusal.status, {"error": refusal.message})
+            self.metrics.request_done(path, refusal.status, 0.0)
+            return
         if self.state.draining:
-            await _send_json(send, 503, {"error": "the server is shutting down"})
-            self.metrics.request_done(_known(path), 503, 0.0)
+            await _send_json(send, 503, {"error": "the server is shutting down"}, close=True)
+            self.metrics.request_done(path, 503, 0.0)
             return
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
+        task = asyncio.current_task()
+        assert task is not None
         self.state.in_flight += 1
+        self.state.tasks.add(task)
 
         async def send_status(message: dict[str, Any]) -> None:
             nonlocal status
@@ -218,9 +330,18 @@ class Guard:
 
         try:
             await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:
+            if not self.state.aborting:
+                raise
+            if status is None:  # cut short by the drain's deadline: answered, not dropped
+                status = 503
+                await _send_json(send, 503, {"error": "the server stopped before answering"},
+                                 close=True)  # fmt: skip
         finally:
+            self.state.tasks.discard(task)
             self.state.in_flight -= 1
-            self.metrics.request_done(_known(path), status, time.perf_counter() - started)
+            if status is not None:  # else the client left first (counted as gone)
+                self.metrics.request_done(path, status, time.perf_counter() - started)
 
 
 def _known(path: str) -> str:
@@ -231,8 +352,12 @@ def _known(path: str) -> str:
     return "/static" if path.startswith("/static/") else "other"
 
 
-async def _send_json(send: Callable[..., Any], status: int, payload: dict[str, Any]) -> None:
+async def _send_json(
+    send: Callable[..., Any], status: int, payload: dict[str, Any], close: bool = False
+) -> None:
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

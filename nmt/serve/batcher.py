@@ -48,10 +48,15 @@ class Job:
     options: Options
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[dict[str, Any]]]
+    cancelled: bool = False  # its client went away: no one waits for the answer
 
 
 class QueueFull(Exception):
     """More sentences are waiting than the server accepts (answered with 503)."""
+
+
+class DecoderStopped(Exception):
+    """The decoding thread has ended (answered with 503; /health says so)."""
 
 
 class Batcher:
@@ -74,43 +79,95 @@ class Batcher:
         self._queued = 0  # sentences in _jobs
         self._wake = threading.Condition()
         self._stopping = False
+        self.failure: BaseException | None = None  # why the worker thread died, if it did
         self._thread = threading.Thread(target=self._run, name="nmt-decoder", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Finish what is queued, then end the worker thread."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what is queued, then end the worker thread; with `timeout`, drop what is still
+        queued and wait at most that long for the batch being decoded (the thread is a daemon:
+        the process can end without it)."""
         with self._wake:
             self._stopping = True
+            if timeout is not None:
+                for job in self._jobs:
+                    job.cancelled = True
+                self._jobs.clear()
+                self._queued = 0
             self._wake.notify()
-        self._thread.join()
+        self._thread.join(timeout)
+
+    @property
+    def state(self) -> str:
+        """ "running", or why the decoder stopped (what /health reports)."""
+        if self.failure is not None:
+            return f"stopped ({type(self.failure).__name__}: {self.failure})"
+        if not self._thread.is_alive():
+            return "stopped" if self._stopping else "not started"
+        return "running"
 
     @property
     def queued_sentences(self) -> int:
         return self._queued
 
-    async def translate(
-        self, model: str, lines: list[str], options: Options
-    ) -> list[dict[str, Any]]:
-        """Queue `lines` and wait for their results (`TranslationResult.to_dict()` each)."""
+    def submit(self, model: str, lines: list[str], options: Options) -> Job:
+        """Queue `lines`; the job's future gets their results (`TranslationResult.to_dict()`
+        each). Raises QueueFull or DecoderStopped. Call from the event loop."""
         loop = asyncio.get_running_loop()
         job = Job(model, lines, options, loop, loop.create_future())
         with self._wake:
+            if self.failure is not None or self._stopping:
+                raise DecoderStopped(self.state)
             if self._queued + len(lines) > self.max_queue and self._jobs:
                 raise QueueFull(f"{self._queued} sentences are already waiting; try again later")
             self._jobs.append(job)
             self._queued += len(lines)
             self._wake.notify()
-        return await job.future
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Forget a job whose client went away: taken out of the queue, or, while its batch is
+        being decoded, left unanswered (a batch whose clients have all gone stops early)."""
+        with self._wake:
+            job.cancelled = True
+            if job in self._jobs:
+                self._jobs.remove(job)
+                self._queued -= len(job.lines)
+        job.future.cancel()
+
+    async def translate(
+        self, model: str, lines: list[str], options: Options
+    ) -> list[dict[str, Any]]:
+        """Queue `lines` and wait for their results; cancelled, the job leaves the queue."""
+        job = self.submit(model, lines, options)
+        try:
+            return await job.future
+        finally:
+            if not job.future.done() or job.future.cancelled():
+                self.cancel(job)
 
     # ---- the worker thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # a bug of ours: every waiting request is told, not left
+            self.failure = exc
+            with self._wake:
+                jobs, self._queued = list(self._jobs), 0
+                self._jobs.clear()
+            for job in jobs:
+                _resolve(job, None, DecoderStopped(self.state))
+            raise
+
+    def _serve(self) -> None:
         while True:
             jobs = self._collect()
             if not jobs:
                 return
+            jobs = [job for job in jobs if not job.cancelled]  # left while the batch gathered
             groups: dict[tuple[str, Options], list[Job]] = {}
             for job in jobs:
                 # Attention is left out of the key: a shared call computes it if anyone asked.
@@ -140,6 +197,9 @@ class Batcher:
         deadline = time.monotonic() + self.max_wait
         while True:
             while self._jobs:
+                if self._jobs[0].cancelled:
+                    self._taken([self._jobs.popleft()])
+                    continue
                 cost = self._admit(self._jobs[0])
                 if cost is None:
                     self._taken([self._jobs.popleft()])
@@ -198,6 +258,8 @@ class Batcher:
                 pending[j] -= 1
                 if not pending[j]:
                     _resolve(jobs[j], answers[j], None)
+                if all(job.cancelled for job, left in zip(jobs, pending, strict=True) if left):
+                    return  # no one waits for the rest (or stopping): the search ends here
         except Exception as exc:  # handed to each request still waiting, which answers for it
             for job, left in zip(jobs, pending, strict=True):
                 if left:

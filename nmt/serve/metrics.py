@@ -53,6 +53,8 @@ class Metrics:
         self.batches: dict[str, int] = {}  # model -> decoding calls
         self.batch_sentences = Histogram(BATCH_BUCKETS)
         self.latency = Histogram(LATENCY_BUCKETS)
+        self.gone: dict[tuple[str, str], int] = {}  # (path, stage) -> clients that left
+        self.refused: dict[str, int] = {}  # reason -> connections closed unanswered
         self._queue_length = queue_length
         self._in_flight = in_flight
 
@@ -61,6 +63,19 @@ class Metrics:
             self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
             if path == "/translate":
                 self.latency.observe(seconds)
+
+    def client_gone(self, path: str, stage: str) -> None:
+        """A client closed its connection before its answer: while `stage` "sending" its
+        request or "waiting" for the translation. Counted apart from the answered requests."""
+        with self._lock:
+            self.gone[(path, stage)] = self.gone.get((path, stage), 0) + 1
+
+    def connection_refused(self, reason: str) -> None:
+        """A connection closed by the server without a request being answered: "limit" (too
+        many open connections) or "header_timeout" (the request line and headers came too
+        slowly)."""
+        with self._lock:
+            self.refused[reason] = self.refused.get(reason, 0) + 1
 
     def batch_started(self, model: str, sentences: int) -> None:
         with self._lock:
@@ -76,6 +91,20 @@ class Metrics:
             ]
             for (path, status), n in sorted(self.requests.items()):
                 out.append(f'nmt_requests_total{{path="{_escape(path)}",code="{status}"}} {n}')
+            out += [
+                "# HELP nmt_client_gone_total Requests whose client left before the answer, by "
+                "path and stage (sending: mid-request; waiting: for the translation).",
+                "# TYPE nmt_client_gone_total counter",
+            ]
+            for (path, stage), n in sorted(self.gone.items()):
+                out.append(f'nmt_client_gone_total{{path="{_escape(path)}",stage="{stage}"}} {n}')
+            out += [
+                "# HELP nmt_connections_refused_total Connections closed unanswered, by reason "
+                "(limit: too many open; header_timeout: headers too slow).",
+                "# TYPE nmt_connections_refused_total counter",
+            ]
+            for reason, n in sorted(self.refused.items()):
+                out.append(f'nmt_connections_refused_total{{reason="{reason}"}} {n}')
             out += [
                 "# HELP nmt_sentences_total Sentences translated, by model.",
                 "# TYPE nmt_sentences_total counter",

@@ -21,6 +21,8 @@ class BadRequest(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+        # The rest of the body stays unread (too large, too slow): the connection is closed.
+        self.close = status in (408, 413)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise BadRequest(400, "malformed JSON: nested too deeply") from None
+    except ValueError:  # an integer of more digits than Python converts (4,300 by default)
+        raise BadRequest(400, "malformed JSON: a number with too many digits") from None
     if not isinstance(data, dict):
         raise BadRequest(
             400, f'expected a JSON object such as {{"text": "..."}}, got {_kind(data)}'

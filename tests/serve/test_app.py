@@ -149,7 +149,11 @@ def test_concurrent_requests_share_decoding_calls(server: Server, local: dict) -
 def test_health(server: Server) -> None:
     reply = call(server.url + "/health")
     assert reply.status == 200
-    assert reply.data == {"status": "ok", "models": ["tiny-transformer", "tiny-rnn"]}
+    assert reply.data == {
+        "status": "ok",
+        "models": ["tiny-transformer", "tiny-rnn"],
+        "decoder": "running",
+    }
 
 
 def test_models(server: Server, local: dict) -> None:
@@ -317,7 +321,7 @@ def test_a_signal_finishes_requests_in_flight_and_refuses_new_ones(
         (["{missing}"], 1, "missing"),
         (["{run}", "{run}"], 2, "would both be served as 'tiny-transformer'"),
         (["{run}", "--port", "70000"], 2, "expected 0-65535"),
-        (["{run}", "--max-sentences", "0"], 2, "max_sentences must be >= 1"),
+        (["{run}", "--max-sentences", "0"], 2, "--max-sentences 0: expected 1 to 100000"),
     ],
     ids=["missing run", "same name twice", "bad port", "bad limit"],
 )

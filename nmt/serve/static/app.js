@@ -5,6 +5,11 @@
 const $ = (selector, root = document) => root.querySelector(selector);
 let models = [];
 
+// A server started with an API key wants it on every call: the page takes it from its address,
+// http://HOST:PORT/#key=KEY (what follows # never leaves the browser).
+const apiKey = new URLSearchParams(location.hash.slice(1)).get("key");
+const withKey = (headers = {}) => (apiKey ? { ...headers, authorization: `Bearer ${apiKey}` } : headers);
+
 function setStatus(text) { $("#status").textContent = text; }
 
 function showError(text) {
@@ -14,8 +19,10 @@ function showError(text) {
 }
 
 async function loadModels() {
-  const response = await fetch("/models");
-  models = (await response.json()).models;
+  const response = await fetch("/models", { headers: withKey() });
+  const data = await response.json();
+  if (!response.ok) { showError(data.error || `HTTP ${response.status}`); return; }
+  models = data.models;
   const select = $("#model");
   for (const m of models) {
     const option = document.createElement("option");
@@ -48,7 +55,7 @@ async function translate(event) {
   try {
     const response = await fetch("/translate", {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: withKey({ "content-type": "application/json" }),
       body: JSON.stringify(body),
     });
     const data = await response.json();
