@@ -112,6 +112,19 @@ def atomic_open(
         raise
 
 
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be read as a regular file ("file not found", a folder, a pipe or device:
+    commands that read their input whole before using it take files only), or None."""
+    info = _stat(Path(path))
+    if info is None:
+        return "file not found"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a pipe or device); save it to a file first"
+    return None
+
+
 def check_output_file(path: str | os.PathLike) -> None:
     """Raise the OSError that writing the file `path` would meet, before any work is spent on it:
     `path` is a folder, the nearest existing folder above it is a file, or it is not writable.
@@ -340,6 +353,8 @@ def _conflict_with_input(out: Output, source: Input) -> str | None:
     folder = _real(out.path)
     inside = _real(source.path)
     if out.kind == "folder":
+        if inside == folder:
+            return f"{where}: is {source.path} ({source.what}); write the output elsewhere"
         held = _is_within(inside, folder) or _identity(source.path) in _file_ids(out.path)
         if held:
             return f"{where}: holds {source.path} ({source.what}); write the output elsewhere"
@@ -419,7 +434,7 @@ def output_problem(
     if not isinstance(marker, dict) or marker.get("kind") != kind:
         return (
             f"{path}: exists and holds no {OUTPUT_MARKER} naming it an `nmt {kind}` output, so "
-            "it is not replaced; choose another --out or remove it yourself"
+            "it is not replaced; choose another --out"
         )
     foreign = sorted(entries - set(marker.get("entries", [])) - {OUTPUT_MARKER})
     if foreign:

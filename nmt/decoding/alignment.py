@@ -33,7 +33,7 @@ import torch
 from nmt.config import GUIDED_ALIGNMENT_HEAD, RunConfig
 from nmt.data.spm import WORD_START, word_groups
 from nmt.errors import ConfigError, DataError
-from nmt.io import atomic_open
+from nmt.io import atomic_open, not_a_file
 
 Link = tuple[int, int]  # (source word, target word)
 
@@ -160,8 +160,9 @@ def parse_pharaoh(line: str, where: str = "<line>") -> tuple[set[Link], set[Link
 def read_pharaoh(path: str | Path) -> list[tuple[set[Link], set[Link]]]:
     """(sure, possible) links per line of a Pharaoh file; an empty line has no links."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: alignment file not found")
+    problem = not_a_file(path)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     try:
         lines = path.read_bytes().decode("utf-8").split("\n")
     except UnicodeDecodeError as exc:

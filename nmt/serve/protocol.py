@@ -117,7 +117,8 @@ def _int(data: dict[str, Any], name: str, default: int, low: int, high: int) -> 
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(422, f"{name!r} must be an integer, got {_kind(value)}")
     if not low <= value <= high:
-        raise BadRequest(422, f"{name!r} is {value}; expected {low} to {high}")
+        shown = str(value) if abs(value) < 10**12 else f"a number of {len(str(abs(value)))} digits"
+        raise BadRequest(422, f"{name!r} is {shown}; expected {low} to {high}")
     return value
 
 

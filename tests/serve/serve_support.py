@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -105,3 +106,49 @@ class Server:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{text!r} not in the server log:\n" + "\n".join(self.log))
             time.sleep(0.05)
+
+
+# ---- raw HTTP: what a hostile client sends, byte for byte --------------------------------------
+
+
+def address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def connect(url: str, timeout: float = REQUEST_TIMEOUT) -> socket.socket:
+    return socket.create_connection(address(url), timeout=timeout)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def exchange(url: str, data: bytes) -> bytes:
+    """Send `data` on a new connection and return all the server answers before it closes."""
+    with connect(url) as sock:
+        sock.sendall(data)
+        return read_all(sock)
+
+
+def status_of(response: bytes) -> int:
+    """The status code of a raw HTTP response (0 when there is none)."""
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", response)
+    return int(match.group(1)) if match else 0
+
+
+def body_of(response: bytes) -> Any:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+def request_bytes(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    """An HTTP/1.1 request that asks the server to close the connection after answering."""
+    lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
