@@ -98,5 +98,5 @@ def test_the_command_draws_a_real_run_and_refuses_bad_arguments(
                                 str(out), "--metric", "loss"])  # fmt: skip
     assert mixed.exit_code == 0 and "note: a run logged no wall clock" in mixed.output
     missing = runner.invoke(app, ["plot-metrics", str(tmp_path / "none"), "--out", str(out)])
-    assert missing.exit_code == 1 and "no such file" in missing.output
+    assert missing.exit_code == 1 and "none: file not found" in missing.output
     assert "Traceback" not in bad.output + missing.output
