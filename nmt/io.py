@@ -335,7 +335,8 @@ def _file_ids(folder: Path, pattern: str = "*", recursive: bool = True) -> set[t
 def _conflict_with_input(out: Output, source: Input) -> str | None:
     where = f"{out.flag} {out.path}".lstrip()
     if source.tree and _is_within(_real(out.path), _real(source.path)):
-        return f"{where}: lies inside {source.path} ({source.what}); write the output elsewhere"
+        verb = "is" if _real(out.path) == _real(source.path) else "lies inside"
+        return f"{where}: {verb} {source.path} ({source.what}); write the output elsewhere"
     if out.kind == "file":
         if not source.tree and _same_file(out.path, source.path):
             if os.path.abspath(out.path) == os.path.abspath(source.path):

@@ -60,7 +60,7 @@ from nmt.config import (
 )
 from nmt.data.spm import SPECIAL_PIECES, write_mapped_vocabulary
 from nmt.errors import CheckpointError, ConfigError, DataError, NmtError
-from nmt.io import atomic_dir, output_problem, write_json, write_text
+from nmt.io import Input, Output, atomic_dir, output_problem, write_json, write_text
 from nmt.models import build_model
 from nmt.models.attention import sinusoidal_positions
 
@@ -209,7 +209,9 @@ def import_model(
                 f"{source}: no such folder; give a folder written by save_pretrained, or "
                 "hf:OWNER/NAME to download one"
             )
-    problem = output_problem(out, IMPORT_KIND, [folder])
+    source_input = Input(folder, "the model folder to import", tree=True)
+    ckpt.guard_outputs([Output("--out", out, "folder")], [source_input], ConfigError)
+    problem = output_problem(out, IMPORT_KIND)
     if problem:
         raise ConfigError(problem)
     files = read_marian_folder(folder)

@@ -489,3 +489,19 @@ def test_a_hub_name_offline_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "cannot download" in result.stderr
     assert "nmt import PATH" in result.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["the source itself", "inside the source"])
+def test_import_never_writes_into_the_model_it_reads(
+    marian: tuple[Path, Any, Any], tmp_path: Path, where: str
+) -> None:
+    copy = tmp_path / "opus-mt-de-en"
+    shutil.copytree(marian[0], copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    out = copy if where == "the source itself" else copy / "run"
+    result = invoke("import", copy, "--out", out)
+    assert result.exit_code == 2, result.output
+    verb = "is" if out == copy else "lies inside"
+    assert result.stderr == f"error: --out {out}: {verb} {copy} (the model folder to import); " \
+        "write the output elsewhere\n"  # fmt: skip
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before

@@ -223,7 +223,8 @@ def test_train_out_in_a_prepared_folder(tiny_prepared: Path, tmp_path: Path, whe
         out, needle = other, f"{other}: already exists (it is not empty)"
     else:
         out = tiny_prepared if where == "the data itself" else tiny_prepared / "run"
-        needle = f"--out {out}: lies inside {tiny_prepared} (the prepared data folder --data)"
+        verb = "is" if out == tiny_prepared else "lies inside"
+        needle = f"--out {out}: {verb} {tiny_prepared} (the prepared data folder --data)"
     line = refused_untouched(lambda: nmt("train", config, "--data", tiny_prepared, "--out", out),
                              2, [tiny_prepared, tmp_path], needle)  # fmt: skip
     assert "remove" not in line
