@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable
+from typing import Any
 
 # Seconds from a request's arrival to its response.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -41,6 +42,21 @@ class Histogram:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _counter(
+    name: str, help_text: str, labels: tuple[str, ...], counts: dict[Any, int]
+) -> list[str]:
+    """A counter's HELP and TYPE lines and one sample per key of `counts` (a label value, or a
+    tuple of them in the order of `labels`), sorted."""
+    out = [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+    for key, n in sorted(counts.items()):
+        values = key if isinstance(key, tuple) else (key,)
+        pairs = ",".join(
+            f'{label}="{_escape(str(v))}"' for label, v in zip(labels, values, strict=True)
+        )
+        out.append(f"{name}{{{pairs}}} {n}")
+    return out
 
 
 class Metrics:
@@ -86,38 +102,18 @@ class Metrics:
     def render(self) -> str:
         with self._lock:
             out = [
-                "# HELP nmt_requests_total HTTP requests answered, by path and status code.",
-                "# TYPE nmt_requests_total counter",
-            ]
-            for (path, status), n in sorted(self.requests.items()):
-                out.append(f'nmt_requests_total{{path="{_escape(path)}",code="{status}"}} {n}')
-            out += [
-                "# HELP nmt_client_gone_total Requests whose client left before the answer, by "
-                "path and stage (sending: mid-request; waiting: for the translation).",
-                "# TYPE nmt_client_gone_total counter",
-            ]
-            for (path, stage), n in sorted(self.gone.items()):
-                out.append(f'nmt_client_gone_total{{path="{_escape(path)}",stage="{stage}"}} {n}')
-            out += [
-                "# HELP nmt_connections_refused_total Connections closed unanswered, by reason "
-                "(limit: too many open; header_timeout: headers too slow).",
-                "# TYPE nmt_connections_refused_total counter",
-            ]
-            for reason, n in sorted(self.refused.items()):
-                out.append(f'nmt_connections_refused_total{{reason="{reason}"}} {n}')
-            out += [
-                "# HELP nmt_sentences_total Sentences translated, by model.",
-                "# TYPE nmt_sentences_total counter",
-            ]
-            for model, n in sorted(self.sentences.items()):
-                out.append(f'nmt_sentences_total{{model="{_escape(model)}"}} {n}')
-            out += [
-                "# HELP nmt_batches_total Decoding calls (batches of queued requests), by model.",
-                "# TYPE nmt_batches_total counter",
-            ]
-            for model, n in sorted(self.batches.items()):
-                out.append(f'nmt_batches_total{{model="{_escape(model)}"}} {n}')
-            out += [
+                *_counter("nmt_requests_total", "HTTP requests answered, by path and status code.",
+                          ("path", "code"), self.requests),
+                *_counter("nmt_client_gone_total", "Requests whose client left before the answer, "
+                          "by path and stage (sending: mid-request; waiting: for the translation).",
+                          ("path", "stage"), self.gone),
+                *_counter("nmt_connections_refused_total", "Connections closed unanswered, by "
+                          "reason (limit: too many open; header_timeout: headers too slow).",
+                          ("reason",), self.refused),
+                *_counter("nmt_sentences_total", "Sentences translated, by model.", ("model",),
+                          self.sentences),
+                *_counter("nmt_batches_total", "Decoding calls (batches of queued requests), by "
+                          "model.", ("model",), self.batches),
                 "# HELP nmt_queue_sentences Sentences waiting for the decoder.",
                 "# TYPE nmt_queue_sentences gauge",
                 f"nmt_queue_sentences {self._queue_length()}",
@@ -130,5 +126,5 @@ class Metrics:
                 "# HELP nmt_request_seconds Seconds from a /translate request to its answer.",
                 "# TYPE nmt_request_seconds histogram",
                 *self.latency.lines("nmt_request_seconds"),
-            ]
+            ]  # fmt: skip
         return "\n".join(out) + "\n"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import MAX_CHARS, MAX_SENTENCES
-from serve_support import Reply, Server, call
+from serve_support import Reply, Server, call, serve_in_thread
 
 from nmt.inference import Translator
 
@@ -252,10 +252,6 @@ def test_wrong_method_and_unknown_path(server: Server) -> None:
 @pytest.fixture
 def faulty_server(served_runs: list[Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The app in this process (uvicorn in a thread) with decoding made to fail."""
-    import socket
-
-    import uvicorn
-
     from nmt.config import ServeConfig
     from nmt.serve import batcher
     from nmt.serve.app import create_app, load_translators
@@ -264,19 +260,10 @@ def faulty_server(served_runs: list[Path], monkeypatch: pytest.MonkeyPatch) -> I
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(batcher, "decode_stream", broken)
-    app = create_app(load_translators(served_runs[:1], "cpu"), ServeConfig())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="critical", lifespan="on")
-    running = uvicorn.Server(config)
-    thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not running.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    running.should_exit = True
-    thread.join(30)
+    with serve_in_thread(
+        create_app(load_translators(served_runs[:1], "cpu"), ServeConfig())
+    ) as url:
+        yield url
 
 
 def test_a_fault_of_ours_is_a_500_without_traceback(faulty_server: str) -> None:
