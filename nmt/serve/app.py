@@ -63,12 +63,12 @@ class ClientGone(Exception):
 
 
 class NoAnswer(Response):
-    """The response for a client that has gone: nothing is sent."""
+    """The response for a client that has gone: nothing is sent (and nothing counted as
+    answered: `Guard` sees no status)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
-    async def __call__(self, scope: Any, receive: Callable[..., Any], send: Callable[..., Any]):
+    async def __call__(
+        self, scope: Any, receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         return None
 
 
