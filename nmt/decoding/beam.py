@@ -30,7 +30,7 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ from torch import nn
 
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, DecodeConfig
 from nmt.data.batching import make_src_batch
+from nmt.decoding.constraints import Constraints
 from nmt.errors import ConfigError
 
 NEG_INF = float("-inf")
@@ -227,14 +228,19 @@ def beam_search(
     src_mask: torch.Tensor,
     cfg: DecodeConfig,
     need_attention: bool = False,
+    constraints: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search of width `cfg.beam_size` for a batch src_ids (B,S) / src_mask (B,S).
 
     Returns, for each sentence in batch order, its `cfg.nbest` best finished hypotheses by score
-    (fewer only if fewer than that many outputs are possible).
+    (fewer only if fewer than that many outputs are possible). `constraints`: for each sentence,
+    token sequences its output must contain (nmt/decoding/constraints.py); None or all empty is
+    the unconstrained search.
     """
     results: list[list[Hypothesis]] = [[] for _ in range(src_ids.size(0))]
-    for finished in iter_beam_search(models, src_ids, src_mask, cfg, need_attention):
+    for finished in iter_beam_search(
+        models, src_ids, src_mask, cfg, need_attention, constraints=constraints
+    ):
         for index, nbest in finished:
             results[index] = nbest
     return results
@@ -248,6 +254,7 @@ def iter_beam_search(
     cfg: DecodeConfig,
     need_attention: bool = False,
     early: bool = False,
+    constraints: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> Iterator[list[tuple[int, list[Hypothesis]]]]:
     """`beam_search` as a generator of (batch index, n-best list) pairs. With `early`, the
     sentences whose search has ended are yielded after the step that ended it, while the others
@@ -257,6 +264,10 @@ def iter_beam_search(
     ens = Ensemble(models)
     device = src_ids.device
     batch, beam = src_ids.size(0), cfg.beam_size
+    lexical = None  # dynamic beam allocation when some sentence has a constraint
+    if constraints is not None:
+        lexical = Constraints(constraints, beam, device)
+        lexical = None if lexical.is_empty else lexical
     src_lengths = src_mask.sum(dim=1)  # (B,)
     max_lens = max_output_lengths(src_lengths, cfg, ens.max_positions)  # (B,)
     num_steps = int(max_lens.max()) + 1  # the last step can only emit EOS
@@ -287,8 +298,11 @@ def iter_beam_search(
     emitted = torch.zeros(batch, dtype=torch.bool, device=device)  # sentences already yielded
 
     def collect(sentences: torch.Tensor) -> list[tuple[int, list[Hypothesis]]]:
+        pool_cfg = cfg if lexical is None else replace(cfg, nbest=beam)  # filtered below
         hyps = _collect(fin_logp[:, :beam], fin_step[:, :beam], fin_beam[:, :beam], steps,
-                        src_lengths, cfg, need_attention, sentences)  # fmt: skip
+                        src_lengths, pool_cfg, need_attention, sentences)  # fmt: skip
+        if lexical is not None:
+            hyps = lexical.keep_met(hyps, sentences.tolist(), cfg.nbest)
         return list(zip(sentences.tolist(), hyps, strict=True))
 
     for t in range(num_steps):
@@ -298,9 +312,14 @@ def iter_beam_search(
         if t >= shortest:
             force_eos = (max_lens.index_select(0, alive) <= t).repeat_interleave(beam)  # (n*K,)
         log_probs = ban_tokens(log_probs, t, force_eos, cfg, history)
+        if lexical is not None:
+            log_probs = lexical.ban_eos(log_probs, alive, force_eos)
         vocab = log_probs.size(1)
         cand = scores[:, :, None] + log_probs.view(n, beam, vocab)  # (n, K, V)
         top_scores, top_beams, top_tokens = select_top_k(cand, 2 * beam)  # (n, 2K)
+        if lexical is not None:
+            top, going = lexical.select(cand, alive, (top_scores, top_beams, top_tokens))
+            top_scores, top_beams, top_tokens = top  # (n, K)
         width = top_scores.size(1)
 
         # Finish the EOS extensions ranked within the first K, best first, while the pool has room.
@@ -318,10 +337,13 @@ def iter_beam_search(
         fin_count[alive] = count + accept.long().sum(dim=1)
 
         # The best K extensions that do not end in EOS go on.
-        go_on = top_scores.masked_fill(is_eos, NEG_INF)
-        scores, pick = go_on.topk(beam, dim=1)  # (n, K)
-        beams = top_beams.gather(1, pick)  # (n, K) parent beam of each new hypothesis
-        tokens = top_tokens.gather(1, pick)  # (n, K)
+        if lexical is None:
+            go_on = top_scores.masked_fill(is_eos, NEG_INF)
+            scores, pick = go_on.topk(beam, dim=1)  # (n, K)
+            beams = top_beams.gather(1, pick)  # (n, K) parent beam of each new hypothesis
+            tokens = top_tokens.gather(1, pick)  # (n, K)
+        else:
+            scores, beams, tokens = going  # (n, K) each
         if attn is not None:
             attn = attn.view(n, beam, *attn.shape[1:])
         steps.append((alive, tokens, beams, attn, scores))
@@ -644,6 +666,7 @@ def decode_corpus(
     cfg: DecodeConfig,
     device: torch.device | str,
     need_attention: bool = False,
+    constraints: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate source id sequences (without EOS): n-best lists in input order.
 
@@ -654,9 +677,15 @@ def decode_corpus(
     in eval mode (and left there). Sampling draws from one generator seeded with `cfg.seed`, so a
     sample depends on the batching as well as on the seed. A source longer than `source_limit`
     is cut to it (callers that report cut lines check the limit first).
+
+    `constraints` (one list of target token sequences per source, see beam_search): a batch in
+    which some sentence has one is searched with dynamic beam allocation, at beam size 1 too;
+    sampling takes none.
     """
     results: list[list[Hypothesis]] = [[] for _ in src_seqs]
-    for index, nbest in iter_decode_corpus(model_or_models, src_seqs, cfg, device, need_attention):
+    for index, nbest in iter_decode_corpus(
+        model_or_models, src_seqs, cfg, device, need_attention, constraints=constraints
+    ):
         results[index] = nbest
     return results
 
@@ -668,10 +697,15 @@ def iter_decode_corpus(
     device: torch.device | str,
     need_attention: bool = False,
     early: bool = False,
+    constraints: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> Iterator[tuple[int, list[Hypothesis]]]:
     """`decode_corpus` as a generator of (input index, n-best list) pairs, in the order the
     searches end: with `early`, a beam search yields each sentence as soon as its own search has
     ended (`iter_beam_search`); greedy search and sampling yield a batch at a time."""
+    if constraints is not None and len(constraints) != len(src_seqs):
+        raise ValueError(f"{len(constraints)} constraint lists for {len(src_seqs)} sources")
+    if cfg.sample and constraints is not None and any(seq for c in constraints for seq in c):
+        raise ConfigError("constraints (a glossary) need beam search: turn decode.sample off")
     models = [model_or_models] if isinstance(model_or_models, nn.Module) else list(model_or_models)
     for model in models:
         model.eval()
@@ -691,13 +725,16 @@ def iter_decode_corpus(
         ids = [todo[j] for j in batch]
         src_ids, src_mask = make_src_batch([list(src_seqs[i]) for i in ids])
         src_ids, src_mask = src_ids.to(device), src_mask.to(device)
+        batch_constraints = None
+        if constraints is not None and any(seq for i in ids for seq in constraints[i]):
+            batch_constraints = [constraints[i] for i in ids]
         if cfg.sample:
             hyps = sample_search(models, src_ids, src_mask, cfg, need_attention, generator)
-        elif cfg.beam_size == 1:
+        elif cfg.beam_size == 1 and batch_constraints is None:
             hyps = greedy_search(models, src_ids, src_mask, cfg, need_attention)
         else:
             for finished in iter_beam_search(
-                models, src_ids, src_mask, cfg, need_attention, early=early
+                models, src_ids, src_mask, cfg, need_attention, early, batch_constraints
             ):
                 for j, nbest in finished:
                     yield ids[j], nbest
