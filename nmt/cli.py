@@ -382,6 +382,13 @@ def translate(
         help="Translations of the -i lines (one per line) to read instead of searching: their "
         "scores, attention and alignments (forced decoding; beam and n-best do not apply).",
     ),
+    glossary: Path | None = typer.Option(
+        None,
+        "--glossary",
+        help="Terms to translate your way: TSV lines 'source term<TAB>target term' (# comments). "
+        "A source term found in a line (whole words; lowercase terms match any case) makes its "
+        "target term appear in the translation.",
+    ),
 ) -> None:
     """Translate text with a trained model, keeping input order and empty lines.
 
@@ -392,7 +399,10 @@ def translate(
     token_scores (log-probabilities, EOS included), alignment (Pharaoh), nbest with --nbest > 1,
     and the word attention with --attention. With --force the model reads the given
     translations instead of searching (forced decoding): the outputs describe those, e.g. the
-    attention on reference translations, to score against gold word alignments.
+    attention on reference translations, to score against gold word alignments. With --glossary
+    the search is lexically constrained: each target term of a source term found in a line
+    appears in its translation; JSONL rows add "terms" (where each went, which source words
+    the attention ties it to), and a term placed far from its source term is warned about.
 
     Decode settings (nmt.config.DecodeConfig): the run's own,
     then --set decode.key=value, then --beam / --nbest / --batch-tokens. For a Transformer the
@@ -408,6 +418,7 @@ def translate(
       nmt translate RUN -i test.de --nbest 5 --output-format jsonl --attention > test.jsonl
       nmt translate RUN1 RUN2 -i test.de --set decode.sample=true --set decode.top_p=0.9
       nmt translate RUN -i test.de --force test.en --alignments-out ref.align
+      nmt translate RUN -i test.de --glossary terms.tsv --output-format jsonl
     """
     from nmt import pipeline
 
@@ -415,7 +426,7 @@ def translate(
     pipeline.translate(
         list(checkpoint), input_, output, list(set_), flags, device, attention_out,
         alignments_out, plot_dir, output_format=output_format, with_attention=attention,
-        force_path=force,
+        force_path=force, glossary_path=glossary,
     )  # fmt: skip
 
 
@@ -450,6 +461,9 @@ def evaluate(
     set_: list[str] = typer.Option(
         [], "--set", help="Override a decode setting, e.g. --set decode.len_penalty=0.6."
     ),
+    glossary: Path | None = typer.Option(
+        None, "--glossary", help="Translate following this glossary (as nmt translate)."
+    ),
 ) -> None:
     """Translate test sets and score them with sacreBLEU: BLEU, lowercased BLEU, chrF, TER.
 
@@ -471,8 +485,9 @@ def evaluate(
     if beam is not None:
         flags["nbest"] = 1
     result = pipeline.evaluate(
-        list(checkpoint or []), sets, report, hyp_out, list(set_), flags, device, tokenize
-    )
+        list(checkpoint or []), sets, report, hyp_out, list(set_), flags, device, tokenize,
+        glossary_path=glossary,
+    )  # fmt: skip
     pipeline.print_scores(result)
     if report is not None:
         typer.echo(f"report: {report}")
@@ -644,8 +659,9 @@ def serve(
 ) -> None:
     """Serve models over HTTP, with a page at / that shows the attention.
 
-    POST /translate {"text": "..." or [...], "model", "beam", "nbest", "attention"} answers with
-    the translations, their scores, tokens and alignments; GET /models, /health and /metrics
+    POST /translate {"text": "..." or [...], "model", "beam", "nbest", "attention", "glossary":
+    {"source term": "target term"}} answers with the translations, their scores, tokens and
+    alignments (and where the glossary terms went); GET /models, /health and /metrics
     (Prometheus) describe the server. Requests that arrive together are decoded together. The
     first Ctrl-C (or SIGTERM) lets the requests in flight finish, for --drain-seconds at most,
     while new ones get 503; a second stops at once.

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from nmt.checkpoint import LoadedRun, load_run
-from nmt.config import DecodeConfig, from_dict, merge, parse_overrides, to_dict
+from nmt.config import UNK_ID, DecodeConfig, from_dict, merge, parse_overrides, to_dict
 from nmt.data.corpus import MAX_LINE_BYTES, clean_text
+from nmt.data.glossary import Glossary, Placement, TermMatch, place_terms
 from nmt.decoding.alignment import (
     AttentionRecord,
     Link,
@@ -73,6 +74,8 @@ class TranslationResult:
     - `alignment`: hard word links (source word, target word), 0-based, from the attention;
       empty unless attention was computed.
     - `record`: the attention (subword and word matrices, words) when it was computed.
+    - `terms`: with a glossary, where each glossary term found in the line stands in the
+      translation and which source words the attention ties it to; None without a glossary.
     """
 
     translation: str
@@ -83,6 +86,7 @@ class TranslationResult:
     nbest: list[Candidate]
     alignment: list[Link] = field(default_factory=list)
     record: AttentionRecord | None = None
+    terms: list[Placement] | None = None
 
     @property
     def src_words(self) -> list[str]:
@@ -99,7 +103,8 @@ class TranslationResult:
 
     def to_dict(self, nbest: bool = False, attention: bool = False) -> dict[str, Any]:
         """The JSON form (`--output-format jsonl`, the server): translation, score, tokens,
-        token_scores, alignment (Pharaoh), plus nbest and the word-level attention on request."""
+        token_scores, alignment (Pharaoh), plus nbest and the word-level attention on request,
+        and the glossary terms of the line when a glossary was used."""
         row: dict[str, Any] = {
             "translation": self.translation,
             "score": round(self.score, 6),
@@ -117,6 +122,8 @@ class TranslationResult:
                 "tgt_words": self.tgt_words,
                 "matrix": np.round(matrix.astype(np.float64), 4).tolist(),
             }
+        if self.terms is not None:
+            row["terms"] = [placement.to_dict() for placement in self.terms]
         return row
 
 
@@ -126,6 +133,10 @@ class Translator:
     Decode settings: the first checkpoint's `decode` section, then `overrides`
     (`decode.key=value`), then keyword settings. Only decoding can change; the model comes from
     the checkpoint alone. Not thread-safe: one thread decodes at a time.
+
+    `glossary` (nmt/data/glossary.py): terms whose translation is fixed; the target term of
+    every source term found in a line must appear in its translation (lexically constrained
+    beam search, nmt/decoding/constraints.py). Each call may give its own.
     """
 
     def __init__(
@@ -134,6 +145,7 @@ class Translator:
         cfg: DecodeConfig,
         device: torch.device,
         log: Callable[[str], None] | None = None,
+        glossary: Glossary | None = None,
     ) -> None:
         if not runs:
             raise ConfigError("give a run directory or checkpoint file (several make an ensemble)")
@@ -164,6 +176,10 @@ class Translator:
         # Longest source the models accept: positions for the subwords and the EOS.
         limit = Ensemble(self.models).max_positions
         self.max_src_len = None if limit is None else limit - 1
+        self._term_ids: dict[str, list[int]] = {}
+        self.glossary = glossary
+        if glossary is not None:
+            self.check_glossary(glossary)
 
     @classmethod
     def load(
@@ -172,13 +188,17 @@ class Translator:
         device: str = "auto",
         overrides: Sequence[str] = (),
         log: Callable[[str], None] | None = None,
+        glossary: str | Path | Glossary | None = None,
         **decode: Any,
     ) -> Translator:
         """Load a run directory (its best.pt) or .pt file, or a list of them (an ensemble).
 
         `overrides` are `decode.key=value` strings (as `--set`); keyword arguments name
         DecodeConfig fields (`beam_size=5`, `batch_tokens=4000`); `beam` is short for beam_size.
+        `glossary`: a Glossary or a glossary file (read before the models load).
         """
+        if glossary is not None and not isinstance(glossary, Glossary):
+            glossary = Glossary.from_file(glossary)
         path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
         if not path_list:
             raise ConfigError("give a run directory or checkpoint file (several make an ensemble)")
@@ -196,7 +216,7 @@ class Translator:
         settings = merge(to_dict(runs[0].config.decode), nested.get("decode", {}))
         settings = merge(settings, {k: v for k, v in decode.items() if v is not None})
         cfg: DecodeConfig = from_dict(DecodeConfig, settings, "decode")
-        translator = cls(runs, cfg, torch_device, log)
+        translator = cls(runs, cfg, torch_device, log, glossary)
         names = ", ".join(str(p) for p in path_list)
         if cfg.sample:
             search = f"sampling, {cfg.nbest} sample(s) per line"
@@ -204,6 +224,8 @@ class Translator:
             search = "greedy search"
         else:
             search = f"beam search, beam {cfg.beam_size}, nbest {cfg.nbest}"
+        if glossary is not None:
+            search += f", glossary of {len(glossary):,} terms (constrained search)"
         translator.log(
             f"loaded {names} ({translator.arch}) on {torch_device} ({cfg.precision}); {search}"
         )
@@ -227,13 +249,16 @@ class Translator:
         attention_head: str | None = None,
         first_index: int = 0,
         where: str = "<input>",
+        glossary: Glossary | Sequence[Glossary | None] | None = None,
     ) -> list[TranslationResult]:
         """A `TranslationResult` per line. `beam_size` / `nbest` override the decode settings for
         this call; `attention` computes the attention (word matrix and hard alignment), of the
         Transformer decoder layer / head(s) `attention_layer` / `attention_head` when given
         (as decode.attention_layer / attention_head: an index, "mean" or "all").
         `first_index` and `where` name the lines in warnings and errors (0-based index of the
-        first line, file name)."""
+        first line, file name). `glossary` replaces the translator's own for this call: one for
+        every line, or a list with one (or None) per line. With a glossary the attention is
+        computed, to say where each term went (`TranslationResult.terms`)."""
         found = dict(
             self._results(
                 lines,
@@ -245,6 +270,7 @@ class Translator:
                 attention_head,
                 first_index,
                 where,
+                glossary,
             )  # fmt: skip
         )
         return [found[n] for n in range(len(lines))]
@@ -260,6 +286,7 @@ class Translator:
         attention_head: str | None = None,
         first_index: int = 0,
         where: str = "<input>",
+        glossary: Glossary | Sequence[Glossary | None] | None = None,
     ) -> Iterator[tuple[int, TranslationResult]]:
         """As `translate_full`, but yields (line index, result) pairs as the searches end: with
         a beam, each sentence as soon as its own search has, while the rest of its batch goes on
@@ -268,7 +295,7 @@ class Translator:
         are those `translate_full` gives; bad lines and settings raise here, before the first
         result."""
         return self._results(lines, True, beam_size, nbest, attention, attention_layer,
-                             attention_head, first_index, where)  # fmt: skip
+                             attention_head, first_index, where, glossary)  # fmt: skip
 
     def _results(
         self,
@@ -281,6 +308,7 @@ class Translator:
         attention_head: str | None,
         first_index: int,
         where: str,
+        glossary: Glossary | Sequence[Glossary | None] | None,
     ) -> Iterator[tuple[int, TranslationResult]]:
         """The body of `translate_full` and `translate_stream`: lines and settings checked now,
         (line index, result) pairs as the searches end (`early`: each sentence on its own)."""
@@ -291,12 +319,46 @@ class Translator:
             attention_layer=attention_layer,
             attention_head=attention_head,
         )
+        matches = self.find_terms(lines, self.glossary if glossary is None else glossary, cfg)
         src_ids = self.encode(lines, first_index, where)
-        searches = iter_decode_corpus(self.models, src_ids, cfg, self.device, attention, early)
-        return (
-            (n, self.result(first_index + n, src_ids[n], nbest_list, cfg, attention))
-            for n, nbest_list in searches
+        if matches is None:
+            searches = iter_decode_corpus(self.models, src_ids, cfg, self.device, attention, early)
+            return (
+                (n, self.result(first_index + n, src_ids[n], nbest_list, cfg, attention))
+                for n, nbest_list in searches
+            )
+        return self._constrained_results(src_ids, matches, early, cfg, first_index, where)
+
+    def _constrained_results(
+        self,
+        src_ids: list[list[int]],
+        matches: list[list[TermMatch] | None],
+        early: bool,
+        cfg: DecodeConfig,
+        first_index: int,
+        where: str,
+    ) -> Iterator[tuple[int, TranslationResult]]:
+        """`_results` with glossary terms: each line's target terms are constraints of its
+        search, and each result says where they went (the attention is computed for that)."""
+        constraints = [[self._term_ids[m.term.tgt] for m in found or []] for found in matches]
+        searches = iter_decode_corpus(
+            self.models, src_ids, cfg, self.device, True, early, constraints
         )
+        for n, nbest_list in searches:
+            result = self.result(first_index + n, src_ids[n], nbest_list, cfg, True)
+            found = matches[n]
+            if found is None:  # no glossary for this line
+                yield n, result
+                continue
+            result.terms = place_terms(
+                found,
+                constraints[n],
+                nbest_list[0].tokens,
+                self.tgt_tok.pieces(nbest_list[0].tokens),
+                result.alignment,
+            )
+            self.warn_about_terms(result.terms, f"{where}:{first_index + n + 1}")
+            yield n, result
 
     def score(
         self,
@@ -340,6 +402,64 @@ class Translator:
             self.result(first_index + n, src_ids[n], [hyp], self.cfg, attention)
             for n, hyp in enumerate(hyps)
         ]
+
+    # ---- glossaries --------------------------------------------------------------------------
+
+    def check_glossary(self, glossary: Glossary, cfg: DecodeConfig | None = None) -> None:
+        """Refuse, before any search, a glossary the search cannot follow: with sampling, or with
+        a target term the model's vocabulary cannot spell. Remembers the terms' token ids."""
+        if (cfg or self.cfg).sample:
+            raise ConfigError(
+                "a glossary needs beam search, but decode.sample=true samples; drop one of them"
+            )
+        for term in glossary.terms:
+            if term.tgt in self._term_ids:
+                continue
+            ids = self.tgt_tok.encode_batch([clean_text(term.tgt, self.cleaning)])[0]
+            if UNK_ID in ids:
+                raise DataError(
+                    f"{term.where}: target term {term.tgt!r} holds characters that the model's "
+                    "target vocabulary lacks, so no translation can contain it"
+                )
+            self._term_ids[term.tgt] = ids
+
+    def find_terms(
+        self,
+        lines: Sequence[str],
+        glossary: Glossary | Sequence[Glossary | None] | None,
+        cfg: DecodeConfig,
+    ) -> list[list[TermMatch] | None] | None:
+        """The glossary terms found in each line (one glossary for all, or one per line; None for
+        a line without one), after `check_glossary`; None without any glossary."""
+        if glossary is None:
+            return None
+        per_line = [glossary] * len(lines) if isinstance(glossary, Glossary) else list(glossary)
+        if len(per_line) != len(lines):
+            raise ConfigError(f"{len(per_line)} glossaries for {len(lines)} lines: give one each")
+        for checked in {id(g): g for g in per_line if g is not None}.values():
+            self.check_glossary(checked, cfg)
+        return [
+            None if g is None else g.find(line) for g, line in zip(per_line, lines, strict=True)
+        ]
+
+    def warn_about_terms(self, placements: Sequence[Placement], where: str) -> None:
+        """A warning for each term missing from its translation, or placed where the attention
+        ties it to source words far from its source term (word positions 0-based)."""
+        for p in placements:
+            term = p.match.term
+            name = f"glossary term {term.src!r} -> {term.tgt!r}"
+            if p.tgt_words is None:
+                self.log(
+                    f"warning: {where}: {name} is not in the translation: it cannot be placed "
+                    "within the length limit (decode.max_len_a, max_len_b) or its pieces are banned"
+                )
+            elif p.is_far:
+                self.log(
+                    f"warning: {where}: {name}: the attention ties target word(s) "
+                    f"{p.tgt_words[0]}-{p.tgt_words[1]} to source word(s) {p.linked_src_words}, "
+                    f"{p.distance} words from the source term ({p.match.first_word}-"
+                    f"{p.match.last_word}); the term may stand in the wrong place"
+                )
 
     def settings(self, **changes: Any) -> DecodeConfig:
         """The decode settings with `changes` (None values ignored), validated."""

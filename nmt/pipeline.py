@@ -489,6 +489,7 @@ def translate(
     output_format: str = "text",
     with_attention: bool = False,
     force_path: Path | None = None,
+    glossary_path: Path | None = None,
 ) -> dict[str, Any]:
     """`nmt translate`: lines from `input_path` (or stdin) to translations in `output_path` (or
     stdout), in input order. Empty lines stay empty. With `force_path` (a file with one
@@ -500,7 +501,9 @@ def translate(
     per line (`TranslationResult.to_dict`: translation, score, tokens, token_scores, alignment;
     nbest when nbest > 1; the word attention with `with_attention`). Attention of the best
     hypothesis goes to `attention_out` (.npz/.jsonl), hard word alignments to `alignments_out`
-    (Pharaoh), heatmaps to `plot_dir/attention_<LINE>.png`.
+    (Pharaoh), heatmaps to `plot_dir/attention_<LINE>.png`. With `glossary_path` (a glossary
+    file, nmt/data/glossary.py) the target term of every source term found in a line must appear
+    in its translation; JSONL rows then say where each term went ("terms").
 
     A file is checked whole (UTF-8, gzip) before the model loads and then read in chunks; stdin
     (a pipe or a terminal) is answered in micro-batches as lines arrive, flushed after each.
@@ -511,6 +514,7 @@ def translate(
     from nmt.checkpoint import guard_outputs
     from nmt.data import textio
     from nmt.data.corpus import open_binary
+    from nmt.data.glossary import Glossary
     from nmt.inference import Translator
 
     log = log or _log_stderr
@@ -530,12 +534,14 @@ def translate(
     outputs = [Output(flag, path) for flag, path in files]
     if plot_dir is not None:
         outputs.append(Output("--plot-dir", Path(plot_dir), "files", "attention_*.png"))
-    inputs = [
-        Input(path, flag) for flag, path in _given(("-i", input_path), ("--force", force_path))
-    ]
+    given = _given(("-i", input_path), ("--force", force_path), ("--glossary", glossary_path))
+    inputs = [Input(path, flag) for flag, path in given]
     guard_outputs(outputs, inputs + model_inputs(checkpoints), ConfigError)
     if force_path is not None and input_path is None:
         raise ConfigError("--force pairs translations with the lines of a file: give it with -i")
+    if force_path is not None and glossary_path is not None:
+        raise ConfigError("--force reads given translations and searches none: drop --glossary")
+    glossary = Glossary.from_file(glossary_path) if glossary_path is not None else None
     if force_path is not None:
         asked = {**parse_overrides(list(overrides or [])).get("decode", {}), **(flags or {})}
         if (asked.get("nbest") or 1) > 1 or asked.get("sample") in (True, "true", "True"):
@@ -560,7 +566,9 @@ def translate(
     else:
         batches = textio.micro_batches(textio.stdin_binary(sys.stdin))
         where = "<stdin>"
-    translator = Translator.load(checkpoints, device, overrides or [], log, **(flags or {}))
+    translator = Translator.load(
+        checkpoints, device, overrides or [], log, glossary=glossary, **(flags or {})
+    )
     if forced is not None and (translator.cfg.nbest > 1 or translator.cfg.sample):
         raise ConfigError(FORCE_ONE_TRANSLATION)  # the run's own decode settings ask for them
     if forced is not None:
@@ -774,24 +782,30 @@ def evaluate(
     device: str = "auto",
     tokenize: str | None = None,
     log: Callable[[str], None] | None = None,
+    glossary_path: Path | None = None,
 ) -> dict[str, Any]:
     """`nmt evaluate`: translate each test set's source (or take its --hyp file) and score it with
     sacreBLEU (BLEU + signature, lowercased BLEU, chrF, TER). Every file is checked before any
     translation starts. `hyp_out` is a file for one test set and a folder (NAME.hyp) for several.
+    With `glossary_path` the translations follow that glossary and each test set's entry counts
+    its terms ("terms": found in the sources, placed in the translations).
     Returns (and writes to `report_path` as JSON) {"models", "decode", "tests": {NAME: ...}}.
     """
     from nmt.checkpoint import guard_outputs
     from nmt.config import to_dict
+    from nmt.data.glossary import Glossary
     from nmt.io import check_output_file, write_json, write_text
     from nmt.metrics import check_tokenize, corpus_scores, read_lines
 
     log = log or _log_stderr
     check_tokenize(tokenize)
+    glossary = Glossary.from_file(glossary_path) if glossary_path is not None else None
     for path in (report_path, hyp_out if hyp_out is not None and len(sets) == 1 else None):
         if path is not None:
             check_output_file(path)
-    guard_outputs(_evaluate_outputs(sets, report_path, hyp_out),
-                  _evaluate_inputs(sets) + model_inputs(checkpoints), ConfigError)  # fmt: skip
+    inputs = _evaluate_inputs(sets) + model_inputs(checkpoints)
+    inputs += [Input(Path(glossary_path), "--glossary")] if glossary_path is not None else []
+    guard_outputs(_evaluate_outputs(sets, report_path, hyp_out), inputs, ConfigError)
     uses_model = any(s["hyp"] is None for s in sets.values())
     if uses_model and not checkpoints:
         raise ConfigError(
@@ -800,6 +814,8 @@ def evaluate(
         )
     if checkpoints and not uses_model:
         raise ConfigError("--hyp scores an existing file: drop RUN_DIR_OR_CHECKPOINT, or --hyp")
+    if glossary is not None and not uses_model:
+        raise ConfigError("--glossary steers translation, and --hyp translates nothing")
     # Read and check every file first: a typo in the last test set must not cost a translation.
     texts: dict[str, dict[str, Any]] = {}
     for name, files in sets.items():
@@ -819,7 +835,9 @@ def evaluate(
     if uses_model:
         from nmt.inference import Translator
 
-        translator = Translator.load(checkpoints, device, overrides or [], log, **(flags or {}))
+        translator = Translator.load(
+            checkpoints, device, overrides or [], log, glossary=glossary, **(flags or {})
+        )
     results: dict[str, Any] = {}
     for name, files in sets.items():
         lines, refs = texts[name]["lines"], texts[name]["refs"]
@@ -836,6 +854,8 @@ def evaluate(
             entry["decode_seconds"] = round(seconds, 3)
             entry["sentences_per_second"] = round(len(hyps) / seconds, 2) if seconds else None
             entry["tokens_per_second"] = round(out_tokens / seconds, 1) if seconds else None
+            if glossary is not None:
+                entry["terms"] = count_terms(outputs)
             if hyp_out is not None:
                 target = _hyp_file(hyp_out, name, len(sets))
                 write_text(target, "".join(h + "\n" for h in hyps))
@@ -886,6 +906,18 @@ def _evaluate_outputs(
     return outputs
 
 
+def count_terms(results: list[Any]) -> dict[str, Any]:
+    """How many glossary terms the sources held and how many their translations contain."""
+    placements = [p for r in results for p in (r.terms or [])]
+    placed = sum(p.is_placed for p in placements)
+    return {
+        "found": len(placements),
+        "placed": placed,
+        "placed_percent": round(100 * placed / len(placements), 2) if placements else None,
+        "far_from_source": sum(p.is_far for p in placements),
+    }
+
+
 def print_scores(report: dict[str, Any], console: Console | None = None) -> None:
     """The table `nmt evaluate` prints: one row per test set, then the sacreBLEU signatures."""
     from rich.console import Console
@@ -907,6 +939,14 @@ def print_scores(report: dict[str, Any], console: Console | None = None) -> None
             "-" if speed is None else f"{speed:.1f}",
         )
     console.print(table)
+    for name, s in report["tests"].items():
+        if "terms" in s:
+            terms = s["terms"]
+            rate = "-" if terms["placed_percent"] is None else f"{terms['placed_percent']:.1f}%"
+            console.print(
+                f"{name}: glossary terms placed {terms['placed']:,} of {terms['found']:,} "
+                f"({rate}); {terms['far_from_source']:,} far from their source term"
+            )
     first = next(iter(report["tests"].values()))
     for key in ("bleu_signature", "bleu_lc_signature", "chrf_signature", "ter_signature"):
         console.print(f"{key.removesuffix('_signature'):>7}: {first[key]}")

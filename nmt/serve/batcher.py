@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nmt.data.glossary import Glossary
 from nmt.errors import NmtError
 from nmt.serve.metrics import Metrics
 
@@ -39,6 +40,7 @@ class Options:
     nbest: int
     attention: bool
     attention_detail: bool  # every layer and head of a Transformer, for the page's selectors
+    glossary: tuple[tuple[str, str], ...] = ()  # (source term, target term) pairs, sorted
 
 
 @dataclass
@@ -279,6 +281,11 @@ def _resolve(job: Job, result: list[dict[str, Any]] | None, error: BaseException
     job.loop.call_soon_threadsafe(settle)
 
 
+def request_glossary(options: Options) -> Glossary | None:
+    """The request's glossary (None without one, so that the model's own applies)."""
+    return Glossary.from_pairs(options.glossary, "glossary") if options.glossary else None
+
+
 def decode_stream(
     translator: Translator, lines: list[str], options: Options
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -290,7 +297,11 @@ def decode_stream(
         yield from _decode_detail(translator, lines, options)
         return
     results = translator.translate_stream(
-        lines, beam_size=options.beam, nbest=options.nbest, attention=True
+        lines,
+        beam_size=options.beam,
+        nbest=options.nbest,
+        attention=True,
+        glossary=request_glossary(options),
     )
     for n, result in results:
         yield n, result.to_dict(nbest=options.nbest > 1, attention=options.attention)
@@ -316,6 +327,7 @@ def _decode_detail(
         attention=True,
         attention_layer="all",
         attention_head="all",
+        glossary=request_glossary(options),
     )
     for n, result in results:
         row = result.to_dict(nbest=options.nbest > 1, attention=True)

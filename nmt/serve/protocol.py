@@ -11,7 +11,7 @@ from typing import Any
 from nmt.config import ServeConfig
 from nmt.serve.batcher import Options
 
-FIELDS = ("text", "model", "beam", "nbest", "attention", "attention_detail")
+FIELDS = ("text", "model", "beam", "nbest", "attention", "attention_detail", "glossary")
 
 
 class BadRequest(Exception):
@@ -55,7 +55,8 @@ def parse_translate(
     nbest = _int(data, "nbest", 1, 1, beam)
     detail = _bool(data, "attention_detail")
     attention = _bool(data, "attention") or detail
-    return TranslateRequest(model, lines, Options(beam, nbest, attention, detail))
+    glossary = _glossary(data, cfg)
+    return TranslateRequest(model, lines, Options(beam, nbest, attention, detail, glossary))
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -108,6 +109,30 @@ def _lines(data: dict[str, Any], cfg: ServeConfig) -> list[str]:
     if chars > cfg.max_chars:
         raise BadRequest(413, f"{chars} characters in one request; the limit is {cfg.max_chars}")
     return lines
+
+
+def _glossary(data: dict[str, Any], cfg: ServeConfig) -> tuple[tuple[str, str], ...]:
+    """The request's glossary, {"source term": "target term", ...}, as sorted pairs (so that equal
+    glossaries share a decoding call); () when absent. The terms count towards max_chars."""
+    value = data.get("glossary")
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise BadRequest(
+            422,
+            f'\'glossary\' must be an object {{"source term": "target term"}}, got {_kind(value)}',
+        )
+    for src, tgt in value.items():
+        if not isinstance(tgt, str):
+            raise BadRequest(422, f"'glossary'[{src!r}] must be a string, got {_kind(tgt)}")
+        if not src.strip() or not tgt.strip():
+            raise BadRequest(422, f"'glossary' holds an empty term: {src!r} -> {tgt!r}")
+        if "\n" in src + tgt or "\r" in src + tgt:
+            raise BadRequest(422, f"'glossary'[{src!r}] holds a line break")
+    chars = sum(len(src) + len(tgt) for src, tgt in value.items())
+    if chars > cfg.max_chars:
+        raise BadRequest(413, f"the glossary has {chars} characters; the limit is {cfg.max_chars}")
+    return tuple(sorted(value.items()))
 
 
 def _int(data: dict[str, Any], name: str, default: int, low: int, high: int) -> int:

@@ -221,6 +221,15 @@ BAD_BODIES = [
     (b'{"text": "ba", "beam": 2, "nbest": 3}', 422, "'nbest' is 3; expected 1 to 2"),
     (b'{"text": "ba", "nbest": 0}', 422, "'nbest' is 0"),
     (b'{"text": "ba", "attention": "yes"}', 422, "'attention' must be true or false"),
+    (b'{"text": "ba", "glossary": [["ba", "KE"]]}', 422, "'glossary' must be an object"),
+    (b'{"text": "ba", "glossary": {"ba": 3}}', 422, "'glossary'['ba'] must be a string"),
+    (b'{"text": "ba", "glossary": {"ba": " "}}', 422, "'glossary' holds an empty term"),
+    (
+        b'{"text": "ba", "glossary": {"ba": "\\u03a9"}}',
+        422,
+        "glossary: target term",
+        "holds characters",
+    ),
 ]
 
 
@@ -228,6 +237,21 @@ BAD_BODIES = [
 def test_bad_request_gets_a_json_error(server: Server, case: tuple) -> None:
     body, status, *needles = case
     is_json_error(call(server.url + "/translate", body), status, *needles)
+
+
+def test_a_request_glossary_steers_the_translation(server: Server, local: dict) -> None:
+    from nmt.data.glossary import Glossary
+
+    lines = ["ba ce do", "lo", "ce"]
+    reply = translate(server, text=lines, glossary={"ce": "KE"})
+    assert reply.status == 200, reply.body
+    glossary = Glossary.from_pairs([("ce", "KE")], "test")
+    expected = local["tiny-transformer"].translate_full(lines, glossary=glossary)
+    for got, want in zip(reply.data["translations"], expected, strict=True):
+        assert got["translation"] == want.translation and got["terms"] == want.to_dict()["terms"]
+    assert [len(row["terms"]) for row in reply.data["translations"]] == [1, 0, 1]
+    assert "KE" in reply.data["translations"][0]["translation"].split()
+    assert "terms" not in translate(server, text=lines).data["translations"][0]
 
 
 def test_sentence_and_character_limits(server: Server) -> None:
