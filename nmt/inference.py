@@ -25,9 +25,20 @@ import numpy as np
 import torch
 
 from nmt.checkpoint import LoadedRun, load_run
-from nmt.config import UNK_ID, DecodeConfig, from_dict, merge, parse_overrides, to_dict
+from nmt.config import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    DecodeConfig,
+    from_dict,
+    merge,
+    parse_overrides,
+    to_dict,
+)
 from nmt.data.corpus import MAX_LINE_BYTES, clean_text
-from nmt.data.glossary import Glossary, Placement, TermMatch, place_terms
+from nmt.data.glossary import Glossary, TermMatch
+from nmt.data.spm import word_end_flags
 from nmt.decoding.alignment import (
     AttentionRecord,
     Link,
@@ -37,6 +48,7 @@ from nmt.decoding.alignment import (
     supervised_head,
 )
 from nmt.decoding.beam import Ensemble, Hypothesis, decode_corpus, iter_decode_corpus
+from nmt.decoding.constraints import Placement, place_terms
 from nmt.decoding.forced import force_corpus
 from nmt.errors import CheckpointError, ConfigError, DataError
 from nmt.models import count_parameters
@@ -177,6 +189,8 @@ class Translator:
         limit = Ensemble(self.models).max_positions
         self.max_src_len = None if limit is None else limit - 1
         self._term_ids: dict[str, list[int]] = {}
+        self._word_end: torch.Tensor | None = None
+        self._word_end_flags: list[bool] = []
         self.glossary = glossary
         if glossary is not None:
             self.check_glossary(glossary)
@@ -342,7 +356,7 @@ class Translator:
         search, and each result says where they went (the attention is computed for that)."""
         constraints = [[self._term_ids[m.term.tgt] for m in found or []] for found in matches]
         searches = iter_decode_corpus(
-            self.models, src_ids, cfg, self.device, True, early, constraints
+            self.models, src_ids, cfg, self.device, True, early, constraints, self.word_end()
         )
         for n, nbest_list in searches:
             result = self.result(first_index + n, src_ids[n], nbest_list, cfg, True)
@@ -356,6 +370,7 @@ class Translator:
                 nbest_list[0].tokens,
                 self.tgt_tok.pieces(nbest_list[0].tokens),
                 result.alignment,
+                self._word_end_flags,
             )
             self.warn_about_terms(result.terms, f"{where}:{first_index + n + 1}")
             yield n, result
@@ -422,6 +437,16 @@ class Translator:
                     "target vocabulary lacks, so no translation can contain it"
                 )
             self._term_ids[term.tgt] = ids
+
+    def word_end(self) -> torch.Tensor:
+        """(V,) bool: the target pieces a glossary term may be followed by (and EOS), so that
+        a term stands as whole words in the translation (`word_end_flags`)."""
+        if self._word_end is None:
+            flags = word_end_flags(self.tgt_tok.pieces(range(self.tgt_tok.vocab_size)))
+            flags[PAD_ID] = flags[BOS_ID] = flags[UNK_ID] = False
+            flags[EOS_ID] = True
+            self._word_end, self._word_end_flags = torch.tensor(flags), flags
+        return self._word_end
 
     def find_terms(
         self,

@@ -1,5 +1,6 @@
-"""Glossaries: source terms whose translation is fixed ("Fahrrad" -> "bicycle"), found in the
-sentences to translate, and where their target terms ended up in the translation.
+"""Glossaries: source terms whose translation is fixed ("Fahrrad" -> "bicycle"), read from a file
+and found in the sentences to translate. Their target terms become constraints of the search, and
+nmt/decoding/constraints.py says where they ended up.
 
 File format (`--glossary FILE`): UTF-8 text (.gz allowed), one entry per line, the source term, a
 tab, the target term. Blank lines and lines whose first non-blank character is "#" are skipped.
@@ -18,17 +19,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from nmt.data.corpus import binary_lines, decode_line
-from nmt.data.spm import word_groups
 from nmt.errors import DataError
-
-# A placed target term whose attention points further than this many source words from its
-# source term gets a warning: the search may have put it where another word belonged.
-FAR_WORDS = 2
 
 
 @dataclass(frozen=True)
@@ -128,93 +124,4 @@ def _word_at(text: str, position: int) -> int:
     return text.count(" ", 0, position)
 
 
-# ---- where the target terms ended up ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Placement:
-    """A matched term in one translation: where its target term stands (first and last target
-    word, or None when it is not in the translation) and the source words the attention links
-    it to (hard alignment), with their distance in words from the source term (0 inside it;
-    None without links)."""
-
-    match: TermMatch
-    tgt_words: tuple[int, int] | None
-    linked_src_words: list[int]
-    distance: int | None
-
-    @property
-    def is_placed(self) -> bool:
-        return self.tgt_words is not None
-
-    @property
-    def is_far(self) -> bool:
-        return self.distance is not None and self.distance > FAR_WORDS
-
-    def to_dict(self) -> dict[str, object]:
-        """The JSON form: a "terms" entry of a translation."""
-        return {
-            "src": self.match.term.src,
-            "tgt": self.match.term.tgt,
-            "src_words": [self.match.first_word, self.match.last_word],
-            "placed": self.is_placed,
-            "tgt_words": None if self.tgt_words is None else list(self.tgt_words),
-            "aligned_src_words": self.linked_src_words,
-            "distance": self.distance,
-        }
-
-
-def place_terms(
-    matches: Sequence[TermMatch],
-    term_ids: Sequence[Sequence[int]],
-    tokens: Sequence[int],
-    tgt_pieces: Sequence[str],
-    links: Iterable[tuple[int, int]],
-) -> list[Placement]:
-    """Where each match's target term (`term_ids`, its token ids) stands in a translation's
-    `tokens` (whose pieces are `tgt_pieces`), and which source words the hard alignment `links`
-    (source word, target word) tie it to. A term matched n times is looked for at its n-th
-    occurrence, or its last one when the translation holds it fewer times."""
-    groups = word_groups(tgt_pieces)
-    word_of = {piece: w for w, group in enumerate(groups) for piece in group}
-    linked: dict[int, set[int]] = {}
-    for s, t in links:
-        linked.setdefault(t, set()).add(s)
-    seen: dict[tuple[int, ...], int] = {}
-    out = []
-    for match, ids in zip(matches, term_ids, strict=True):
-        spans = _occurrences(tokens, ids)
-        nth = seen.get(tuple(ids), 0)
-        seen[tuple(ids)] = nth + 1
-        if not spans:
-            out.append(Placement(match, None, [], None))
-            continue
-        first, last = spans[min(nth, len(spans) - 1)]
-        words = (word_of[first], word_of[last])
-        src_words = sorted({s for t in range(words[0], words[1] + 1) for s in linked.get(t, ())})
-        distance = None
-        if src_words:
-            distance = min(max(match.first_word - s, s - match.last_word, 0) for s in src_words)
-        out.append(Placement(match, words, src_words, distance))
-    return out
-
-
-def _occurrences(tokens: Sequence[int], ids: Sequence[int]) -> list[tuple[int, int]]:
-    """(first, last) token positions of each occurrence of `ids` in `tokens`."""
-    n = len(ids)
-    if n == 0:
-        return []
-    return [
-        (i, i + n - 1) for i in range(len(tokens) - n + 1) if list(tokens[i : i + n]) == list(ids)
-    ]
-
-
-__all__ = [
-    "FAR_WORDS",
-    "Glossary",
-    "Placement",
-    "Term",
-    "TermMatch",
-    "normalise",
-    "place_terms",
-]
+__all__ = ["Glossary", "Term", "TermMatch", "normalise"]

@@ -386,6 +386,17 @@ def word_groups(pieces: Sequence[str]) -> list[list[int]]:
     return _join_empty_groups(groups, pieces)
 
 
+def word_end_flags(pieces: Sequence[str]) -> list[bool]:
+    """For each piece of a vocabulary, whether a word before it ends where it begins: it starts a
+    word ("▁"), starts with punctuation or another sign that is no letter or digit ("." "-"
+    "'s"), or is in a script written without spaces. Lexically constrained search uses it to keep
+    a term from running into the pieces of a longer word ("bike" + "s")."""
+    return [
+        p.startswith(WORD_START) or not p[:1].isalnum() or bool(_SPACELESS_SCRIPT.match(p))
+        for p in pieces
+    ]
+
+
 def _join_empty_groups(groups: list[list[int]], pieces: Sequence[str]) -> list[list[int]]:
     """A group that spells no text (a bare "▁" before another word start, as in
     ["▁A", "▁", "▁B"], which detokenizes to "A  B") is no word: its pieces join the next word,

@@ -229,17 +229,19 @@ def beam_search(
     cfg: DecodeConfig,
     need_attention: bool = False,
     constraints: Sequence[Sequence[Sequence[int]]] | None = None,
+    word_end: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search of width `cfg.beam_size` for a batch src_ids (B,S) / src_mask (B,S).
 
     Returns, for each sentence in batch order, its `cfg.nbest` best finished hypotheses by score
     (fewer only if fewer than that many outputs are possible). `constraints`: for each sentence,
-    token sequences its output must contain (nmt/decoding/constraints.py); None or all empty is
-    the unconstrained search.
+    token sequences its output must contain, followed by a token that `word_end` (V,) marks
+    when it is given (nmt/decoding/constraints.py); None or all empty is the unconstrained
+    search, and then only a constraint's n-best list can be shorter than asked for.
     """
     results: list[list[Hypothesis]] = [[] for _ in range(src_ids.size(0))]
     for finished in iter_beam_search(
-        models, src_ids, src_mask, cfg, need_attention, constraints=constraints
+        models, src_ids, src_mask, cfg, need_attention, False, constraints, word_end
     ):
         for index, nbest in finished:
             results[index] = nbest
@@ -255,6 +257,7 @@ def iter_beam_search(
     need_attention: bool = False,
     early: bool = False,
     constraints: Sequence[Sequence[Sequence[int]]] | None = None,
+    word_end: torch.Tensor | None = None,
 ) -> Iterator[list[tuple[int, list[Hypothesis]]]]:
     """`beam_search` as a generator of (batch index, n-best list) pairs. With `early`, the
     sentences whose search has ended are yielded after the step that ended it, while the others
@@ -266,7 +269,7 @@ def iter_beam_search(
     batch, beam = src_ids.size(0), cfg.beam_size
     lexical = None  # dynamic beam allocation when some sentence has a constraint
     if constraints is not None:
-        lexical = Constraints(constraints, beam, device)
+        lexical = Constraints(constraints, beam, device, word_end)
         lexical = None if lexical.is_empty else lexical
     src_lengths = src_mask.sum(dim=1)  # (B,)
     max_lens = max_output_lengths(src_lengths, cfg, ens.max_positions)  # (B,)
@@ -667,6 +670,7 @@ def decode_corpus(
     device: torch.device | str,
     need_attention: bool = False,
     constraints: Sequence[Sequence[Sequence[int]]] | None = None,
+    word_end: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate source id sequences (without EOS): n-best lists in input order.
 
@@ -678,13 +682,13 @@ def decode_corpus(
     sample depends on the batching as well as on the seed. A source longer than `source_limit`
     is cut to it (callers that report cut lines check the limit first).
 
-    `constraints` (one list of target token sequences per source, see beam_search): a batch in
-    which some sentence has one is searched with dynamic beam allocation, at beam size 1 too;
-    sampling takes none.
+    `constraints` (one list of target token sequences per source) and `word_end`: see
+    beam_search; a batch in which some sentence has one is searched with dynamic beam
+    allocation, at beam size 1 too; sampling takes none.
     """
     results: list[list[Hypothesis]] = [[] for _ in src_seqs]
     for index, nbest in iter_decode_corpus(
-        model_or_models, src_seqs, cfg, device, need_attention, constraints=constraints
+        model_or_models, src_seqs, cfg, device, need_attention, False, constraints, word_end
     ):
         results[index] = nbest
     return results
@@ -698,6 +702,7 @@ def iter_decode_corpus(
     need_attention: bool = False,
     early: bool = False,
     constraints: Sequence[Sequence[Sequence[int]]] | None = None,
+    word_end: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, list[Hypothesis]]]:
     """`decode_corpus` as a generator of (input index, n-best list) pairs, in the order the
     searches end: with `early`, a beam search yields each sentence as soon as its own search has
@@ -734,7 +739,7 @@ def iter_decode_corpus(
             hyps = greedy_search(models, src_ids, src_mask, cfg, need_attention)
         else:
             for finished in iter_beam_search(
-                models, src_ids, src_mask, cfg, need_attention, early, batch_constraints
+                models, src_ids, src_mask, cfg, need_attention, early, batch_constraints, word_end
             ):
                 for j, nbest in finished:
                     yield ids[j], nbest

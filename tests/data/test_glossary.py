@@ -1,4 +1,4 @@
-"""Glossary files, the matching rule and where the target terms ended up (nmt/data/glossary.py)."""
+"""Glossary files and the matching rule (nmt/data/glossary.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nmt.data.glossary import FAR_WORDS, Glossary, Term, TermMatch, place_terms
+from nmt.data.glossary import Glossary
 from nmt.errors import DataError
 
 
@@ -101,36 +101,3 @@ def test_longest_match_wins_and_text_is_normalised() -> None:
     # NFKC: the ligature "ﬀ" and a no-break space read as "ff" and a space.
     ligature = Glossary.from_pairs([("Stoffe", "fabrics")], "test")
     assert found(ligature, "die\u00a0Sto\ufb00e") == [("Stoffe", 1, 1)]
-
-
-# ---- where the terms went ---------------------------------------------------------------------
-
-
-def test_place_terms_finds_the_words_and_their_links() -> None:
-    """Target pieces "▁a ▁red ▁bi cycle ▁and ▁a ▁bi cycle": words 0..5; term "bicycle" has the
-    ids [7, 8] (pieces 2-3 and 6-7). Source "ein rotes Fahrrad und ein Fahrrad" (words 0..5)."""
-    term = Term("Fahrrad", "bicycle", "test")
-    matches = [TermMatch(term, 2, 2), TermMatch(term, 5, 5)]
-    pieces = ["▁a", "▁red", "▁bi", "cycle", "▁and", "▁a", "▁bi", "cycle"]
-    tokens = [4, 5, 7, 8, 6, 4, 7, 8]
-    links = [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]  # word 5 (the second "bicycle") has none
-    first, second = place_terms(matches, [[7, 8], [7, 8]], tokens, pieces, links)
-    assert (first.tgt_words, first.linked_src_words, first.distance) == ((2, 2), [2], 0)
-    assert (second.tgt_words, second.linked_src_words, second.distance) == ((5, 5), [], None)
-    assert first.to_dict() == {
-        "src": "Fahrrad",
-        "tgt": "bicycle",
-        "src_words": [2, 2],
-        "placed": True,
-        "tgt_words": [2, 2],
-        "aligned_src_words": [2],
-        "distance": 0,
-    }
-    # The attention ties the term to source word 0, two words before the source term: far
-    # only beyond FAR_WORDS.
-    (near,) = place_terms(matches[:1], [[7, 8]], tokens, pieces, [(0, 2)])
-    assert near.distance == 2 and near.is_far == (2 > FAR_WORDS)
-    (far,) = place_terms([TermMatch(term, 5, 5)], [[7, 8]], tokens, pieces, [(0, 2)])
-    assert far.distance == 5 and far.is_far
-    (missing,) = place_terms(matches[:1], [[9]], tokens, pieces, links)
-    assert not missing.is_placed and missing.to_dict()["tgt_words"] is None

@@ -108,6 +108,15 @@ def test_joint_separate_and_reused_models(tmp_path: Path) -> None:
     assert reused["src"][2] == str((tmp_path / "j" / "spm.model").resolve())
 
 
+def test_word_end_flags_mark_pieces_that_cannot_continue_a_word() -> None:
+    from nmt.data.spm import word_end_flags
+
+    pieces = ["▁bike", "s", ".", "-", "'s", "▁", "ing", "に", "初", "3", ""]
+    assert word_end_flags(pieces) == [
+        True, False, True, True, True, True, False, True, True, False, True,
+    ]  # fmt: skip
+
+
 # ---- mapped vocabularies (imported Marian models) ---------------------------------------------
 
 

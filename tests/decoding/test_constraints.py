@@ -1,6 +1,6 @@
 """Lexically constrained beam search (nmt/decoding/constraints.py and its hook in beam.py):
 a wide beam equals exhaustive search under the same constraints, constraints always appear,
-and a search without constraints is today's search, number for number."""
+a search without constraints is today's search, number for number; and where terms ended up."""
 
 from __future__ import annotations
 
@@ -15,14 +15,28 @@ from test_coverage import enumerate_scores
 
 from nmt.config import EOS_ID, UNK_ID, DecodeConfig
 from nmt.data.batching import make_src_batch
+from nmt.data.glossary import Term, TermMatch
 from nmt.decoding.beam import beam_search, decode_corpus, iter_beam_search
-from nmt.decoding.constraints import Constraints, contains, deal, next_progress
+from nmt.decoding.constraints import (
+    FAR_WORDS,
+    Constraints,
+    contains,
+    deal,
+    match_progress,
+    place_terms,
+)
 from nmt.errors import ConfigError
 
 
-def run_beam(model, srcs, cfg, constraints):
+def run_beam(model, srcs, cfg, constraints, ends=None):
     src_ids, src_mask = make_src_batch(srcs)
-    return beam_search(model, src_ids, src_mask, cfg, constraints=constraints)
+    word_end = None if ends is None else torch.tensor(ends)
+    return beam_search(model, src_ids, src_mask, cfg, False, constraints, word_end)
+
+
+def word_ends(vocab: int, *ids: int) -> list[bool]:
+    """A word-end flag per vocabulary id: EOS and `ids`."""
+    return [t == EOS_ID or t in ids for t in range(vocab)]
 
 
 # ---- pure pieces -----------------------------------------------------------------------------
@@ -30,26 +44,45 @@ def run_beam(model, srcs, cfg, constraints):
 
 def test_matcher_progress_falls_back_like_kmp() -> None:
     seq = [4, 4, 5]
-    assert [next_progress(seq, 0, t) for t in (4, 5, 6)] == [1, 0, 0]
-    assert next_progress(seq, 1, 4) == 2
-    assert next_progress(seq, 2, 4) == 2  # "4 4 4" still ends with the prefix "4 4"
-    assert next_progress(seq, 2, 5) == 3  # met
-    assert next_progress(seq, 3, 6) == 3  # met stays met
-    assert next_progress([4, 5, 4, 6], 3, 5) == 2  # "4 5 4 5" ends with "4 5"
+    assert [match_progress(seq, 0, t) for t in (4, 5, 6)] == [1, 0, 0]
+    assert match_progress(seq, 1, 4) == 2
+    assert match_progress(seq, 2, 4) == 2  # "4 4 4" still ends with the prefix "4 4"
+    assert match_progress(seq, 2, 5) == 3  # all written
+    assert match_progress(seq, 3, 4) == 1  # "4 4 5 4" ends with "4"
+    assert match_progress([4, 5, 4, 6], 3, 5) == 2  # "4 5 4 5" ends with "4 5"
     assert contains([7, 4, 4, 5], seq) and not contains([4, 5, 4], seq) and contains([1], [])
+    ends = [t in (3, 6) for t in range(8)]  # 6 (and EOS) end a word
+    assert contains([4, 4, 5, 6], seq, ends) and contains([4, 4, 5], seq, ends)
+    assert not contains([4, 4, 5, 7], seq, ends)
 
 
-def test_advance_equals_the_matcher_on_every_state() -> None:
-    constraints = [[[4, 5, 4, 6], [5]], [[6, 6]]]
-    lex = Constraints(constraints, beam=1, device=torch.device("cpu"))
-    for b, seqs in enumerate(lex.lists):
-        for c, seq in enumerate(seqs):
-            for state in range(len(seq) + 1):
-                for token in (3, 4, 5, 6, 7):
-                    progress = torch.zeros(1, lex.tokens.size(1), dtype=torch.long)
-                    progress[0, c] = state
-                    after = lex.advance(progress, torch.tensor([token]), torch.tensor([b]))
-                    assert int(after[0, c]) == next_progress(seq, state, token)
+def expected_progress(stream: list[int], seq: list[int], ends: set[int] | None) -> int:
+    """Progress by its definition: len + 1 once `seq` stood in `stream` (followed by a word end,
+    with `ends`), else the longest prefix of `seq` that ends the stream."""
+    n = len(seq)
+    for i in range(len(stream) - n + 1):
+        if stream[i : i + n] == seq and (
+            ends is None or (i + n < len(stream) and stream[i + n] in ends)
+        ):
+            return n + 1
+    return max(k for k in range(n + 1) if k == 0 or stream[-k:] == seq[:k])
+
+
+@pytest.mark.parametrize("ends", [None, {5, 7}], ids=["anywhere", "word-ends"])
+def test_advance_follows_the_definition_on_random_streams(ends: set[int] | None) -> None:
+    constraints = [[[4, 4, 5], [4, 5, 4, 6], [6, 6], [7]]]
+    word_end = None if ends is None else torch.tensor([t in ends for t in range(8)])
+    lex = Constraints(constraints, beam=1, device=torch.device("cpu"), word_end=word_end)
+    rng = torch.Generator().manual_seed(0)
+    streams = torch.randint(4, 8, (300, 12), generator=rng)
+    rows = torch.zeros(300, dtype=torch.long)
+    progress = torch.zeros(300, 4, dtype=torch.long)
+    for t in range(12):
+        progress = lex.advance(progress, streams[:, t], rows)
+        for r in range(0, 300, 7):
+            stream = streams[r, : t + 1].tolist()
+            want = [expected_progress(stream, seq, ends) for seq in lex.lists[0]]
+            assert progress[r].tolist() == want, (stream, want)
 
 
 def test_deal_goes_round_robin_over_banks_on_hand_written_numbers() -> None:
@@ -65,12 +98,12 @@ def test_deal_goes_round_robin_over_banks_on_hand_written_numbers() -> None:
 # ---- the search equals enumeration under constraints -----------------------------------------
 
 
-def enumerate_constrained(model, src, tokens, cfg, constraints, scored=None):
+def enumerate_constrained(model, src, tokens, cfg, constraints, scored=None, ends=None):
     """What a wide constrained beam must return: every output of up to max_len_b tokens that
-    contains each constraint, best score first; when there is none (the fallback), every output
-    of exactly max_len_b tokens."""
+    contains each constraint (followed by a word end, with `ends`), best score first; when there
+    is none (the fallback), every output of exactly max_len_b tokens."""
     rows = scored if scored is not None else enumerate_outputs(model, src, tokens, cfg)
-    met = [r for r in rows if all(contains(r[0], c) for c in constraints)]
+    met = [r for r in rows if all(contains(r[0], c, ends) for c in constraints)]
     return met or [r for r in rows if len(r[0]) == cfg.max_len_b]
 
 
@@ -95,23 +128,26 @@ def assert_equals_enumeration(nbest, expected) -> None:
     [[[5]], [[4, 5]], [[5], [4, UNK_ID]], [[5, 5, 4]]],
     ids=["one-piece", "two-piece", "two-constraints", "three-piece"],
 )
+@pytest.mark.parametrize("ends", [None, word_ends(6, 4)], ids=["anywhere", "word-ends"])
 def test_wide_constrained_beam_equals_enumeration_on_table_model(
-    overrides: dict, constraints: list[list[int]]
+    overrides: dict, constraints: list[list[int]], ends: list[bool] | None
 ) -> None:
     model = TableModel(vocab=6)
     tokens = [UNK_ID, 4, 5]
     paths = sum(len(tokens) ** n for n in range(4))  # 40 outputs of up to 3 tokens
     cfg = DecodeConfig(beam_size=paths, nbest=paths, max_len_a=0.0, max_len_b=3, **overrides)
     srcs = [[4, 5], [5]]
-    results = run_beam(model, srcs, cfg, constraints=[constraints, constraints])
+    results = run_beam(model, srcs, cfg, [constraints, constraints], ends)
     for src, nbest in zip(srcs, results, strict=True):
-        assert_equals_enumeration(
-            nbest, enumerate_constrained(model, src, tokens, cfg, constraints)
-        )
+        expected = enumerate_constrained(model, src, tokens, cfg, constraints, ends=ends)
+        assert_equals_enumeration(nbest, expected)
 
 
 @pytest.mark.parametrize("arch", ["rnn", "transformer"])
-def test_wide_constrained_beam_equals_enumeration_on_random_models(arch: str) -> None:
+@pytest.mark.parametrize("ends", [None, word_ends(8, 4, 6)], ids=["anywhere", "word-ends"])
+def test_wide_constrained_beam_equals_enumeration_on_random_models(
+    arch: str, ends: list[bool] | None
+) -> None:
     model = tiny_model(arch, vocab=8)
     tokens = [4, 5, 6, 7]
     paths = sum(len(tokens) ** n for n in range(4))  # 85
@@ -119,9 +155,9 @@ def test_wide_constrained_beam_equals_enumeration_on_random_models(arch: str) ->
                        suppress_unk=True, len_penalty=0.8)  # fmt: skip
     srcs = [[4, 5, 6, 7], [6], [5, 5]]
     per_sentence = [[[6]], [[5, 7]], [[7], [4, 5]]]
-    results = run_beam(model, srcs, cfg, constraints=per_sentence)
+    results = run_beam(model, srcs, cfg, per_sentence, ends)
     for src, constraints, nbest in zip(srcs, per_sentence, results, strict=True):
-        expected = enumerate_constrained(model, src, tokens, cfg, constraints)
+        expected = enumerate_constrained(model, src, tokens, cfg, constraints, ends=ends)
         assert_equals_enumeration(nbest, expected)
 
 
@@ -151,19 +187,23 @@ def test_wide_constrained_beam_with_coverage_and_ensemble_equals_enumeration(arc
 
 @pytest.mark.parametrize("arch", ["rnn", "transformer"])
 @pytest.mark.parametrize("beam", [1, 2, 5])
-def test_one_piece_and_multi_piece_constraints_always_appear(arch: str, beam: int) -> None:
+@pytest.mark.parametrize("ends", [None, word_ends(8, 4, 6)], ids=["anywhere", "word-ends"])
+def test_one_piece_and_multi_piece_constraints_always_appear(
+    arch: str, beam: int, ends: list[bool] | None
+) -> None:
     model = tiny_model(arch, vocab=8)
     cfg = DecodeConfig(beam_size=beam, nbest=beam, max_len_a=1.5, max_len_b=4, suppress_unk=True)
     cases = [[[7]], [[5, 6, 4]], [[4], [6, 6]], [[7, 5], [5, 7], [6]]]
     srcs = [src for src in SOURCES for _ in cases]
     per_sentence = [c for _ in SOURCES for c in cases]
+    word_end = None if ends is None else torch.tensor(ends)
     plain = decode_corpus(model, srcs, cfg, "cpu")
-    results = decode_corpus(model, srcs, cfg, "cpu", constraints=per_sentence)
+    results = decode_corpus(model, srcs, cfg, "cpu", False, per_sentence, word_end)
     for constraints, nbest in zip(per_sentence, results, strict=True):
         assert 1 <= len(nbest) <= beam
         # Every hypothesis of the n-best list holds every constraint, which the model alone
         # mostly does not write.
-        assert all(contains(h.tokens, c) for h in nbest for c in constraints)
+        assert all(contains(h.tokens, c, ends) for h in nbest for c in constraints)
         assert all(EOS_ID not in h.tokens for h in nbest)
     unconstrained_hits = sum(
         all(contains(n[0].tokens, c) for c in cons)
@@ -208,7 +248,7 @@ def test_a_constraint_longer_than_the_limit_falls_back_to_the_best_outputs() -> 
     model = TableModel(vocab=6)
     tokens = [UNK_ID, 4, 5]
     cfg = DecodeConfig(beam_size=13, nbest=3, max_len_a=0.0, max_len_b=2)
-    (nbest,) = run_beam(model, [[4]], cfg, constraints=[[[4, 5, 4]]])
+    (nbest,) = run_beam(model, [[4]], cfg, [[[4, 5, 4]]])
     expected = enumerate_constrained(model, [4], tokens, cfg, [[4, 5, 4]])[:3]
     assert_equals_enumeration(nbest, expected)
     assert all(len(e[0]) == 2 for e in expected)
@@ -243,7 +283,40 @@ def test_constraint_scores_are_the_model_log_probs() -> None:
     """Forcing a token in changes which outputs are searched, never how they are scored."""
     model = TableModel(probs={(): (0.6, 0.3, 0.1), "default": (0.9, 0.05, 0.05)})
     cfg = DecodeConfig(beam_size=2, nbest=1, max_len_a=0.0, max_len_b=3, length_norm="none")
-    (nbest,) = run_beam(model, [[4]], cfg, constraints=[[[5]]])
+    (nbest,) = run_beam(model, [[4]], cfg, [[[5]]])
     # The best output holding token 5 (b): "b" alone, .1 * .9.
     assert nbest[0].tokens == [5]
     assert nbest[0].log_prob == pytest.approx(math.log(0.1 * 0.9))
+
+
+# ---- where the terms went ---------------------------------------------------------------------
+
+
+def test_place_terms_finds_the_words_and_their_links() -> None:
+    """Target pieces "▁a ▁red ▁bi cycle ▁and ▁a ▁bi cycle": words 0..5; term "bicycle" has the
+    ids [7, 8] (pieces 2-3 and 6-7). Source "ein rotes Fahrrad und ein Fahrrad" (words 0..5)."""
+    term = Term("Fahrrad", "bicycle", "test")
+    matches = [TermMatch(term, 2, 2), TermMatch(term, 5, 5)]
+    pieces = ["▁a", "▁red", "▁bi", "cycle", "▁and", "▁a", "▁bi", "cycle"]
+    tokens = [4, 5, 7, 8, 6, 4, 7, 8]
+    links = [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]  # word 5 (the second "bicycle") has none
+    first, second = place_terms(matches, [[7, 8], [7, 8]], tokens, pieces, links)
+    assert (first.tgt_words, first.linked_src_words, first.distance) == ((2, 2), [2], 0)
+    assert (second.tgt_words, second.linked_src_words, second.distance) == ((5, 5), [], None)
+    assert first.to_dict() == {
+        "src": "Fahrrad",
+        "tgt": "bicycle",
+        "src_words": [2, 2],
+        "placed": True,
+        "tgt_words": [2, 2],
+        "aligned_src_words": [2],
+        "distance": 0,
+    }
+    # The attention ties the term to source word 0, two words before the source term: far
+    # only beyond FAR_WORDS.
+    (near,) = place_terms(matches[:1], [[7, 8]], tokens, pieces, [(0, 2)])
+    assert near.distance == 2 and near.is_far == (2 > FAR_WORDS)
+    (far,) = place_terms([TermMatch(term, 5, 5)], [[7, 8]], tokens, pieces, [(0, 2)])
+    assert far.distance == 5 and far.is_far
+    (missing,) = place_terms(matches[:1], [[9]], tokens, pieces, links)
+    assert not missing.is_placed and missing.to_dict()["tgt_words"] is None
