@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test lint format demo bench bench-peers bench-serve gpu-check recipe attention-study clean
+.PHONY: setup test lint format demo bench bench-peers bench-serve bench-terms gpu-check recipe attention-study clean
 DEMO_MINUTES ?= 12
 
 setup: $(STAMP)
@@ -49,6 +49,13 @@ bench-peers: $(STAMP)
 # (a minute per level at most): make bench-serve [SERVE_ARGS="--run checkpoints/RUN"]
 bench-serve: $(STAMP)
 	$(PY) -m bench.serve $(SERVE_ARGS)
+
+# Terminology (README "Terminology"): a term list from eflomal alignments of test_2016_flickr with
+# its references, then translation with and without it; BLEU, chrF, terms placed, speed:
+# make bench-terms TERMS_RUN=checkpoints/m30k-de-en [TERMS_ARGS="--terms /tmp/nmt-terminology/terms.jsonl"]
+TERMS_RUN ?= checkpoints/m30k-de-en
+bench-terms: $(STAMP)
+	$(PY) -m bench.terminology --run $(TERMS_RUN) --data ../shared/data/multi30k $(TERMS_ARGS)
 
 # On a CUDA machine: GPU tests, Multi30k in bf16, MFU and decoding vs CTranslate2, ~8.5 minutes,
 # JSON and a log in OUT (scripts/gpu-check.sh). Without a GPU: one line, exit 0. No venv needed.

@@ -12,7 +12,9 @@ each word once in its sentence, the target word not the first of its sentence (w
 nothing about the term). Up to 2 candidates per sentence are drawn, seeded. A sentence's pairs are
 its own glossary (one per line, `Translator.translate_full(glossary=[...])`), so a term never
 applies to another sentence. The term list is written to --work (it is corpus text, so it stays
-out of the repository); the numbers go to bench/results/terminology-*.json.
+out of the repository); the numbers go to bench/results/terminology-*.json. eflomal samples
+(Markov chain Monte Carlo) without a seed one can set, so a new list differs a little from run to
+run: `--terms WORK/terms.jsonl` reuses one.
 
 Speed: chunks of 100 sentences go through the three searches in turn (without glossary, with it,
 and without it but with the attention computed, which a glossary needs), the order rotating from
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/nmt-terminology"))
     parser.add_argument("--limit", type=int, default=0, help="first N sentences only (a trial)")
+    parser.add_argument("--terms", type=Path, help="reuse this term list (terms.jsonl)")
     args = parser.parse_args()
 
     import torch
@@ -167,13 +170,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lines = read_lines(args.data / f"{args.split}.{args.src_lang}.gz")
     refs = read_lines(args.data / f"{args.split}.{args.tgt_lang}.gz")
-    terms = make_terms(args.data, args.split, args.src_lang, args.tgt_lang, args.seed)
+    if args.terms is not None:
+        lines_of = args.terms.read_text(encoding="utf-8").splitlines()
+        terms = [list(json.loads(line).items()) for line in lines_of]
+    else:
+        terms = make_terms(args.data, args.split, args.src_lang, args.tgt_lang, args.seed)
+        args.work.mkdir(parents=True, exist_ok=True)
+        listed = "".join(json.dumps(dict(pairs), ensure_ascii=False) + "\n" for pairs in terms)
+        (args.work / "terms.jsonl").write_text(listed, encoding="utf-8")
+        print(f"term list: {args.work / 'terms.jsonl'}")
     if args.limit:
         lines, refs, terms = lines[: args.limit], refs[: args.limit], terms[: args.limit]
-    args.work.mkdir(parents=True, exist_ok=True)
-    with open(args.work / "terms.jsonl", "w", encoding="utf-8") as f:
-        for pairs in terms:
-            f.write(json.dumps(dict(pairs), ensure_ascii=False) + "\n")
     where = f"{args.split}.{args.src_lang}"
     glossaries = [
         Glossary.from_pairs(pairs, f"{where}:{n + 1}") if pairs else None
@@ -213,6 +220,7 @@ def main() -> None:
         "bench": "terminology",
         "run": str(args.run),
         "split": args.split,
+        "terms_file": str(args.terms or args.work / "terms.jsonl"),
         "beam": args.beam,
         "sentences": len(lines),
         "sentences_with_terms": sum(bool(p) for p in terms),

@@ -29,3 +29,19 @@ def test_child_peak_memory_is_the_childs_own():
     assert big.returncode == 0 and small.returncode == 0
     assert big.peak_rss_mib > 300 > 100 > small.peak_rss_mib
     assert failing.returncode == 3 and "bye" in failing.stdout
+
+
+def test_term_pairs_keep_one_to_one_content_word_links():
+    import random
+
+    from bench.terminology import term_pairs, words
+
+    src = words("Ein Mann fährt Fahrrad, der Mann lacht.")
+    tgt = words("A man rides a bicycle and laughs.")
+    # Ein-A, Mann-man (Mann twice in the source), fährt-rides, Fahrrad-bicycle, lacht-laughs,
+    # and "der" linked with both "and" and "a".
+    links = {(0, 0), (1, 1), (2, 2), (3, 4), (5, 5), (5, 3), (7, 6)}
+    found = term_pairs(src, tgt, links, "de", "en", random.Random(0))
+    assert len(found) == 2
+    assert set(found) < {("fährt", "rides"), ("Fahrrad", "bicycle"), ("lacht", "laughs")}
+    assert term_pairs(src, tgt, {(0, 0), (5, 5)}, "de", "en", random.Random(0)) == []

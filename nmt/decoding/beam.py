@@ -11,6 +11,8 @@ sentence finishes on its own, and a translation never depends on the other sente
 batch. Finished hypotheses are ranked by their length-normalised score (`length_penalty`), plus
 GNMT's coverage penalty when `decode.coverage_penalty` > 0 (`coverage_penalty`). Tokens
 and cross-attention rows are recovered at the end by walking the back-pointers of every step.
+Lexical constraints (a glossary's target terms) hand the choice of each step's hypotheses to
+dynamic beam allocation (nmt/decoding/constraints.py); without them that code never runs.
 
 Conventions:
 - Lengths count the EOS: a hypothesis with tokens [a, b] has length 2 + 1 = 3, and its attention
