@@ -389,6 +389,12 @@ def translate(
         "A source term found in a line (whole words; lowercase terms match any case) makes its "
         "target term appear in the translation.",
     ),
+    input_format: str = typer.Option(
+        "text",
+        "--input-format",
+        help='text (one sentence per line) or jsonl: {"text": "...", "glossary": {"source '
+        'term": "target term"}} per line, the glossary (optional) for that line only.',
+    ),
 ) -> None:
     """Translate text with a trained model, keeping input order and empty lines.
 
@@ -419,6 +425,7 @@ def translate(
       nmt translate RUN1 RUN2 -i test.de --set decode.sample=true --set decode.top_p=0.9
       nmt translate RUN -i test.de --force test.en --alignments-out ref.align
       nmt translate RUN -i test.de --glossary terms.tsv --output-format jsonl
+      nmt translate RUN -i requests.jsonl --input-format jsonl --output-format jsonl
     """
     from nmt import pipeline
 
@@ -426,7 +433,7 @@ def translate(
     pipeline.translate(
         list(checkpoint), input_, output, list(set_), flags, device, attention_out,
         alignments_out, plot_dir, output_format=output_format, with_attention=attention,
-        force_path=force, glossary_path=glossary,
+        force_path=force, glossary_path=glossary, input_format=input_format,
     )  # fmt: skip
 
 

@@ -444,6 +444,7 @@ def export(
 # ---- translate, evaluate, align-eval, plot (issue 5) --------------------------------------------
 
 OUTPUT_FORMATS = ("text", "jsonl")
+INPUT_FORMATS = ("text", "jsonl")
 
 
 def check_output_path(path: Path, flag: str) -> None:
@@ -490,6 +491,7 @@ def translate(
     with_attention: bool = False,
     force_path: Path | None = None,
     glossary_path: Path | None = None,
+    input_format: str = "text",
 ) -> dict[str, Any]:
     """`nmt translate`: lines from `input_path` (or stdin) to translations in `output_path` (or
     stdout), in input order. Empty lines stay empty. With `force_path` (a file with one
@@ -503,7 +505,9 @@ def translate(
     hypothesis goes to `attention_out` (.npz/.jsonl), hard word alignments to `alignments_out`
     (Pharaoh), heatmaps to `plot_dir/attention_<LINE>.png`. With `glossary_path` (a glossary
     file, nmt/data/glossary.py) the target term of every source term found in a line must appear
-    in its translation; JSONL rows then say where each term went ("terms").
+    in its translation; JSONL rows then say where each term went ("terms"). `input_format`
+    "jsonl" reads one {"text": ..., "glossary": {source term: target term}} object per line
+    (nmt/data/textio.py): the line's terms join the glossary file's for that line.
 
     A file is checked whole (UTF-8, gzip) before the model loads and then read in chunks; stdin
     (a pipe or a terminal) is answered in micro-batches as lines arrive, flushed after each.
@@ -520,6 +524,10 @@ def translate(
     log = log or _log_stderr
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"--output-format {output_format!r}: expected text or jsonl")
+    if input_format not in INPUT_FORMATS:
+        raise ConfigError(f"--input-format {input_format!r}: expected text or jsonl")
+    if input_format == "jsonl" and force_path is not None:
+        raise ConfigError("--force pairs plain lines with translations: use --input-format text")
     if with_attention and output_format != "jsonl":
         raise ConfigError("--attention adds the attention matrix to JSONL rows: use it with "
                           "--output-format jsonl (or --attention-out FILE)")  # fmt: skip
@@ -558,7 +566,7 @@ def translate(
         batches = textio.micro_batches(open_binary(Path(input_path)), str(input_path))
         where = str(input_path)
     elif input_path is not None:
-        sources = textio.check_text_file(Path(input_path))
+        sources = textio.check_text_file(Path(input_path), jsonl=input_format == "jsonl")
         if force_path is not None:
             forced = forced_translations(Path(force_path), sources, Path(input_path))
         batches = textio.file_chunks(Path(input_path))
@@ -584,13 +592,20 @@ def translate(
             AttentionSinks(translator, attention_out, alignments_out, plot_dir)
         )
         for lines in batches:
+            line_glossaries = None
+            if input_format == "jsonl":
+                lines, line_glossaries = jsonl_requests(lines, where, writer.count, glossary)
             if forced is not None:
                 results = translator.score(lines, next(forced), attention=need_attention,
                                            first_index=writer.count, where=where,
                                            target_where=str(force_path))  # fmt: skip
             else:
                 results = translator.translate_full(
-                    lines, attention=need_attention, first_index=writer.count, where=where
+                    lines,
+                    attention=need_attention,
+                    first_index=writer.count,
+                    where=where,
+                    glossary=line_glossaries,
                 )
             writer.write(out, results)
             sinks.write(results)
@@ -599,6 +614,28 @@ def translate(
     done = "read" if forced is not None else "translated"
     log(f"{done} {writer.count:,} lines in {seconds:.1f} s")
     return {"sentences": writer.count, "tokens": writer.tokens, "seconds": seconds}
+
+
+def jsonl_requests(
+    lines: list[str], where: str, first_index: int, glossary: Any
+) -> tuple[list[str], list[Any] | None]:
+    """JSONL input lines -> their texts and each line's glossary: `glossary` (the --glossary
+    file's, or None) with the line's own terms added; None when no line has any."""
+    from nmt.data.glossary import Glossary
+    from nmt.data.textio import parse_jsonl_line
+
+    texts, per_line = [], []
+    for n, line in enumerate(lines):
+        line_where = f"{where}:{first_index + n + 1}"
+        text, pairs = parse_jsonl_line(line, line_where)
+        texts.append(text)
+        if pairs is None:
+            per_line.append(glossary)
+        elif glossary is None:
+            per_line.append(Glossary.from_pairs(pairs, line_where))
+        else:
+            per_line.append(glossary.extended(pairs, line_where))
+    return texts, None if all(g is None for g in per_line) else per_line
 
 
 FORCE_ONE_TRANSLATION = (

@@ -368,3 +368,43 @@ def test_evaluate_counts_the_terms(run_dir: Path, glossary_file: Path, tmp_path:
     terms = json.loads(report.read_text())["tests"]["t"]["terms"]
     assert terms["found"] == 3 and terms["placed"] == 3 and terms["placed_percent"] == 100.0
     assert "glossary terms placed 3 of 3 (100.0%)" in result.stdout
+
+
+def test_jsonl_input_gives_each_line_its_own_terms(
+    run_dir: Path, glossary_file: Path, tmp_path: Path
+) -> None:
+    requests = [
+        {"text": "ba ce do", "glossary": {"ba": "KE KE"}},
+        {"text": ""},
+        {"text": "fo ge", "glossary": {"ge": "DO"}},  # replaces the file's "ge" for this line
+        {"text": "lo"},
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in requests), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = cli("translate", run_dir, "-i", src, "-o", out, "--input-format", "jsonl",
+                 "--glossary", glossary_file, "--output-format", "jsonl")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [[(t["src"], t["tgt"]) for t in r["terms"]] for r in rows] == [
+        [("ba", "KE KE"), ("ce", "KE")],
+        [],
+        [("ge", "DO")],
+        [],
+    ]
+    assert all(t["placed"] for r in rows for t in r["terms"])
+    assert rows[1]["translation"] == ""
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"text": "lo"}\n', encoding="utf-8")
+    alone = cli("translate", run_dir, "-i", plain, "--input-format", "jsonl")
+    assert alone.exit_code == 0 and alone.stdout.strip()  # no glossary at all: plain search
+    for bad, message in [
+        ("{'text': 'lo'}", "not JSON"),
+        ('{"txt": "lo"}', 'expected an object with a string "text"'),
+        ('{"text": "lo", "terms": {}}', "unknown field 'terms'"),
+        ('{"text": "lo", "glossary": ["lo", "LO"]}', '"glossary" must map source terms'),
+    ]:
+        src.write_text('{"text": "ba"}\n' + bad + "\n", encoding="utf-8")
+        failed = cli("translate", run_dir, "-i", src, "-o", out, "--input-format", "jsonl")
+        assert failed.exit_code == 1, failed.output
+        assert failed.stderr.startswith(f"error: {src}:2: {message}")

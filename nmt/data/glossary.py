@@ -94,6 +94,12 @@ class Glossary:
         """A glossary from (source term, target term) pairs; `where` names them in errors."""
         return cls(Term(src, tgt, where) for src, tgt in pairs)
 
+    def extended(self, pairs: Iterable[tuple[str, str]], where: str) -> Glossary:
+        """This glossary with more terms; one whose source term is already here replaces it."""
+        added = Glossary.from_pairs(pairs, where)
+        replaced = {term.src for term in added.terms}
+        return Glossary([t for t in self.terms if t.src not in replaced] + added.terms)
+
     def __len__(self) -> int:
         return len(self.terms)
 

@@ -11,6 +11,7 @@ and a fast producer still fills batches. Either way no line may hold more than M
 from __future__ import annotations
 
 import io
+import json
 import os
 import queue
 import stat
@@ -39,13 +40,38 @@ def is_stream(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def check_text_file(path: Path) -> int:
+def check_text_file(path: Path, jsonl: bool = False) -> int:
     """Read the whole file once and return its number of lines; a DataError names the line of the
-    first invalid UTF-8 byte, or says that a .gz file cannot be read (truncated, not gzip)."""
+    first invalid UTF-8 byte, or says that a .gz file cannot be read (truncated, not gzip). With
+    `jsonl`, every line must also be a request `parse_jsonl_line` takes."""
     lines = 0
     for lines, raw in enumerate(binary_lines(path), 1):  # noqa: B007 (the count is the result)
-        decode_line(raw, path, lines, hint=HINT)
+        line = decode_line(raw, path, lines, hint=HINT)
+        if jsonl:
+            parse_jsonl_line(line, f"{path}:{lines}")
     return lines
+
+
+def parse_jsonl_line(line: str, where: str) -> tuple[str, list[tuple[str, str]] | None]:
+    """One line of JSONL input, {"text": "...", "glossary": {"source term": "target term", ...}}
+    ("glossary" optional) -> (text, term pairs or None). A DataError names `where` (file:line)."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+        raise DataError(f'{where}: expected an object with a string "text", e.g. {{"text": "..."}}')
+    unknown = sorted(set(data) - {"text", "glossary"})
+    if unknown:
+        raise DataError(f'{where}: unknown field {unknown[0]!r} (fields: "text", "glossary")')
+    text, terms = data["text"], data.get("glossary")
+    if "\n" in text or "\r" in text:
+        raise DataError(f"{where}: the text holds a line break; give one sentence per line")
+    if terms is None:
+        return text, None
+    if not isinstance(terms, dict) or not all(isinstance(t, str) for t in terms.values()):
+        raise DataError(f'{where}: "glossary" must map source terms to target terms (strings)')
+    return text, list(terms.items())
 
 
 def file_chunks(path: Path, size: int = CHUNK_LINES) -> Iterator[list[str]]:

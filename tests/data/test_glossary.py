@@ -101,3 +101,14 @@ def test_longest_match_wins_and_text_is_normalised() -> None:
     # NFKC: the ligature "ﬀ" and a no-break space read as "ff" and a space.
     ligature = Glossary.from_pairs([("Stoffe", "fabrics")], "test")
     assert found(ligature, "die\u00a0Sto\ufb00e") == [("Stoffe", 1, 1)]
+
+
+def test_extended_glossaries_replace_terms_with_the_same_source() -> None:
+    base = Glossary.from_pairs([("Fahrrad", "bicycle"), ("Hund", "dog")], "file")
+    line = base.extended([("Hund", "hound"), ("Katze", "cat")], "line 3")
+    assert [(t.src, t.tgt, t.where) for t in line.terms] == [
+        ("Fahrrad", "bicycle", "file"),
+        ("Hund", "hound", "line 3"),
+        ("Katze", "cat", "line 3"),
+    ]
+    assert [t.tgt for t in base.terms] == ["bicycle", "dog"]  # the file's glossary stays
