@@ -371,6 +371,7 @@ class Translator:
                 self.tgt_tok.pieces(nbest_list[0].tokens),
                 result.alignment,
                 self._word_end_flags,
+                result.src_words,
             )
             self.warn_about_terms(result.terms, f"{where}:{first_index + n + 1}")
             yield n, result

@@ -292,13 +292,14 @@ def deal(scores: torch.Tensor, bank: torch.Tensor, banks: int) -> torch.Tensor:
 class Placement:
     """A matched term in one translation: where its target term stands (first and last target
     word, or None when it is not in the translation) and the source words the attention links
-    it to (hard alignment), with their distance in words from the source term (0 inside it;
-    None without links)."""
+    it to (hard alignment; their positions and their text), with their distance in words from
+    the source term (0 inside it; None without links)."""
 
     match: TermMatch
     tgt_words: tuple[int, int] | None
     linked_src_words: list[int]
     distance: int | None
+    linked_src_text: str = ""
 
     @property
     def is_placed(self) -> bool:
@@ -317,6 +318,7 @@ class Placement:
             "placed": self.is_placed,
             "tgt_words": None if self.tgt_words is None else list(self.tgt_words),
             "aligned_src_words": self.linked_src_words,
+            "aligned_src": self.linked_src_text,
             "distance": self.distance,
         }
 
@@ -328,10 +330,12 @@ def place_terms(
     tgt_pieces: Sequence[str],
     links: Iterable[tuple[int, int]],
     word_end: Sequence[bool] | None = None,
+    src_words: Sequence[str] = (),
 ) -> list[Placement]:
     """Where each match's target term (`term_ids`, its token ids) stands in a translation's
     `tokens` (whose pieces are `tgt_pieces`), and which source words the hard alignment `links`
-    (source word, target word) tie it to. With `word_end` (a flag per token id) only an
+    (source word, target word) tie it to, spelt out when `src_words` (the source's words, as
+    the links count them) are given. With `word_end` (a flag per token id) only an
     occurrence followed by a word end (or the end of the translation) counts, as in the search.
     A term matched n times is looked for at its n-th occurrence, or its last one when the
     translation holds it fewer times."""
@@ -351,11 +355,12 @@ def place_terms(
             continue
         first, last = spans[min(nth, len(spans) - 1)]
         words = (word_of[first], word_of[last])
-        src_words = sorted({s for t in range(words[0], words[1] + 1) for s in linked.get(t, ())})
+        aligned = sorted({s for t in range(words[0], words[1] + 1) for s in linked.get(t, ())})
         distance = None
-        if src_words:
-            distance = min(max(match.first_word - s, s - match.last_word, 0) for s in src_words)
-        out.append(Placement(match, words, src_words, distance))
+        if aligned:
+            distance = min(max(match.first_word - s, s - match.last_word, 0) for s in aligned)
+        text = " ".join(src_words[s] for s in aligned if s < len(src_words))
+        out.append(Placement(match, words, aligned, distance, text))
     return out
 
 

@@ -300,7 +300,8 @@ def test_place_terms_finds_the_words_and_their_links() -> None:
     pieces = ["▁a", "▁red", "▁bi", "cycle", "▁and", "▁a", "▁bi", "cycle"]
     tokens = [4, 5, 7, 8, 6, 4, 7, 8]
     links = [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]  # word 5 (the second "bicycle") has none
-    first, second = place_terms(matches, [[7, 8], [7, 8]], tokens, pieces, links)
+    src = "ein rotes Fahrrad und ein Fahrrad".split()
+    first, second = place_terms(matches, [[7, 8], [7, 8]], tokens, pieces, links, None, src)
     assert (first.tgt_words, first.linked_src_words, first.distance) == ((2, 2), [2], 0)
     assert (second.tgt_words, second.linked_src_words, second.distance) == ((5, 5), [], None)
     assert first.to_dict() == {
@@ -310,6 +311,7 @@ def test_place_terms_finds_the_words_and_their_links() -> None:
         "placed": True,
         "tgt_words": [2, 2],
         "aligned_src_words": [2],
+        "aligned_src": "Fahrrad",
         "distance": 0,
     }
     # The attention ties the term to source word 0, two words before the source term: far
