@@ -335,6 +335,17 @@ def _note(message: str) -> None:
 
 # ---- translate, evaluate, align-eval, plot (issue 5) --------------------------------------------
 
+# Options that translate and evaluate share.
+SPLIT_OPTION = typer.Option(
+    None,
+    "--split/--no-split",
+    help="Translate each line sentence by sentence and join the translations with the line's "
+    "spacing (default: split; decode.split).",
+)
+THREADS_OPTION = typer.Option(
+    0, "--threads", help="torch CPU threads (0: torch's default, one per core)."
+)
+
 
 @app.command()
 @user_errors
@@ -395,6 +406,14 @@ def translate(
         help='text (one sentence per line) or jsonl: {"text": "...", "glossary": {"source '
         'term": "target term"}} per line, the glossary (optional) for that line only.',
     ),
+    split: bool | None = SPLIT_OPTION,
+    threads: int = THREADS_OPTION,
+    format_: str | None = typer.Option(
+        None,
+        "--format",
+        help="Input kind: text (line by line), markdown or html (a document translated whole, "
+        "markup kept). Default: from the -i extension (.md, .html, .htm, .txt), else text.",
+    ),
 ) -> None:
     """Translate text with a trained model, keeping input order and empty lines.
 
@@ -409,6 +428,16 @@ def translate(
     the search is lexically constrained: each target term of a source term found in a line
     appears in its translation; JSONL rows add "terms" (where each went, which source words
     the attention ties it to), and a term placed far from its source term is warned about.
+
+    Each line is split into sentences (sentencex), translated in the same batches as the rest
+    and joined back with the line's own spacing: one output line per input line, always. JSONL
+    rows list the sentences with their character offsets; --attention-out holds one record per
+    sentence, --alignments-out one line per input line. A sentence longer than the model takes
+    is cut into pieces at word boundaries (decode.too_long) and counted at the end.
+
+    Documents: -i FILE.md / FILE.html (or --format) translates the text of each block and puts
+    inline markup (bold, links, code, ...) on the words the alignment links it to; code, URLs,
+    attribute values and raw HTML stay as they are (README "Translating documents").
 
     Decode settings (nmt.config.DecodeConfig): the run's own,
     then --set decode.key=value, then --beam / --nbest / --batch-tokens. For a Transformer the
@@ -426,14 +455,17 @@ def translate(
       nmt translate RUN -i test.de --force test.en --alignments-out ref.align
       nmt translate RUN -i test.de --glossary terms.tsv --output-format jsonl
       nmt translate RUN -i requests.jsonl --input-format jsonl --output-format jsonl
+      nmt translate RUN -i page.de.html -o page.en.html
+      nmt translate RUN -i README.de.md -o README.en.md --threads 1
     """
     from nmt import pipeline
 
-    flags = {"beam_size": beam, "nbest": nbest, "batch_tokens": batch_tokens}
+    flags = {"beam_size": beam, "nbest": nbest, "batch_tokens": batch_tokens, "split": split}
     pipeline.translate(
         list(checkpoint), input_, output, list(set_), flags, device, attention_out,
         alignments_out, plot_dir, output_format=output_format, with_attention=attention,
         force_path=force, glossary_path=glossary, input_format=input_format,
+        doc_format=format_, threads=threads,
     )  # fmt: skip
 
 
@@ -471,12 +503,15 @@ def evaluate(
     glossary: Path | None = typer.Option(
         None, "--glossary", help="Translate following this glossary (as nmt translate)."
     ),
+    split: bool | None = SPLIT_OPTION,
+    threads: int = THREADS_OPTION,
 ) -> None:
     """Translate test sets and score them with sacreBLEU: BLEU, lowercased BLEU, chrF, TER.
 
     The scores equal `sacrebleu REF -i HYP -m bleu chrf ter` on the same files (and `-lc` for the
     lowercased BLEU); the signatures are printed and saved in the report. Several test sets go in
-    one call with repeated --test NAME=SRC,REF.
+    one call with repeated --test NAME=SRC,REF. Lines are split into sentences as nmt translate
+    splits them (--no-split reads each line as one sentence); the report records which.
 
     Examples:
 
@@ -488,12 +523,13 @@ def evaluate(
     from nmt import pipeline
 
     sets = pipeline.parse_test_sets(src, list(ref), hyp, list(test))
-    flags = {"beam_size": beam, "batch_tokens": batch_tokens}
+    flags: dict[str, Any] = {"beam_size": beam, "batch_tokens": batch_tokens, "split": split}
     if beam is not None:
         flags["nbest"] = 1
     result = pipeline.evaluate(
         list(checkpoint or []), sets, report, hyp_out, list(set_), flags, device, tokenize,
         glossary_path=glossary,
+        threads=threads,
     )  # fmt: skip
     pipeline.print_scores(result)
     if report is not None:
@@ -542,6 +578,9 @@ def plot(
     subwords: bool = typer.Option(
         False, "--subwords", help="Draw subword pieces (with </s>) instead of words."
     ),
+    sentence: int = typer.Option(
+        0, "--sentence", help="Sentence of a line split into several: 0-based place in it."
+    ),
 ) -> None:
     """Draw a sentence's attention as a heatmap: source words across, target words down.
 
@@ -556,7 +595,7 @@ def plot(
     """
     from nmt import pipeline
 
-    path = pipeline.plot(attention_file, index, out, layer, subwords)
+    path = pipeline.plot(attention_file, index, out, layer, subwords, sentence)
     typer.echo(f"wrote {path}")
 
 
@@ -663,12 +702,17 @@ def serve(
     drain_seconds: float | None = typer.Option(
         None, "--drain-seconds", help="On SIGTERM, time left to requests in flight (30)."
     ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch CPU threads for decoding (0: torch's default)."
+    ),
 ) -> None:
     """Serve models over HTTP, with a page at / that shows the attention.
 
     POST /translate {"text": "..." or [...], "model", "beam", "nbest", "attention", "glossary":
-    {"source term": "target term"}} answers with the translations, their scores, tokens and
-    alignments (and where the glossary terms went); GET /models, /health and /metrics
+    {"source term": "target term"}, "split", "format"} answers with the translations, their
+    scores, tokens and alignments, sentence by sentence (and where the glossary terms went);
+    "format": "html" or "markdown" translates "text" as one document and answers with
+    "document" (README "Translating documents"). GET /models, /health and /metrics
     (Prometheus) describe the server. Requests that arrive together are decoded together. The
     first Ctrl-C (or SIGTERM) lets the requests in flight finish, for --drain-seconds at most,
     while new ones get 503; a second stops at once.
@@ -700,6 +744,7 @@ def serve(
         "body_timeout": body_timeout,
         "max_connections": max_connections,
         "drain_seconds": drain_seconds,
+        "threads": threads,
     }
     cfg = from_dict(ServeConfig, {k: v for k, v in named.items() if v is not None})
     try:

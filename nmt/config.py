@@ -376,9 +376,13 @@ class DecodeConfig:
     # Hard alignments (--alignments-out): 0 links each target word to its most attended source
     # word; a value in (0, 1] links every pair whose word-level attention reaches it. (issue 5)
     align_threshold: float = 0.0
-    # A source line longer than the model can take (Transformer max_positions - 1 subwords):
-    # "truncate" (with a warning naming the line) or "error".
-    too_long: Literal["truncate", "error"] = "truncate"
+    # Split each input line into sentences (nmt/data/sentences.py), translate them in the same
+    # batches as everything else and join the translations with the line's own spacing.
+    split: bool = True
+    # A sentence longer than the model can take (Transformer max_positions - 1 subwords): "split"
+    # cuts it into pieces at word boundaries (nothing is lost), "truncate" drops its end, "error"
+    # stops; "split" and "truncate" warn with the line, and the command ends with a count.
+    too_long: Literal["split", "truncate", "error"] = "split"
 
     def validate(self) -> None:
         if self.beam_size < 1 or self.nbest < 1:
@@ -461,6 +465,9 @@ class ServeConfig:
     header_timeout: float = 10.0  # seconds for a client to send its request line and headers
     body_timeout: float = 30.0  # seconds for a client to send a request body once it started
     max_connections: int = 256  # open connections; beyond it a new one gets 503 and is closed
+    # torch CPU threads for decoding; 0: torch's default (one per core). On a small shared
+    # machine fewer threads can answer faster (README "Translating documents", threads).
+    threads: int = 0
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -480,6 +487,7 @@ class ServeConfig:
             "max_beam": (1, 1024),
             "max_queue": (1, 10_000_000),
             "max_connections": (1, 100_000),
+            "threads": (0, 1024),
         }
         for name, (low, high) in ranges.items():
             value = getattr(self, name)

@@ -16,6 +16,7 @@ order. Nothing here imports the training package.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from nmt.config import (
 )
 from nmt.data.corpus import MAX_LINE_BYTES, clean_text
 from nmt.data.glossary import Glossary, TermMatch
+from nmt.data.sentences import Span, cut_long, join_sentences, split_sentences, whole_line
 from nmt.data.spm import word_end_flags
 from nmt.decoding.alignment import (
     AttentionRecord,
@@ -51,6 +53,7 @@ from nmt.decoding.beam import Ensemble, Hypothesis, decode_corpus, iter_decode_c
 from nmt.decoding.constraints import Placement, place_terms
 from nmt.decoding.forced import force_corpus
 from nmt.errors import CheckpointError, ConfigError, DataError
+from nmt.markup.inline import Aligned
 from nmt.models import count_parameters
 
 EOS_PIECE = "</s>"
@@ -65,6 +68,15 @@ def resolve_device(name: str) -> torch.device:
     elif name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
     return torch.device(name)
+
+
+def set_threads(threads: int) -> None:
+    """torch's CPU threads for this process; 0 leaves torch's default (one per core). On a small
+    shared machine fewer threads than cores answer single sentences faster (README "Threads")."""
+    if threads < 0:
+        raise ConfigError(f"--threads {threads}: expected a count >= 1, or 0 for torch's default")
+    if threads:
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -85,9 +97,17 @@ class TranslationResult:
     - `nbest`: the n-best list, best first (`nbest[0]` is this translation).
     - `alignment`: hard word links (source word, target word), 0-based, from the attention;
       empty unless attention was computed.
-    - `record`: the attention (subword and word matrices, words) when it was computed.
+    - `record`: the attention (subword and word matrices, words) when it was computed; for a
+      line of several sentences it is None and each sentence has its own.
+    - `src_span` / `tgt_span`: [start, end) characters of the input line that this result
+      translates and of the line's translation that it fills.
+    - `sentences`: a line's sentences in order (nmt/data/sentences.py), each a result of its
+      own; the line's translation joins theirs with the line's spacing. The line's `alignment`
+      and word attention count the words of each sentence in turn (the attention is block
+      diagonal: a sentence's words attend only to its own source).
     - `terms`: with a glossary, where each glossary term found in the line stands in the
       translation and which source words the attention ties it to; None without a glossary.
+      A line's terms count the words of its sentences in turn, as its alignment does.
     """
 
     translation: str
@@ -99,24 +119,52 @@ class TranslationResult:
     alignment: list[Link] = field(default_factory=list)
     record: AttentionRecord | None = None
     terms: list[Placement] | None = None
+    src_span: Span = (0, 0)
+    tgt_span: Span = (0, 0)
+    sentences: list[TranslationResult] = field(default_factory=list, repr=False)
 
     @property
     def src_words(self) -> list[str]:
-        return self.record.src_words if self.record is not None else []
+        if self.record is not None:
+            return self.record.src_words
+        return [w for s in self.sentences if s.record is not None for w in s.record.src_words]
 
     @property
     def tgt_words(self) -> list[str]:
-        return self.record.tgt_words if self.record is not None else []
+        if self.record is not None:
+            return self.record.tgt_words
+        return [w for s in self.sentences if s.record is not None for w in s.record.tgt_words]
 
     @property
     def attention(self) -> np.ndarray | None:
         """Word-level attention (target words x source words), or None."""
-        return self.record.word_matrix if self.record is not None else None
+        if self.record is not None:
+            return self.record.word_matrix
+        blocks = [s.record.word_matrix for s in self.sentences if s.record is not None]
+        return block_diagonal(blocks) if blocks else None
+
+    def aligned(self) -> Aligned:
+        """The translation with its words and hard links, for placing markup (nmt/markup/)."""
+        return Aligned(self.translation, self.src_words, self.tgt_words, list(self.alignment))
 
     def to_dict(self, nbest: bool = False, attention: bool = False) -> dict[str, Any]:
         """The JSON form (`--output-format jsonl`, the server): translation, score, tokens,
         token_scores, alignment (Pharaoh), plus nbest and the word-level attention on request,
-        and the glossary terms of the line when a glossary was used."""
+        the glossary terms of the line when a glossary was used, and `sentences`: the same
+        fields for each sentence of the line with its character offsets, src_start/src_end into
+        the input line and tgt_start/tgt_end into the translation."""
+        row = self._fields(nbest, attention)
+        row["sentences"] = [s.sentence_dict(attention) for s in self.sentences]
+        return row
+
+    def sentence_dict(self, attention: bool = False) -> dict[str, Any]:
+        """One sentence of a line in JSON form: `to_dict`'s fields with its offsets."""
+        row = self._fields(False, attention)
+        row.update(src_start=self.src_span[0], src_end=self.src_span[1],
+                   tgt_start=self.tgt_span[0], tgt_end=self.tgt_span[1])  # fmt: skip
+        return row
+
+    def _fields(self, nbest: bool, attention: bool) -> dict[str, Any]:
         row: dict[str, Any] = {
             "translation": self.translation,
             "score": round(self.score, 6),
@@ -137,6 +185,30 @@ class TranslationResult:
         if self.terms is not None:
             row["terms"] = [placement.to_dict() for placement in self.terms]
         return row
+
+
+def block_diagonal(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """Matrices (..., T_k, S_k) of a line's sentences as one (..., sum T, sum S), zero outside
+    the blocks; the leading axes (layers, heads) must agree."""
+    lead = blocks[0].shape[:-2]
+    rows = sum(b.shape[-2] for b in blocks)
+    cols = sum(b.shape[-1] for b in blocks)
+    out = np.zeros((*lead, rows, cols), dtype=np.float32)
+    r = c = 0
+    for b in blocks:
+        out[..., r : r + b.shape[-2], c : c + b.shape[-1]] = b
+        r, c = r + b.shape[-2], c + b.shape[-1]
+    return out
+
+
+@dataclass
+class SentencePlan:
+    """How a batch of lines became the sentences that are decoded: each line's sentence spans,
+    and per sentence its (line, position in line) and source ids."""
+
+    spans: list[list[Span]]
+    owners: list[tuple[int, int]]
+    src_ids: list[list[int]]
 
 
 class Translator:
@@ -175,6 +247,10 @@ class Translator:
         self.device = device
         self.log = log or (lambda message: None)
         self.src_tok, self.tgt_tok = first.src_tok, first.tgt_tok
+        # The languages pick the sentence splitter's rules and how sentences are joined.
+        self.src_lang: str | None = first.vocab.get("src_lang")
+        self.tgt_lang: str | None = first.vocab.get("tgt_lang")
+        self.too_long_sentences = 0  # cut or truncated so far (decode.too_long), for the summary
         self.cleaning = first.cleaning
         self.arch = first.config.model.arch
         # A Transformer trained with guided alignment has one head taught to align: hard
@@ -264,6 +340,7 @@ class Translator:
         first_index: int = 0,
         where: str = "<input>",
         glossary: Glossary | Sequence[Glossary | None] | None = None,
+        split: bool | None = None,
     ) -> list[TranslationResult]:
         """A `TranslationResult` per line. `beam_size` / `nbest` override the decode settings for
         this call; `attention` computes the attention (word matrix and hard alignment), of the
@@ -272,7 +349,9 @@ class Translator:
         `first_index` and `where` name the lines in warnings and errors (0-based index of the
         first line, file name). `glossary` replaces the translator's own for this call: one for
         every line, or a list with one (or None) per line. With a glossary the attention is
-        computed, to say where each term went (`TranslationResult.terms`)."""
+        computed, to say where each term went (`TranslationResult.terms`). `split` (default:
+        decode.split) translates each line sentence by sentence and joins the translations with
+        the line's spacing."""
         found = dict(
             self._results(
                 lines,
@@ -285,6 +364,7 @@ class Translator:
                 first_index,
                 where,
                 glossary,
+                split,
             )  # fmt: skip
         )
         return [found[n] for n in range(len(lines))]
@@ -301,6 +381,7 @@ class Translator:
         first_index: int = 0,
         where: str = "<input>",
         glossary: Glossary | Sequence[Glossary | None] | None = None,
+        split: bool | None = None,
     ) -> Iterator[tuple[int, TranslationResult]]:
         """As `translate_full`, but yields (line index, result) pairs as the searches end: with
         a beam, each sentence as soon as its own search has, while the rest of its batch goes on
@@ -309,7 +390,7 @@ class Translator:
         are those `translate_full` gives; bad lines and settings raise here, before the first
         result."""
         return self._results(lines, True, beam_size, nbest, attention, attention_layer,
-                             attention_head, first_index, where, glossary)  # fmt: skip
+                             attention_head, first_index, where, glossary, split)  # fmt: skip
 
     def _results(
         self,
@@ -323,9 +404,11 @@ class Translator:
         first_index: int,
         where: str,
         glossary: Glossary | Sequence[Glossary | None] | None,
+        split: bool | None,
     ) -> Iterator[tuple[int, TranslationResult]]:
         """The body of `translate_full` and `translate_stream`: lines and settings checked now,
-        (line index, result) pairs as the searches end (`early`: each sentence on its own)."""
+        (line index, result) pairs as the searches end (`early`: each line as soon as all its
+        sentences have ended)."""
         _check_lines(lines)
         cfg = self.settings(
             beam_size=beam_size,
@@ -333,48 +416,208 @@ class Translator:
             attention_layer=attention_layer,
             attention_head=attention_head,
         )
-        matches = self.find_terms(lines, self.glossary if glossary is None else glossary, cfg)
-        src_ids = self.encode(lines, first_index, where)
+        plan = self.plan(lines, cfg.split if split is None else split, first_index, where)
+        matches = self._sentence_terms(lines, plan, glossary, cfg)
         if matches is None:
-            searches = iter_decode_corpus(self.models, src_ids, cfg, self.device, attention, early)
-            return (
-                (n, self.result(first_index + n, src_ids[n], nbest_list, cfg, attention))
-                for n, nbest_list in searches
-            )
-        return self._constrained_results(src_ids, matches, early, cfg, first_index, where)
+            searches = iter_decode_corpus(self.models, plan.src_ids, cfg, self.device, attention,
+                                          early)  # fmt: skip
+            return self._gather(lines, plan, searches, cfg, attention, first_index, where)
+        # Each sentence's target terms are constraints of its search, and each result says
+        # where they went (the attention is computed for that).
+        constraints = [[self._term_ids[m.term.tgt] for m in found or []] for found in matches]
+        searches = iter_decode_corpus(self.models, plan.src_ids, cfg, self.device, True, early,
+                                      constraints, self.word_end())  # fmt: skip
+        return self._gather(lines, plan, searches, cfg, True, first_index, where,
+                            (matches, constraints))  # fmt: skip
 
-    def _constrained_results(
+    def _sentence_terms(
         self,
-        src_ids: list[list[int]],
-        matches: list[list[TermMatch] | None],
-        early: bool,
+        lines: Sequence[str],
+        plan: SentencePlan,
+        glossary: Glossary | Sequence[Glossary | None] | None,
         cfg: DecodeConfig,
+    ) -> list[list[TermMatch] | None] | None:
+        """The glossary terms found in each sentence of the plan (a line's glossary serves each
+        of its sentences); None without any glossary."""
+        chosen = self.glossary if glossary is None else glossary
+        if chosen is None:
+            return None
+        if not isinstance(chosen, Glossary):
+            per_line = list(chosen)
+            if len(per_line) != len(lines):
+                raise ConfigError(
+                    f"{len(per_line)} glossaries for {len(lines)} lines: give one each"
+                )
+            chosen = [per_line[n] for n, _ in plan.owners]
+        texts = [lines[n][slice(*plan.spans[n][k])] for n, k in plan.owners]
+        return self.find_terms(texts, chosen, cfg)
+
+    def _gather(
+        self,
+        lines: Sequence[str],
+        plan: SentencePlan,
+        searches: Iterator[tuple[int, list[Hypothesis]]],
+        cfg: DecodeConfig,
+        attention: bool,
         first_index: int,
         where: str,
+        terms: tuple[list[list[TermMatch] | None], list[list[list[int]]]] | None = None,
     ) -> Iterator[tuple[int, TranslationResult]]:
-        """`_results` with glossary terms: each line's target terms are constraints of its
-        search, and each result says where they went (the attention is computed for that)."""
-        constraints = [[self._term_ids[m.term.tgt] for m in found or []] for found in matches]
-        searches = iter_decode_corpus(
-            self.models, src_ids, cfg, self.device, True, early, constraints, self.word_end()
-        )
-        for n, nbest_list in searches:
-            result = self.result(first_index + n, src_ids[n], nbest_list, cfg, True)
-            found = matches[n]
-            if found is None:  # no glossary for this line
-                yield n, result
-                continue
-            result.terms = place_terms(
-                found,
-                constraints[n],
-                nbest_list[0].tokens,
-                self.tgt_tok.pieces(nbest_list[0].tokens),
-                result.alignment,
-                self._word_end_flags,
-                result.src_words,
+        """(line index, line result) as soon as every sentence of the line is translated; with
+        `terms` (each sentence's glossary matches and their constraint ids) each sentence says
+        where its terms went."""
+        done: dict[int, dict[int, TranslationResult]] = {}
+        for unit, nbest_list in searches:
+            n, k = plan.owners[unit]
+            sentence = self.result(first_index + n, plan.src_ids[unit], nbest_list, cfg, attention)
+            if sentence.record is not None:
+                sentence.record.sentence = k
+            if terms is not None and terms[0][unit] is not None:
+                sentence.terms = place_terms(
+                    terms[0][unit] or [],
+                    terms[1][unit],
+                    nbest_list[0].tokens,
+                    self.tgt_tok.pieces(nbest_list[0].tokens),
+                    sentence.alignment,
+                    self._word_end_flags,
+                    sentence.src_words,
+                )
+                self.warn_about_terms(sentence.terms, f"{where}:{first_index + n + 1}")
+            got = done.setdefault(n, {})
+            got[k] = sentence
+            if len(got) == len(plan.spans[n]):
+                del done[n]
+                yield (
+                    n,
+                    self.line_result(lines[n], plan.spans[n], [got[i] for i in range(len(got))]),
+                )
+        if done:  # sentences in = sentences out, checked rather than assumed
+            n = min(done)
+            raise RuntimeError(
+                f"line {first_index + n + 1}: {len(done[n])} of {len(plan.spans[n])} sentences "
+                "came back from the search"
             )
-            self.warn_about_terms(result.terms, f"{where}:{first_index + n + 1}")
-            yield n, result
+
+    def plan(
+        self, lines: Sequence[str], split: bool, first_index: int = 0, where: str = "<input>"
+    ) -> SentencePlan:
+        """The sentences of `lines` (each line whole without `split`; a blank line is one empty
+        sentence) and their source ids. A sentence longer than the model takes follows
+        decode.too_long: cut into pieces at word boundaries ("split"), cut short ("truncate"),
+        or a DataError naming the line ("error")."""
+        _check_text(lines, first_index, where)  # before the splitter reads them
+        spans = [(split_sentences(line, self.src_lang) if split else []) or whole_line(line)
+                 for line in lines]  # fmt: skip
+        texts = [lines[n][a:b] for n, line_spans in enumerate(spans) for a, b in line_spans]
+        ids = self._encode_texts(texts)
+        limit = self.max_src_len
+        if limit is not None and any(len(seq) > limit for seq in ids):
+            spans, ids = self._fit(lines, spans, ids, limit, first_index, where)
+        owners = [(n, k) for n, line_spans in enumerate(spans) for k in range(len(line_spans))]
+        return SentencePlan(spans, owners, ids)
+
+    def _encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
+        ids = self.src_tok.encode_batch([clean_text(text, self.cleaning) for text in texts])
+        return [seq if text.strip() else [] for seq, text in zip(ids, texts, strict=True)]
+
+    def _fit(
+        self,
+        lines: Sequence[str],
+        spans: list[list[Span]],
+        ids: list[list[int]],
+        limit: int,
+        first_index: int,
+        where: str,
+    ) -> tuple[list[list[Span]], list[list[int]]]:
+        """`plan`'s spans and ids with every sentence over `limit` subwords handled as
+        decode.too_long says."""
+        policy = self.cfg.too_long
+        new_spans: list[list[Span]] = []
+        new_ids: list[list[int]] = []
+        unit = 0
+        for n, line_spans in enumerate(spans):
+            kept: list[Span] = []
+            for span in line_spans:
+                seq = ids[unit]
+                unit += 1
+                if len(seq) <= limit:
+                    kept.append(span)
+                    new_ids.append(seq)
+                    continue
+                lineno = first_index + n + 1
+                if policy == "error":
+                    raise DataError(
+                        f"{where}:{lineno}: a sentence of {len(seq)} subwords, more than the "
+                        f"model's maximum of {limit}; shorten it or pass --set "
+                        "decode.too_long=split"
+                    )
+                self.too_long_sentences += 1
+                pieces = [span]
+                if policy == "split":
+                    count = self._count_subwords
+                    pieces = cut_long(lines[n], span, count, limit)
+                piece_ids = self._encode_texts([lines[n][a:b] for a, b in pieces])
+                cut = any(len(p) > limit for p in piece_ids)
+                self.log(
+                    f"warning: {where}:{lineno}: a sentence of {len(seq)} subwords, more than the "
+                    f"model's maximum of {limit}: "
+                    + (f"translated in {len(pieces)} pieces cut at word boundaries"
+                       if policy == "split" else "its end is cut off (decode.too_long=truncate)")
+                    + ("; a word longer than that is cut short" if cut and policy == "split"
+                       else "")
+                )  # fmt: skip
+                kept += pieces
+                new_ids += [p[:limit] for p in piece_ids]
+            new_spans.append(kept)
+        return new_spans, new_ids
+
+    def _count_subwords(self, text: str) -> int:
+        return len(self.src_tok.encode_batch([clean_text(text, self.cleaning)])[0])
+
+    def line_result(
+        self, line: str, spans: Sequence[Span], sentences: list[TranslationResult]
+    ) -> TranslationResult:
+        """A line's result from its sentences' (in order): the translations joined with the
+        line's own spacing, the scores averaged, log-probs summed, tokens and links in turn."""
+        texts = [s.translation for s in sentences]
+        text, tgt_spans = join_sentences(line, spans, texts, self.src_lang, self.tgt_lang)
+        for sentence, src_span, tgt_span in zip(sentences, spans, tgt_spans, strict=True):
+            sentence.src_span, sentence.tgt_span = src_span, tgt_span
+        links: list[Link] = []
+        src_offset = tgt_offset = 0
+        for sentence in sentences:
+            links += [(i + src_offset, j + tgt_offset) for i, j in sentence.alignment]
+            src_offset += len(sentence.src_words)
+            tgt_offset += len(sentence.tgt_words)
+        return TranslationResult(
+            translation=text,
+            score=float(np.mean([s.score for s in sentences])),
+            log_prob=sum(s.log_prob for s in sentences),
+            tokens=[t for s in sentences for t in s.tokens],
+            token_scores=[x for s in sentences for x in s.token_scores],
+            nbest=self._joined_nbest(line, spans, sentences),
+            alignment=links,
+            record=sentences[0].record if len(sentences) == 1 else None,
+            terms=_line_terms(sentences),
+            src_span=(0, len(line)),
+            tgt_span=(0, len(text)),
+            sentences=sentences,
+        )
+
+    def _joined_nbest(
+        self, line: str, spans: Sequence[Span], sentences: Sequence[TranslationResult]
+    ) -> list[Candidate]:
+        """The line's k-th candidate joins each sentence's k-th (its last when it has fewer);
+        its score is the mean of theirs."""
+        if len(sentences) == 1:
+            return list(sentences[0].nbest)
+        out = []
+        for k in range(max(len(s.nbest) for s in sentences)):
+            picked = [s.nbest[min(k, len(s.nbest) - 1)] for s in sentences]
+            text, _ = join_sentences(line, spans, [c.translation for c in picked],
+                                     self.src_lang, self.tgt_lang)  # fmt: skip
+            out.append(Candidate(text, float(np.mean([c.score for c in picked]))))
+        return out
 
     def score(
         self,
@@ -511,9 +754,10 @@ class Translator:
     # ---- the steps ------------------------------------------------------------------------------
 
     def encode(self, lines: Sequence[str], first_index: int, where: str) -> list[list[int]]:
-        """Source ids per line; empty lines give []; too long lines follow decode.too_long.
-        A line that is not text (a lone surrogate, a non-str) or longer than MAX_LINE_BYTES is
-        refused, naming it, before SentencePiece sees it."""
+        """Source ids per whole line (forced decoding pairs lines, not sentences); empty lines
+        give []; a line too long is an error under decode.too_long=error, else truncated. A line
+        that is not text (a lone surrogate, a non-str) or longer than MAX_LINE_BYTES is refused,
+        naming it, before SentencePiece sees it."""
         _check_text(lines, first_index, where)
         ids = self.src_tok.encode_batch([clean_text(line, self.cleaning) for line in lines])
         limit = self.max_src_len
@@ -529,7 +773,7 @@ class Translator:
                     )
                 self.log(
                     f"warning: {where}:{lineno}: {len(seq)} subwords, truncated to the model's "
-                    f"maximum of {limit} (decode.too_long=truncate)"
+                    f"maximum of {limit} (a line read whole, as --force reads it, is not split)"
                 )
                 ids[n] = seq[:limit]
         return ids
@@ -597,6 +841,27 @@ class Translator:
         return hard_alignment(words, cfg.align_threshold)
 
 
+def _line_terms(sentences: Sequence[TranslationResult]) -> list[Placement] | None:
+    """The glossary terms of a line's sentences, their word positions counted over the line
+    (the words of the sentences before them added, as in the line's alignment); None when no
+    sentence had a glossary."""
+    if all(s.terms is None for s in sentences):
+        return None
+    out: list[Placement] = []
+    src_offset = tgt_offset = 0
+    for sentence in sentences:
+        for p in sentence.terms or []:
+            match = dataclasses.replace(p.match, first_word=p.match.first_word + src_offset,
+                                        last_word=p.match.last_word + src_offset)  # fmt: skip
+            tgt = None if p.tgt_words is None else (p.tgt_words[0] + tgt_offset,
+                                                     p.tgt_words[1] + tgt_offset)  # fmt: skip
+            linked = [i + src_offset for i in p.linked_src_words]
+            out.append(dataclasses.replace(p, match=match, tgt_words=tgt, linked_src_words=linked))
+        src_offset += len(sentence.src_words)
+        tgt_offset += len(sentence.tgt_words)
+    return out
+
+
 def _check_lines(lines: Sequence[str], what: str = "Translator.translate takes") -> None:
     """A str is a sequence of characters too: refuse it rather than translate each letter."""
     if isinstance(lines, str):
@@ -625,4 +890,11 @@ def _check_text(lines: Sequence[str], first_index: int, where: str) -> None:
             )
 
 
-__all__ = ["Candidate", "TranslationResult", "Translator", "resolve_device"]
+__all__ = [
+    "Candidate",
+    "SentencePlan",
+    "TranslationResult",
+    "Translator",
+    "resolve_device",
+    "set_threads",
+]

@@ -492,6 +492,8 @@ def translate(
     force_path: Path | None = None,
     glossary_path: Path | None = None,
     input_format: str = "text",
+    doc_format: str | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """`nmt translate`: lines from `input_path` (or stdin) to translations in `output_path` (or
     stdout), in input order. Empty lines stay empty. With `force_path` (a file with one
@@ -509,9 +511,15 @@ def translate(
     "jsonl" reads one {"text": ..., "glossary": {source term: target term}} object per line
     (nmt/data/textio.py): the line's terms join the glossary file's for that line.
 
+    Each line is split into sentences unless decode.split is false (`--no-split`); the
+    translations are joined with the line's spacing, one output line per input line.
+    Attention files hold one record per sentence, Pharaoh alignments one line per input line
+    (the words of its sentences counted in turn). A Markdown or HTML document (`doc_format`, or
+    the input's extension: nmt/markup/document.py) goes to `translate_document` instead.
+
     A file is checked whole (UTF-8, gzip) before the model loads and then read in chunks; stdin
     (a pipe or a terminal) is answered in micro-batches as lines arrive, flushed after each.
-    Returns {"sentences", "tokens", "seconds"}.
+    `threads` > 0 sets torch's CPU threads. Returns {"lines", "sentences", "tokens", "seconds"}.
     """
     import sys
 
@@ -519,7 +527,8 @@ def translate(
     from nmt.data import textio
     from nmt.data.corpus import open_binary
     from nmt.data.glossary import Glossary
-    from nmt.inference import Translator
+    from nmt.inference import Translator, set_threads
+    from nmt.markup.document import document_format
 
     log = log or _log_stderr
     if output_format not in OUTPUT_FORMATS:
@@ -545,6 +554,19 @@ def translate(
     given = _given(("-i", input_path), ("--force", force_path), ("--glossary", glossary_path))
     inputs = [Input(path, flag) for flag, path in given]
     guard_outputs(outputs, inputs + model_inputs(checkpoints), ConfigError)
+    fmt = document_format(input_path, doc_format)
+    if fmt != "text":
+        exports = {"--attention-out": attention_out, "--alignments-out": alignments_out,
+                   "--plot-dir": plot_dir, "--force": force_path}  # fmt: skip
+        refused = [flag for flag, value in exports.items() if value is not None]
+        if input_format != "text":
+            refused.append(f"--input-format {input_format}")
+        if refused or output_format != "text" or with_attention:
+            what = refused[0] if refused else "--output-format jsonl / --attention"
+            raise ConfigError(f"{what}: works on plain text; a {fmt} document is written whole")
+        glossary = Glossary.from_file(glossary_path) if glossary_path is not None else None
+        return translate_document(checkpoints, input_path, output_path, fmt, overrides, flags,
+                                  device, log, threads, glossary)  # fmt: skip
     if force_path is not None and input_path is None:
         raise ConfigError("--force pairs translations with the lines of a file: give it with -i")
     if force_path is not None and glossary_path is not None:
@@ -555,6 +577,7 @@ def translate(
         if (asked.get("nbest") or 1) > 1 or asked.get("sample") in (True, "true", "True"):
             raise ConfigError(FORCE_ONE_TRANSLATION)
     forced: Iterator[list[str]] | None = None
+    sources = 0  # lines of a regular input file, for the progress bar
     for flag, path in _given(("-i", input_path), ("--force", force_path)):
         if force_path is not None and textio.is_stream(path):
             raise ConfigError(
@@ -574,6 +597,7 @@ def translate(
     else:
         batches = textio.micro_batches(textio.stdin_binary(sys.stdin))
         where = "<stdin>"
+    set_threads(threads)
     translator = Translator.load(
         checkpoints, device, overrides or [], log, glossary=glossary, **(flags or {})
     )
@@ -586,11 +610,13 @@ def translate(
     if input_path is None and sys.stdin is not None and sys.stdin.isatty():
         log("type a sentence and press Enter; Ctrl-D ends")
     started = time.perf_counter()
+    total = sources if input_path is not None and (output_path or not sys.stdout.isatty()) else 0
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(atomic_open(output_path)) if output_path else sys.stdout
         sinks = stack.enter_context(
             AttentionSinks(translator, attention_out, alignments_out, plot_dir)
         )
+        advance = stack.enter_context(progress_bar(total, "translating"))
         for lines in batches:
             line_glossaries = None
             if input_format == "jsonl":
@@ -610,10 +636,116 @@ def translate(
             writer.write(out, results)
             sinks.write(results)
             writer.flush(out)
+            advance(len(lines))
     seconds = time.perf_counter() - started
     done = "read" if forced is not None else "translated"
-    log(f"{done} {writer.count:,} lines in {seconds:.1f} s")
-    return {"sentences": writer.count, "tokens": writer.tokens, "seconds": seconds}
+    split = f" ({writer.sentences:,} sentences)" if writer.sentences != writer.count else ""
+    log(f"{done} {writer.count:,} lines{split} in {seconds:.1f} s")
+    _log_too_long(translator, log)
+    return {"lines": writer.count, "sentences": writer.sentences, "tokens": writer.tokens,
+            "seconds": seconds}  # fmt: skip
+
+
+TOO_LONG_DONE = {"split": "translated in pieces cut at word boundaries",
+                 "truncate": "cut short (decode.too_long=truncate)"}  # fmt: skip
+
+
+def _log_too_long(translator: Any, log: Callable[[str], None]) -> None:
+    """The count of sentences longer than the model takes, after the per-line warnings."""
+    count = translator.too_long_sentences
+    if count:
+        how = TOO_LONG_DONE[translator.cfg.too_long]
+        log(f"{count:,} sentence(s) longer than the model's maximum of {translator.max_src_len} "
+            f"subwords: {how}")  # fmt: skip
+
+
+def translate_document(
+    checkpoints: list[Path],
+    input_path: Path | None,
+    output_path: Path | None,
+    fmt: str,
+    overrides: list[str] | None,
+    flags: dict[str, Any] | None,
+    device: str,
+    log: Callable[[str], None],
+    threads: int = 0,
+    glossary: Any = None,
+) -> dict[str, Any]:
+    """`nmt translate` on a Markdown or HTML document (nmt/markup/): read whole, its blocks
+    translated sentence by sentence in token batches (following `glossary` when given), inline
+    markup placed by the alignment, written whole (atomically to `output_path`, else to
+    stdout)."""
+    import sys
+
+    from nmt.data.corpus import read_text
+    from nmt.inference import Translator, set_threads
+    from nmt.markup.document import translate_document as translate_markup
+
+    where = str(input_path) if input_path is not None else "<stdin>"
+    if input_path is not None:
+        source = read_text(Path(input_path))
+    else:
+        try:
+            source = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"<stdin>: not valid UTF-8 (byte {exc.start})") from None
+    set_threads(threads)
+    translator = Translator.load(
+        checkpoints, device, overrides or [], log, glossary=glossary, **(flags or {})
+    )
+    started = time.perf_counter()
+    counts = {"units": 0, "sentences": 0}
+
+    def aligned(texts: list[str]) -> list[Any]:
+        results = []
+        with progress_bar(len(texts) if len(texts) > 1 else 0, "translating") as advance:
+            for first in range(0, len(texts), 1000):
+                chunk = texts[first : first + 1000]
+                results += translator.translate_full(chunk, attention=True, first_index=first,
+                                                     where=f"{where} (block)")  # fmt: skip
+                advance(len(chunk))
+        counts["units"] = len(results)
+        counts["sentences"] = sum(len(r.sentences) for r in results)
+        return [r.aligned() for r in results]
+
+    result = translate_markup(source, fmt, aligned)
+    if output_path is not None:
+        write_text(Path(output_path), result.text)
+    else:
+        try:
+            sys.stdout.write(result.text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise _reader_gone(0) from None
+    seconds = time.perf_counter() - started
+    log(f"translated {fmt}: {counts['units']:,} blocks ({counts['sentences']:,} sentences) in "
+        f"{seconds:.1f} s")  # fmt: skip
+    if result.skipped:
+        log(f"warning: {where}: {result.skipped:,} block(s) left untranslated: their markup "
+            "could not be followed")  # fmt: skip
+    _log_too_long(translator, log)
+    return {"lines": counts["units"], "sentences": counts["sentences"], "tokens": 0,
+            "seconds": seconds, "skipped": result.skipped}  # fmt: skip
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr, only when stderr is a terminal and there is a known
+    `total` (lines); yields the function that advances it. The bar leaves no trace."""
+    import sys
+
+    if not total or not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = (f"{what}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    # stdout may be the translation itself: only stderr goes through the live display.
+    with Progress(*columns, console=Console(stderr=True), transient=True,
+                  redirect_stdout=False) as bar:  # fmt: skip
+        task = bar.add_task(what, total=total)
+        yield lambda done: bar.advance(task, done)
 
 
 def jsonl_requests(
@@ -681,6 +813,7 @@ class TranslationWriter:
         self.with_attention = with_attention
         self.where = str(path) if path is not None else "<stdout>"  # names a failed write
         self.count = 0
+        self.sentences = 0
         self.tokens = 0
 
     def flush(self, out: Any) -> None:
@@ -696,6 +829,8 @@ class TranslationWriter:
     def write(self, out: Any, results: list[Any]) -> None:
         import json
 
+        from nmt.inference import EOS_PIECE
+
         try:
             for result in results:
                 if self.jsonl:
@@ -707,7 +842,8 @@ class TranslationWriter:
                 else:
                     out.write(result.translation + "\n")
                 self.count += 1
-                self.tokens += max(0, len(result.tokens) - 1)  # EOS not counted
+                self.sentences += max(1, len(result.sentences))
+                self.tokens += sum(t != EOS_PIECE for t in result.tokens)
         except BrokenPipeError:
             raise _reader_gone(self.count) from None
         except OSError as exc:  # a full disk: named here, not by another output's file
@@ -753,17 +889,22 @@ class AttentionSinks:
         from nmt.decoding.plot import plot_attention
 
         for result in results:
-            record = result.record
-            if self.attention is not None and record is not None:
-                self.attention.write(record)
+            sentences = result.sentences or [result]
+            for sentence in sentences:
+                record = sentence.record
+                if self.attention is not None and record is not None:
+                    self.attention.write(record)
+                if self.plot_dir is not None and record is not None and record.word_matrix.size:
+                    name = f"attention_{record.index}" + (
+                        f"_{record.sentence}" if len(sentences) > 1 else ""
+                    )
+                    plot_attention(record, Path(self.plot_dir) / f"{name}.png")
             if self.alignments is not None:
                 try:
                     self.alignments.write(format_pharaoh(result.alignment) + "\n")
                 except OSError as exc:
                     exc.filename = exc.filename or str(self.paths[1])
                     raise
-            if self.plot_dir is not None and record is not None and record.word_matrix.size:
-                plot_attention(record, Path(self.plot_dir) / f"attention_{record.index}.png")
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.__exit__(*exc)
@@ -820,12 +961,14 @@ def evaluate(
     tokenize: str | None = None,
     log: Callable[[str], None] | None = None,
     glossary_path: Path | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """`nmt evaluate`: translate each test set's source (or take its --hyp file) and score it with
     sacreBLEU (BLEU + signature, lowercased BLEU, chrF, TER). Every file is checked before any
     translation starts. `hyp_out` is a file for one test set and a folder (NAME.hyp) for several.
     With `glossary_path` the translations follow that glossary and each test set's entry counts
     its terms ("terms": found in the sources, placed in the translations).
+    Lines are split into sentences as `nmt translate` splits them (decode.split, `--no-split`).
     Returns (and writes to `report_path` as JSON) {"models", "decode", "tests": {NAME: ...}}.
     """
     from nmt.checkpoint import guard_outputs
@@ -870,8 +1013,9 @@ def evaluate(
         texts[name] = {"lines": lines, "refs": refs}
     translator = None
     if uses_model:
-        from nmt.inference import Translator
+        from nmt.inference import Translator, set_threads
 
+        set_threads(threads)
         translator = Translator.load(
             checkpoints, device, overrides or [], log, glossary=glossary, **(flags or {})
         )
@@ -884,10 +1028,18 @@ def evaluate(
         }
         if translator is not None and files["hyp"] is None:
             started = time.perf_counter()
-            outputs = translator.translate_full(lines, where=str(files["src"]))
+            outputs = []
+            with progress_bar(len(lines), f"translating {name}") as advance:
+                for first in range(0, len(lines), EVALUATE_CHUNK):
+                    chunk = lines[first : first + EVALUATE_CHUNK]
+                    outputs += translator.translate_full(chunk, first_index=first,
+                                                         where=str(files["src"]))  # fmt: skip
+                    advance(len(chunk))
             seconds = time.perf_counter() - started
             hyps = [r.translation for r in outputs]
-            out_tokens = sum(max(0, len(r.tokens) - 1) for r in outputs)  # EOS not counted
+            out_tokens = sum(t != "</s>" for r in outputs for t in r.tokens)  # EOS not counted
+            entry["split"] = translator.cfg.split
+            entry["source_sentences"] = sum(len(r.sentences) for r in outputs)
             entry["decode_seconds"] = round(seconds, 3)
             entry["sentences_per_second"] = round(len(hyps) / seconds, 2) if seconds else None
             entry["tokens_per_second"] = round(out_tokens / seconds, 1) if seconds else None
@@ -897,7 +1049,9 @@ def evaluate(
                 target = _hyp_file(hyp_out, name, len(sets))
                 write_text(target, "".join(h + "\n" for h in hyps))
                 entry["hyp"] = str(target)
-            log(f"{name}: translated {len(hyps):,} sentences in {seconds:.1f} s")
+            split = ("" if entry["source_sentences"] == len(hyps)
+                     else f" ({entry['source_sentences']:,} sentences)")  # fmt: skip
+            log(f"{name}: translated {len(hyps):,} lines{split} in {seconds:.1f} s")
         else:
             hyps = lines
             entry["hyp"] = str(files["hyp"])
@@ -912,6 +1066,8 @@ def evaluate(
             "decode": to_dict(translator.cfg),
             **report,
         }
+    if translator is not None:
+        _log_too_long(translator, log)
     if report_path is not None:
         write_json(report_path, report)
     return report
@@ -953,6 +1109,10 @@ def count_terms(results: list[Any]) -> dict[str, Any]:
         "placed_percent": round(100 * placed / len(placements), 2) if placements else None,
         "far_from_source": sum(p.is_far for p in placements),
     }
+
+
+# Lines per translate_full call in evaluate: the progress bar moves after each.
+EVALUATE_CHUNK = 1000
 
 
 def print_scores(report: dict[str, Any], console: Console | None = None) -> None:
@@ -1017,9 +1177,15 @@ def align_eval(gold: Path, hyp: Path, report_path: Path | None = None) -> dict[s
 
 
 def plot(
-    attention_file: Path, index: int, out: Path, layer: int | None = None, subwords: bool = False
+    attention_file: Path,
+    index: int,
+    out: Path,
+    layer: int | None = None,
+    subwords: bool = False,
+    sentence: int = 0,
 ) -> Path:
-    """`nmt plot`: the heatmap of sentence `index` (0-based input line) of an attention file."""
+    """`nmt plot`: the heatmap of sentence `sentence` of input line `index` (both 0-based) of an
+    attention file."""
     from nmt.checkpoint import guard_outputs
     from nmt.decoding.alignment import get_record
     from nmt.decoding.plot import plot_attention
@@ -1028,8 +1194,9 @@ def plot(
         raise ConfigError(f"--out {out}: write a .png file")
     inputs = [Input(Path(attention_file), "the attention file")]
     guard_outputs([Output("--out", Path(out))], inputs, ConfigError)
-    _, record = get_record(attention_file, index)
-    return plot_attention(record, out, layer=layer, words=not subwords, title=f"sentence {index}")
+    _, record = get_record(attention_file, index, sentence)
+    title = f"sentence {index}" + (f".{sentence}" if sentence else "")
+    return plot_attention(record, out, layer=layer, words=not subwords, title=title)
 
 
 def plot_metrics(runs: list[Path], out: Path, metric: str = "bleu") -> Path:

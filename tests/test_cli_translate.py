@@ -28,6 +28,9 @@ def run_dir(tiny_transformer_run: Path) -> Iterator[Path]:
     torch.set_num_threads(threads)
 
 
+THREADS = torch.get_num_threads()  # restored after a command that sets its own
+
+
 def invoke(*args: str, stdin: str | None = None) -> object:
     return CliRunner().invoke(app, [str(a) for a in args], input=stdin)
 
@@ -147,16 +150,59 @@ def test_translate_all_heads_and_a_grid_plot(run_dir: Path, tmp_path: Path) -> N
     assert drawn.exit_code == 0, drawn.output
 
 
-def test_too_long_lines_are_truncated_or_refused(run_dir: Path, tmp_path: Path) -> None:
+def test_a_split_line_exports_one_attention_record_per_sentence(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    lines = ["ba ce do. Fo ga! Ke lo ba", "", "ha ke"]
+    src = write_lines(tmp_path / "para.de", lines)
+    result = invoke(
+        "translate", run_dir, "-i", src, "-o", tmp_path / "out.en", "--threads", "1",
+        "--attention-out", tmp_path / "attn.jsonl", "--alignments-out", tmp_path / "out.align",
+        "--plot-dir", tmp_path / "plots",
+    )  # fmt: skip
+    torch.set_num_threads(THREADS)
+    assert result.exit_code == 0, result.output
+    assert "translated 3 lines (5 sentences)" in result.stderr
+    outputs = (tmp_path / "out.en").read_text(encoding="utf-8").splitlines()
+    assert len(outputs) == 3 and outputs[1] == ""
+    records = [json.loads(r) for r in (tmp_path / "attn.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["sentence"]) for r in records] == [(0, 0), (0, 1), (0, 2), (1, 0),
+                                                                (2, 0)]  # fmt: skip
+    assert [len(r["src_words"]) for r in records] == [3, 2, 3, 0, 2]  # "." and "F" are unknown
+    # Pharaoh: one line per input line, the sentences' words counted in turn.
+    links = (tmp_path / "out.align").read_text(encoding="utf-8").splitlines()
+    assert len(links) == 3
+    pairs = [tuple(map(int, p.split("-"))) for p in links[0].split()]
+    tgt_total = sum(len(r["tgt_words"]) for r in records[:3])
+    assert len(pairs) == tgt_total and max(s for s, _ in pairs) >= 5  # reaches the third
+    assert " ".join(w for r in records[:3] for w in r["tgt_words"]) == outputs[0]
+    plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert plots == ["attention_0_0.png", "attention_0_1.png", "attention_0_2.png",
+                     "attention_2.png"]  # fmt: skip
+    drawn = invoke("plot", tmp_path / "attn.jsonl", "--index", "0", "--sentence", "2", "--out",
+                   tmp_path / "s.png")  # fmt: skip
+    assert drawn.exit_code == 0 and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    one_line_error(invoke("plot", tmp_path / "attn.jsonl", "--index", "0", "--sentence", "3",
+                          "--out", tmp_path / "x.png"), 1, "line 0 has no sentence 3")  # fmt: skip
+    whole = invoke("translate", run_dir, "-i", src, "--no-split", "--output-format", "jsonl")
+    assert [len(json.loads(r)["sentences"]) for r in whole.stdout.splitlines()] == [1, 1, 1]
+
+
+def test_too_long_lines_are_cut_truncated_or_refused(run_dir: Path, tmp_path: Path) -> None:
     long = " ".join(["ba ce do fo"] * 20)  # far over max_positions = 32 subwords
     src = write_lines(tmp_path / "long.de", ["ce", long])
-    result = invoke("translate", run_dir, "-i", src)
+    result = invoke("translate", run_dir, "-i", src, "--output-format", "jsonl")
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 2
-    assert (
-        "long.de:2:" in result.stderr and "truncated to the model's maximum of 31" in result.stderr
-    )
+    assert "long.de:2:" in result.stderr and "translated in" in result.stderr
+    assert "1 sentence(s) longer than the model's maximum of 31 subwords" in result.stderr
+    pieces = json.loads(result.stdout.splitlines()[1])["sentences"]
+    assert len(pieces) >= 3  # every word read: the pieces cover the line
+    covered = " ".join(long[p["src_start"] : p["src_end"]] for p in pieces)
+    assert covered == long
+    cut = invoke("translate", run_dir, "-i", src, "--set", "decode.too_long=truncate")
+    assert cut.exit_code == 0 and "its end is cut off" in cut.stderr
     refused = invoke("translate", run_dir, "-i", src, "--set", "decode.too_long=error")
-    one_line_error(refused, 1, "long.de:2:", "decode.too_long=truncate")
+    one_line_error(refused, 1, "long.de:2:", "decode.too_long=split")
 
 
 # ---- evaluate --------------------------------------------------------------------------------

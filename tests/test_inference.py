@@ -185,8 +185,18 @@ def jsonl_rows(run_dir: Path, *args: object) -> list[dict]:
 def test_jsonl_rows_have_the_documented_keys(run_dir: Path) -> None:
     rows = jsonl_rows(run_dir)
     assert len(rows) == len(LINES)
-    for row in rows:
-        assert set(row) == {"translation", "score", "tokens", "token_scores", "alignment"}
+    fields = {"translation", "score", "tokens", "token_scores", "alignment"}
+    offsets = {"src_start", "src_end", "tgt_start", "tgt_end"}
+    for line, row in zip(LINES, rows, strict=True):
+        assert set(row) == fields | {"sentences"}
+        for sentence in row["sentences"]:
+            assert set(sentence) == fields | offsets
+            # A blank line is one empty sentence.
+            assert bool(line[sentence["src_start"] : sentence["src_end"]].strip()) == bool(
+                line.strip()
+            )
+            text = row["translation"][sentence["tgt_start"] : sentence["tgt_end"]]
+            assert text == sentence["translation"]
     plain = cli("translate", run_dir, stdin="\n".join(LINES)).stdout.splitlines()
     assert [row["translation"] for row in rows] == plain
     assert rows[0]["alignment"] and all("-" in link for link in rows[0]["alignment"].split())
@@ -314,6 +324,22 @@ def test_a_glossary_per_call_and_per_line(run_dir: Path) -> None:
     assert alike[0].translation == results[0].translation
     with pytest.raises(ConfigError, match="1 glossaries for 2 lines"):
         translator.translate_full(["ba", "ce"], glossary=[mine])
+
+
+def test_terms_of_a_split_line_are_placed_per_sentence_and_counted_over_the_line(
+    run_dir: Path, glossary_file: Path
+) -> None:
+    translator = Translator.load(run_dir, "cpu", glossary=glossary_file)
+    (line,) = translator.translate_full(["ba do. Fo ce ga"])
+    first, second = line.sentences
+    assert first.terms == [] and [p.match.term.src for p in second.terms or []] == ["ce"]
+    assert "KE" in second.translation.split()
+    (term,) = line.to_dict()["terms"]
+    # Counted over the line: the first sentence's words come before.
+    shift_src, shift_tgt = len(first.src_words), len(first.tgt_words)
+    assert term["src_words"] == [shift_src + 1, shift_src + 1]
+    start, end = term["tgt_words"]
+    assert line.translation.split()[start : end + 1] == ["KE"] and start >= shift_tgt
 
 
 def test_nbest_lists_hold_the_terms_too(run_dir: Path, glossary_file: Path) -> None:

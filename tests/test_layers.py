@@ -21,6 +21,7 @@ RANK = {
     "nmt.config": 1,
     "nmt.models": 2,
     "nmt.data": 2,
+    "nmt.markup": 2,
     "nmt.metrics": 2,
     "nmt.decoding": 3,
     "nmt.checkpoint": 3,

@@ -239,6 +239,7 @@ class AttentionRecord:
     src_words: list[str] = field(default_factory=list)
     tgt_words: list[str] = field(default_factory=list)
     word_matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    sentence: int = 0  # position in its line, when the line was split into sentences
 
 
 def make_record(
@@ -274,11 +275,15 @@ class AttentionWriter:
     """Streams AttentionRecords to `.npz` or `.jsonl` (chosen by the file's suffix), atomically:
     the file appears only when the writer is closed without an error.
 
-    .npz: for sentence i the arrays `attention_i` (float32 subword matrix), `words_i` (word matrix),
-    `src_i`, `tgt_i` (subword strings), `src_words_i`, `tgt_words_i`; plus `meta`, a JSON string
-    with the number of sentences and the settings (arch, attention_layer, attention_head).
-    .jsonl: one JSON object per sentence with the same fields (`index`, `src`, `tgt`, `attention`,
-    `src_words`, `tgt_words`, `word_attention`), and the settings in every line.
+    Records are sentences, in the order written: a line split into several sentences gives one
+    record each, with `index` the 0-based input line and `sentence` the sentence's place in it
+    (a line read whole is sentence 0, so without splitting record k is line k).
+    .npz: for record k the arrays `attention_k` (float32 subword matrix), `words_k` (word matrix),
+    `src_k`, `tgt_k` (subword strings), `src_words_k`, `tgt_words_k`, `index_k` and `sentence_k`;
+    plus `meta`, a JSON string with the number of records and the settings (arch,
+    attention_layer, attention_head).
+    .jsonl: one JSON object per record with the same fields (`index`, `sentence`, `src`, `tgt`,
+    `attention`, `src_words`, `tgt_words`, `word_attention`), and the settings in every line.
     """
 
     def __init__(self, path: str | Path, meta: dict[str, Any]) -> None:
@@ -304,7 +309,9 @@ class AttentionWriter:
 
     def _write(self, record: AttentionRecord) -> None:
         if self._zip is not None:
-            i = record.index
+            i = self.count
+            self._array(f"index_{i}", np.array(record.index))
+            self._array(f"sentence_{i}", np.array(record.sentence))
             self._array(f"attention_{i}", record.matrix.astype(np.float32))
             self._array(f"words_{i}", record.word_matrix.astype(np.float32))
             for name in ("src", "tgt"):
@@ -313,6 +320,7 @@ class AttentionWriter:
         else:
             row = {
                 "index": record.index,
+                "sentence": record.sentence,
                 **self.meta,
                 "src": record.src_pieces,
                 "tgt": record.tgt_pieces,
@@ -420,8 +428,12 @@ _META_KEYS = ("arch", "attention_layer", "attention_head")
 def _npz_records(data: Any, count: int, path: Path) -> Iterator[AttentionRecord]:
     for i in range(count):
         try:
+            # Files written before sentence splitting hold one record per line, in line order.
+            index = int(data[f"index_{i}"]) if f"index_{i}" in data.files else i
+            sentence = int(data[f"sentence_{i}"]) if f"sentence_{i}" in data.files else 0
             yield AttentionRecord(
-                index=i,
+                index=index,
+                sentence=sentence,
                 src_pieces=data[f"src_{i}"].tolist(),
                 tgt_pieces=data[f"tgt_{i}"].tolist(),
                 matrix=data[f"attention_{i}"],
@@ -461,6 +473,7 @@ def _json_record(row: dict[str, Any], where: str) -> AttentionRecord:
     try:
         return AttentionRecord(
             index=int(row["index"]),
+            sentence=int(row.get("sentence", 0)),
             src_pieces=list(row["src"]),
             tgt_pieces=list(row["tgt"]),
             matrix=np.asarray(row["attention"], dtype=np.float32),
@@ -474,16 +487,24 @@ def _json_record(row: dict[str, Any], where: str) -> AttentionRecord:
         ) from None
 
 
-def get_record(path: str | Path, index: int) -> tuple[dict[str, Any], AttentionRecord]:
-    """Record `index` (0-based input line) of an attention file."""
+def get_record(
+    path: str | Path, index: int, sentence: int = 0
+) -> tuple[dict[str, Any], AttentionRecord]:
+    """The record of sentence `sentence` of input line `index` (both 0-based) of an attention
+    file."""
     meta, records = read_attention(path)
     count = meta.get("sentences", 0)
-    if not 0 <= index < count:
-        raise DataError(
-            f"{path}: --index {index} is out of range; the file holds {count} sentences"
-        )
+    if index < 0 or sentence < 0:
+        raise DataError(f"{path}: --index and --sentence count from 0; got {index}, {sentence}")
+    lines = set()
     for record in records:
-        if record.index == index:
+        lines.add(record.index)
+        if record.index == index and record.sentence == sentence:
             check_record(record, str(path))
             return meta, record
-    raise DataError(f"{path}: no record with index {index}")
+    if index not in lines:
+        raise DataError(
+            f"{path}: --index {index} is out of range; the file holds {len(lines)} lines "
+            f"({count} sentences)"
+        )
+    raise DataError(f"{path}: line {index} has no sentence {sentence}")

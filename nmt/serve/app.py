@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,7 +33,7 @@ from nmt.errors import ConfigError, NmtError
 from nmt.serve.access import AccessPolicy
 from nmt.serve.batcher import Batcher, DecoderStopped, QueueFull
 from nmt.serve.metrics import Metrics
-from nmt.serve.protocol import BadRequest, parse_translate
+from nmt.serve.protocol import BadRequest, TranslateRequest, parse_translate
 
 if TYPE_CHECKING:
     from nmt.inference import Translator
@@ -179,6 +180,8 @@ def create_app(
         except ClientGone as exc:
             return gone(request, "sending", f"while sending its request ({exc.received:,} bytes)")
         req = parse_translate(body, names, default_beam, cfg)
+        if req.document is not None:
+            return await translate_document_request(req, started)
         try:
             job = batcher.submit(req.model, req.lines, req.options)
         except QueueFull as exc:
@@ -205,6 +208,18 @@ def create_app(
         return json_response(
             {"translations": results, "model": req.model, "time_ms": round(elapsed, 2)}
         )
+
+    async def translate_document_request(req: TranslateRequest, started: float) -> Response:
+        try:
+            answer = await translate_document(batcher, req)
+        except QueueFull as exc:
+            return error_response(503, f"server busy: {exc}")
+        except DecoderStopped as exc:
+            return error_response(503, f"the decoder has stopped ({exc}); restart the server")
+        except NmtError as exc:
+            return error_response(422, str(exc))
+        elapsed = (time.perf_counter() - started) * 1000
+        return json_response({**answer, "model": req.model, "time_ms": round(elapsed, 2)})
 
     async def health(request: Request) -> Response:
         decoder = batcher.state
@@ -265,6 +280,40 @@ def create_app(
                                allow_methods=["GET", "POST"],
                                allow_headers=["content-type", "authorization"])  # fmt: skip
     return Guard(inner, state, metrics, AccessPolicy(cfg, api_key))
+
+
+async def translate_document(batcher: Batcher, req: TranslateRequest) -> dict[str, Any]:
+    """An HTML or Markdown request (nmt/markup/): parsed and rebuilt in a worker thread, whose
+    blocks go through the batcher like any lines. Answers {"document", "format", "blocks",
+    "skipped", "translations"} (a row per block, their attention only when asked for; skipped:
+    Markdown blocks left untranslated because their markup could not be followed)."""
+    from nmt.decoding.alignment import parse_pharaoh
+    from nmt.markup.document import translate_document as translate_markup
+    from nmt.markup.inline import Aligned
+
+    loop = asyncio.get_running_loop()
+    # The words come with the attention; it is dropped again unless the client asked for it.
+    options = dataclasses.replace(req.options, attention=True, attention_detail=False)
+    rows: list[dict[str, Any]] = []
+
+    def aligned(texts: list[str]) -> list[Aligned]:
+        work = batcher.translate(req.model, texts, options)
+        rows.extend(asyncio.run_coroutine_threadsafe(work, loop).result())
+        return [
+            Aligned(row["translation"], row["attention"]["src_words"],
+                    row["attention"]["tgt_words"], sorted(parse_pharaoh(row["alignment"])[0]))
+            for row in rows
+        ]  # fmt: skip
+
+    assert req.document is not None
+    result = await asyncio.to_thread(translate_markup, req.document, req.format, aligned)
+    if not req.options.attention:
+        for row in rows:
+            row.pop("attention", None)
+            for sentence in row["sentences"]:
+                sentence.pop("attention", None)
+    return {"document": result.text, "format": req.format, "blocks": result.units,
+            "skipped": result.skipped, "translations": rows}  # fmt: skip
 
 
 def describe(name: str, translator: Translator, is_default: bool) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from nmt.data.glossary import Glossary
 from nmt.errors import NmtError
+from nmt.inference import block_diagonal
 from nmt.serve.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Options:
     attention: bool
     attention_detail: bool  # every layer and head of a Transformer, for the page's selectors
     glossary: tuple[tuple[str, str], ...] = ()  # (source term, target term) pairs, sorted
+    split: bool = True  # each line translated sentence by sentence (nmt/data/sentences.py)
 
 
 @dataclass
@@ -225,10 +227,9 @@ class Batcher:
         decode.too_long=error). Such a job is answered with that error now, naming its own line,
         so that it cannot fail the call it would have shared with other clients' requests."""
         translator = self.translators[job.model]
-        if translator.cfg.too_long != "error":
-            return sum(len(ids) + 1 for ids in translator.src_tok.encode_batch(job.lines))
         try:
-            return sum(len(ids) + 1 for ids in translator.encode(job.lines, 0, "request"))
+            plan = translator.plan(job.lines, job.options.split, 0, "request")
+            return sum(len(ids) + 1 for ids in plan.src_ids)
         except NmtError as exc:
             _resolve(job, None, exc)
             return None
@@ -302,6 +303,7 @@ def decode_stream(
         nbest=options.nbest,
         attention=True,
         glossary=request_glossary(options),
+        split=options.split,
     )
     for n, result in results:
         yield n, result.to_dict(nbest=options.nbest > 1, attention=options.attention)
@@ -310,16 +312,15 @@ def decode_stream(
 def _decode_detail(
     translator: Translator, lines: list[str], options: Options
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """As `decode_stream`, plus every decoder layer and head of the word attention under
-    attention.layers, shaped (layers, heads, target words, source words). The matrix and the
-    hard alignment stay those of the run's decode.attention_layer / attention_head (the alignment
-    of a run trained with guided alignment: its supervised head): word merging is linear, so
-    reducing the per-head word matrices gives the same numbers."""
-    import numpy as np
+    """As `decode_stream`, plus every decoder layer and head of each sentence's word attention
+    under sentences[k].attention.layers, shaped (layers, heads, target words, source words), and
+    the run's own choice under attention.layer / attention.head. The matrices and the hard
+    alignments stay those of the run's decode.attention_layer / attention_head (the alignment of
+    a run trained with guided alignment: its supervised head): word merging is linear, so
+    reducing the per-head word matrices gives the same numbers. The line's own attention is the
+    sentences' reduced matrices, block diagonal."""
+    from nmt.decoding.alignment import format_pharaoh
 
-    from nmt.decoding.alignment import format_pharaoh, hard_alignment, reduce_attention
-
-    cfg = translator.cfg
     results = translator.translate_stream(
         lines,
         beam_size=options.beam,
@@ -328,15 +329,56 @@ def _decode_detail(
         attention_layer="all",
         attention_head="all",
         glossary=request_glossary(options),
+        split=options.split,
     )
     for n, result in results:
         row = result.to_dict(nbest=options.nbest > 1, attention=True)
-        layers = result.attention  # (L, H, Tw, Sw), or (0, 0) for an empty line
-        if layers is not None and layers.ndim == 4:
-            words = reduce_attention(layers.transpose(2, 0, 1, 3), cfg.attention_layer,
-                                     cfg.attention_head)  # fmt: skip
-            if translator.aligned_head is None:  # else the result's links come from that head
-                row["alignment"] = format_pharaoh(hard_alignment(words, cfg.align_threshold))
-            row["attention"]["matrix"] = np.round(words.astype(np.float64), 4).tolist()
-            row["attention"]["layers"] = np.round(layers.astype(np.float64), 4).tolist()
+        links: list[tuple[int, int]] = []
+        blocks = []
+        src_offset = tgt_offset = 0
+        for sentence, sentence_row in zip(result.sentences, row["sentences"], strict=True):
+            words, sentence_links = _reduced(translator, sentence, sentence_row)
+            blocks.append(words)
+            links += [(i + src_offset, j + tgt_offset) for i, j in sentence_links]
+            src_offset += words.shape[1]
+            tgt_offset += words.shape[0]
+        if blocks and all(b.size for b in blocks):
+            row["alignment"] = format_pharaoh(links)
+            row["attention"]["matrix"] = _rounded(block_diagonal(blocks))
+            if len(blocks) == 1:
+                row["attention"]["layers"] = row["sentences"][0]["attention"]["layers"]
         yield n, row
+
+
+def _reduced(
+    translator: Translator, sentence: Any, row: dict[str, Any]
+) -> tuple[Any, list[tuple[int, int]]]:
+    """A sentence's word attention reduced as the run says, its hard links, and its row's
+    attention and alignment rewritten with them (the layers kept beside)."""
+    import numpy as np
+
+    from nmt.decoding.alignment import format_pharaoh, hard_alignment, reduce_attention
+
+    cfg = translator.cfg
+    layers = sentence.attention  # (L, H, Tw, Sw), or (0, 0) for an empty line
+    if layers is None or layers.ndim != 4:
+        return np.zeros((0, 0), np.float32), list(sentence.alignment)
+    words = reduce_attention(layers.transpose(2, 0, 1, 3), cfg.attention_layer,
+                             cfg.attention_head)  # fmt: skip
+    links = list(sentence.alignment)
+    if translator.aligned_head is None:  # else the links come from that head already
+        links = hard_alignment(words, cfg.align_threshold)
+    row["alignment"] = format_pharaoh(links)
+    row["attention"].update(
+        matrix=_rounded(words),
+        layers=_rounded(layers),
+        layer=cfg.attention_layer,
+        head=cfg.attention_head,
+    )
+    return words, links
+
+
+def _rounded(matrix: Any) -> Any:
+    import numpy as np
+
+    return np.round(matrix.astype(np.float64), 4).tolist()

@@ -11,7 +11,9 @@ from typing import Any
 from nmt.config import ServeConfig
 from nmt.serve.batcher import Options
 
-FIELDS = ("text", "model", "beam", "nbest", "attention", "attention_detail", "glossary")
+FIELDS = ("text", "model", "beam", "nbest", "attention", "attention_detail", "glossary", "split",
+          "format")  # fmt: skip
+FORMATS = ("text", "html", "markdown")
 
 
 class BadRequest(Exception):
@@ -27,9 +29,13 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True)
 class TranslateRequest:
+    """What to translate: `lines` (format "text"), or one `document` in HTML or Markdown."""
+
     model: str
     lines: list[str]
     options: Options
+    format: str = "text"
+    document: str | None = None
 
 
 def parse_translate(
@@ -43,7 +49,15 @@ def parse_translate(
         close = difflib.get_close_matches(unknown[0], FIELDS, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise BadRequest(422, f"unknown field {unknown[0]!r}{hint} (fields: {', '.join(FIELDS)})")
-    lines = _lines(data, cfg)
+    fmt = data.get("format", "text")
+    if fmt not in FORMATS:
+        raise BadRequest(422, f"'format' is {fmt!r}; expected one of {', '.join(FORMATS)}")
+    document = None
+    if fmt == "text":
+        lines = _lines(data, cfg)
+    else:
+        document = _document(data, fmt, cfg)
+        lines = []
     model = data.get("model")
     if model is None:
         model = models[0]
@@ -56,7 +70,9 @@ def parse_translate(
     detail = _bool(data, "attention_detail")
     attention = _bool(data, "attention") or detail
     glossary = _glossary(data, cfg)
-    return TranslateRequest(model, lines, Options(beam, nbest, attention, detail, glossary))
+    split = _bool(data, "split", True)
+    options = Options(beam, nbest, attention, detail, glossary, split)
+    return TranslateRequest(model, lines, options, fmt, document)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -79,6 +95,21 @@ def _json_object(body: bytes) -> dict[str, Any]:
             400, f'expected a JSON object such as {{"text": "..."}}, got {_kind(data)}'
         )
     return data
+
+
+def _document(data: dict[str, Any], fmt: str, cfg: ServeConfig) -> str:
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise BadRequest(422, f"'format': {fmt!r} takes the document as one string in 'text'")
+    if len(text) > cfg.max_chars:
+        raise BadRequest(
+            413, f"{len(text)} characters in one request; the limit is {cfg.max_chars}"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(422, "'text' is not valid Unicode") from None
+    return text
 
 
 def _lines(data: dict[str, Any], cfg: ServeConfig) -> list[str]:
@@ -147,8 +178,8 @@ def _int(data: dict[str, Any], name: str, default: int, low: int, high: int) -> 
     return value
 
 
-def _bool(data: dict[str, Any], name: str) -> bool:
-    value = data.get(name, False)
+def _bool(data: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = data.get(name, default)
     if not isinstance(value, bool):
         raise BadRequest(422, f"{name!r} must be true or false, got {_kind(value)}")
     return value

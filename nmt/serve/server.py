@@ -215,6 +215,9 @@ def serve(
             f"warning: listening on {cfg.host} without an API key: anyone who reaches this port "
             "can use the models (see --api-key-file)"
         )
+    from nmt.inference import set_threads
+
+    set_threads(cfg.threads)
     translators = load_translators(list(runs), cfg.device, say)
     for name, translator in translators.items():
         info = translator.info()

@@ -64,7 +64,8 @@ def test_translate_answers_like_the_python_api(server: Server, local: dict) -> N
     assert len(data["translations"]) == len(SENTENCES)
     for got, want in zip(data["translations"], expected, strict=True):
         want = want.to_dict()
-        assert set(got) == {"translation", "score", "tokens", "token_scores", "alignment"}
+        assert set(got) == {"translation", "score", "tokens", "token_scores", "alignment",
+                            "sentences"}  # fmt: skip
         assert got["translation"] == want["translation"] and got["tokens"] == want["tokens"]
         assert got["alignment"] == want["alignment"]
         assert got["score"] == pytest.approx(want["score"], abs=1e-4)
@@ -112,6 +113,45 @@ def test_attention_detail_holds_every_layer_and_head(server: Server) -> None:
     np.testing.assert_allclose(layers[-1].mean(axis=0), detail["attention"]["matrix"], atol=2e-4)
     assert detail["attention"]["matrix"] == plain["attention"]["matrix"]
     assert detail["alignment"] == plain["alignment"]
+
+
+def test_a_paragraph_is_translated_sentence_by_sentence(server: Server, local: dict) -> None:
+    paragraph = "ba ce do.  Fo ge ha! Ke lo ba"
+    row = translate(server, text=paragraph, attention_detail=True).data["translations"][0]
+    sentences = row["sentences"]
+    assert [paragraph[s["src_start"] : s["src_end"]] for s in sentences] == [
+        "ba ce do.", "Fo ge ha!", "Ke lo ba"]  # fmt: skip
+    for sentence in sentences:
+        assert (
+            row["translation"][sentence["tgt_start"] : sentence["tgt_end"]]
+            == (sentence["translation"])
+        )
+        att = sentence["attention"]
+        layers = np.array(att["layers"])
+        assert layers.shape == (2, 2, len(att["tgt_words"]), len(att["src_words"]))
+        assert att["layer"] == "-1" and att["head"] == "mean"
+    # The translation joins the sentences' with the paragraph's own spacing.
+    texts = [s["translation"] for s in sentences]
+    assert row["translation"] == f"{texts[0]}  {texts[1]} {texts[2]}"
+    want = local["tiny-transformer"].translate_full([paragraph])[0]
+    assert row["translation"] == want.translation
+    whole = translate(server, text=paragraph, split=False).data["translations"][0]
+    assert len(whole["sentences"]) == 1
+    want = local["tiny-transformer"].translate_full([paragraph], split=False)[0]
+    assert whole["translation"] == want.translation
+
+
+def test_html_and_markdown_documents(server: Server) -> None:
+    page = '<p>ba <b class="x">ce</b> do</p>\n<pre>ba ce</pre>\n<p>Fo <a href="u">ge</a></p>'
+    data = translate(server, text=page, format="html").data
+    assert data["format"] == "html" and data["blocks"] == 2 and len(data["translations"]) == 2
+    assert data["skipped"] == 0
+    document = data["document"]
+    assert document.count('<b class="x">') == 1 and document.count('<a href="u">') == 1
+    assert "<pre>ba ce</pre>" in document and "attention" not in data["translations"][0]
+    data = translate(server, text="# ba *ce*\n\n- do `fe`\n", format="markdown").data
+    assert data["document"].startswith("# ") and "`fe`" in data["document"]
+    assert data["blocks"] == 2
 
 
 def test_rnn_attention_has_no_layers(server: Server) -> None:
@@ -230,6 +270,9 @@ BAD_BODIES = [
         "glossary: target term",
         "holds characters",
     ),
+    (b'{"text": "ba", "split": 1}', 422, "'split' must be true or false"),
+    (b'{"text": "ba", "format": "pdf"}', 422, "'format' is 'pdf'; expected one of text"),
+    (b'{"text": ["ba"], "format": "html"}', 422, "takes the document as one string"),
 ]
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from serve_support import Server, call
 
@@ -120,18 +121,76 @@ def test_hover_lights_up_the_aligned_source_words(
     assert (tmp_path / "serve.png").stat().st_size > 5000
 
 
-def test_layer_and_head_selection_repaints_the_heatmap(page: Any, server: Server) -> None:
+def link_cells(page: Any) -> set[tuple[int, int]]:
+    """(source, target) of the heatmap cells boxed as alignment links."""
+    found = page.evaluate(
+        """() => [...document.querySelectorAll('.heatmap tbody tr')].flatMap((row, j) =>
+        [...row.querySelectorAll('td')].map((td, i) => td.classList.contains('link') ? [i, j]
+        : null)).filter((x) => x)"""
+    )
+    return {(int(i), int(j)) for i, j in found}
+
+
+def test_layer_and_head_selection_repaints_the_heatmap_and_the_links(
+    page: Any, server: Server
+) -> None:
     api = longest_translation(server)
     layers = api["attention"]["layers"]  # [layer][head][tgt][src]
     translate_on_page(page, api["sentence"])
     assert page.locator(".result .layer option").all_inner_texts() == ["mean", "0", "1"]
     assert page.locator(".result .head option").all_inner_texts() == ["mean", "0", "1"]
+    # It opens on the run's own choice (decode.attention_layer=-1, head mean) and its links.
+    assert page.input_value(".result .layer") == "1" and page.input_value(".result .head") == "mean"
     n_heads = len(layers[0])
-    mean = sum(layers[k][h][0][1] for k in range(2) for h in range(n_heads)) / (2 * n_heads)
-    assert cell_weight(page, 0, 1) == pytest.approx(mean, abs=2e-4)  # mean of all by default
+    mean = sum(layers[1][h][0][1] for h in range(n_heads)) / n_heads
+    assert cell_weight(page, 0, 1) == pytest.approx(mean, abs=2e-4)
+    server_links = {tuple(map(int, p.split("-"))) for p in api["alignment"].split()}
+    assert link_cells(page) == server_links
     page.select_option(".result .layer", value="0")
     page.select_option(".result .head", value="1")
     assert cell_weight(page, 0, 1) == pytest.approx(layers[0][1][0][1], abs=2e-4)
+    # The boxes and the lines now show that head's own links: each target word's top source.
+    chosen = np.array(layers[0][1])
+    argmax = {(int(chosen[j].argmax()), j) for j in range(chosen.shape[0])}
+    assert link_cells(page) == argmax
+    assert page.locator("svg.links line").count() == len(argmax)
+    page.hover('.tgt-word[data-tgt="0"]')
+    assert highlighted(page) == {i for i, j in argmax if j == 0}
+
+
+def test_a_paragraph_gets_a_view_per_sentence(page: Any, server: Server) -> None:
+    page.fill("#text", "ba ce do. Fo ge ha! Ke lo")
+    page.click("#go")
+    page.wait_for_selector(".result .tgt-word")
+    assert page.locator(".result").count() == 1
+    assert page.locator(".result .view").count() == 3
+    assert page.locator(".result .heatmap").count() == 3
+    heads = page.locator(".sentence-head").all_inner_texts()
+    assert [h.split(":")[0] for h in heads] == ["Sentence 1", "Sentence 2", "Sentence 3"]
+    meta = page.inner_text(".result .meta")
+    assert "3 sentences" in meta and "word" in meta and "subword piece" in meta
+    assert "1 line, 3 sentences" in page.inner_text("#status")
+
+
+def test_an_error_clears_the_previous_translation(page: Any) -> None:
+    translate_on_page(page, "ha ke lo ba")
+    assert page.locator(".result").count() == 1
+    page.fill("#text", "\n".join(["ce"] * 9))  # over the server's limit of 8
+    page.click("#go")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.locator(".result").count() == 0
+
+
+def test_a_long_sentence_scrolls_inside_its_box(page: Any) -> None:
+    page.set_viewport_size({"width": 480, "height": 900})
+    translate_on_page(page, " ".join(["ha ke lo ba ce do fe ga"] * 2))
+    box = page.locator(".result .links-box").first
+    sizes = box.evaluate("(b) => [b.scrollWidth, b.clientWidth]")
+    assert sizes[0] > sizes[1]  # wider than its box: it scrolls there, not off the page
+    assert page.evaluate("document.documentElement.scrollWidth") <= 480
+    box.evaluate("(b) => { b.scrollLeft = b.scrollWidth; }")
+    last = page.locator(".result .src-word").last.bounding_box()
+    assert last is not None and last["x"] + last["width"] <= 480
 
 
 def test_rnn_model_has_no_layer_selection(page: Any) -> None:

@@ -1,5 +1,7 @@
-// The nmt page: send text to POST /translate and draw each translation's attention as a heatmap
-// (target words down, source words across) plus the hard alignment links between the sentences.
+// The nmt page: send text to POST /translate and draw each sentence's attention as a heatmap
+// (target words down, source words across) plus the hard alignment links between the words.
+// Each line of the text box may hold a paragraph: the server splits it into sentences, and every
+// sentence gets its own view.
 "use strict";
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -41,12 +43,13 @@ async function translate(event) {
   event.preventDefault();
   showError("");
   const lines = $("#text").value.split(/\r?\n/).map((s) => s.trim()).filter((s) => s);
-  if (!lines.length) { showError("Type a sentence first."); return; }
+  if (!lines.length) { clearResults(); showError("Type a sentence first."); return; }
   const model = currentModel();
   const body = {
     text: lines,
     model: model.name,
     beam: Number($("#beam").value) || model.beam,
+    split: true,
     attention: true,
     attention_detail: model.arch === "transformer",
   };
@@ -59,16 +62,29 @@ async function translate(event) {
       body: JSON.stringify(body),
     });
     const data = await response.json();
-    if (!response.ok) { showError(data.error || `HTTP ${response.status}`); setStatus(""); return; }
+    if (!response.ok) {
+      clearResults();
+      showError(data.error || `HTTP ${response.status}`);
+      setStatus("");
+      return;
+    }
     $("#results").replaceChildren(...data.translations.map(renderResult));
-    setStatus(`${lines.length} sentence${lines.length === 1 ? "" : "s"} in ${data.time_ms} ms`);
+    const sentences = data.translations.reduce((n, t) => n + (t.sentences || []).length, 0);
+    setStatus(`${plural(lines.length, "line")}, ${plural(sentences, "sentence")} in ` +
+      `${data.time_ms} ms`);
   } catch (err) {
+    clearResults();
     showError(`The server did not answer: ${err}`);
     setStatus("");
   } finally {
     $("#go").disabled = false;
   }
 }
+
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+
+// An error is about the request just sent: the answer to an earlier one must not stand below it.
+function clearResults() { $("#results").replaceChildren(); }
 
 // "0-0 1-2" (source-target word indices) -> [[0, 0], [1, 2]]
 function parseAlignment(text) {
@@ -82,18 +98,40 @@ function element(tag, className, text) {
   return node;
 }
 
+// One line's translation, then a view per sentence (a single sentence shows no heading).
 function renderResult(result) {
   const node = $("#result-template").content.firstElementChild.cloneNode(true);
   $(".translation", node).textContent = result.translation;
-  $(".meta", node).textContent =
-    `score ${result.score.toFixed(3)} \u00b7 ${result.tokens.length} tokens`;
-  const att = result.attention;
-  if (!att || !att.tgt_words.length || !att.src_words.length) {
-    $(".view", node).hidden = true;
-    return node;
-  }
-  new AttentionView(node, att, parseAlignment(result.alignment));
+  const sentences = result.sentences && result.sentences.length ? result.sentences : [result];
+  $(".meta", node).textContent = `score ${result.score.toFixed(3)} \u00b7 ` +
+    `${plural(sentences.length, "sentence")} \u00b7 ${describeLength(result)}`;
+  $(".views", node).replaceChildren(...sentences.map((s, k) => renderSentence(s, k, sentences)));
   return node;
+}
+
+// Target words as shown in the view, and subword pieces as the model counts them (each
+// sentence's end mark </s> included), said apart so that the two numbers are not confused.
+function describeLength(row) {
+  const words = row.translation.split(/\s+/).filter((w) => w).length;
+  return `${plural(words, "word")}, ${plural(row.tokens.length, "subword piece")} (with end marks)`;
+}
+
+function renderSentence(sentence, k, all) {
+  const view = $("#view-template").content.firstElementChild.cloneNode(true);
+  const heading = $(".sentence-head", view);
+  if (all.length > 1) {
+    heading.textContent = `Sentence ${k + 1}: ${sentence.translation} \u00b7 ` +
+      `score ${sentence.score.toFixed(3)} \u00b7 ${describeLength(sentence)}`;
+  } else {
+    heading.hidden = true;
+  }
+  const att = sentence.attention;
+  if (!att || !att.tgt_words.length || !att.src_words.length) {
+    $(".attention", view).hidden = true;
+    return view;
+  }
+  new AttentionView(view, att, parseAlignment(sentence.alignment));
+  return view;
 }
 
 // One translation's attention: word rows with links, heatmap, selectors, hover and tap.
@@ -101,6 +139,7 @@ class AttentionView {
   constructor(node, att, links) {
     this.node = node;
     this.att = att;
+    this.serverLinks = links; // the run's own alignment, for the layer and head it names
     this.links = links;
     this.pinned = null; // a tapped (clicked) target word stays lit
     this.current = null; // the target word lit now
@@ -136,6 +175,23 @@ class AttentionView {
     });
   }
 
+  // The hard links of the matrix shown: the server's for the run's own layer and head,
+  // else each target word's most attended source word (what decode.align_threshold=0 does).
+  linksFor(isRunChoice) {
+    if (isRunChoice) return this.serverLinks;
+    return this.matrix.map((row, j) => [row.indexOf(Math.max(...row)), j]);
+  }
+
+  markLinks() {
+    this.rows.forEach((row) => {
+      for (const cell of row.querySelectorAll("td")) cell.classList.remove("link");
+    });
+    for (const [i, j] of this.links) {
+      const cell = this.rows[j] && this.rows[j].children[i + 1];
+      if (cell) cell.classList.add("link");
+    }
+  }
+
   buildHeatmap() {
     const table = $(".heatmap", this.node);
     const head = element("tr");
@@ -155,11 +211,8 @@ class AttentionView {
       tbody.append(row);
       return row;
     });
-    for (const [i, j] of this.links) {
-      const cell = this.rows[j] && this.rows[j].children[i + 1];
-      if (cell) cell.classList.add("link");
-    }
     table.replaceChildren(thead, tbody);
+    this.markLinks();
   }
 
   buildSelectors() {
@@ -174,8 +227,12 @@ class AttentionView {
     };
     fill($(".layer", box), layers);
     fill($(".head", box), heads);
+    // Start on the run's own layer and head (decode.attention_layer / attention_head), the
+    // ones the server's matrix and alignment come from.
+    this.runChoice = [resolveIndex(this.att.layer, layers), resolveIndex(this.att.head, heads)];
+    $(".layer", box).value = this.runChoice[0];
+    $(".head", box).value = this.runChoice[1];
     box.hidden = false;
-    this.select();
   }
 
   // Average the chosen layer(s) and head(s) of att.layers, shaped [layer][head][tgt][src].
@@ -186,8 +243,11 @@ class AttentionView {
     const picked = layers.flatMap((heads) => (head === "mean" ? heads : [heads[Number(head)]]));
     this.matrix = this.att.tgt_words.map((_, j) =>
       this.att.src_words.map((_, i) => picked.reduce((sum, m) => sum + m[j][i], 0) / picked.length));
+    const run = this.runChoice || [];
+    this.links = this.linksFor(layer === run[0] && head === run[1]);
     this.paint();
-    this.focus(this.current);
+    this.markLinks();
+    this.drawLinks();
   }
 
   paint() {
@@ -240,6 +300,13 @@ class AttentionView {
     }
     this.focus(this.current);
   }
+}
+
+// "-1" of 4 layers -> "3"; "mean" stays; anything unknown shows the mean.
+function resolveIndex(value, count) {
+  if (value === undefined || value === "mean" || value === "all") return "mean";
+  const k = Number(value);
+  return String(k < 0 ? count + k : k);
 }
 
 $("#form").addEventListener("submit", translate);
