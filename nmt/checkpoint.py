@@ -35,7 +35,6 @@ at any moment leaves the previous good checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import zipfile
@@ -52,7 +51,7 @@ from nmt.config import PrepareConfig, RunConfig, from_dict, load_yaml
 from nmt.data.spm import Tokenizer
 from nmt.data.store import prepared_folder_around
 from nmt.errors import CheckpointError, NmtError
-from nmt.io import Input, Output, check_outputs, read_json
+from nmt.io import Input, Output, check_outputs, read_json, sha256_file
 from nmt.models import build_model
 
 FORMAT_VERSION = 1
@@ -73,14 +72,6 @@ _PERIODIC = re.compile(r"^checkpoint_(\d+)\.pt$")
 # format_version -> function turning a payload of that version into one of version + 1.
 # A future layout change adds an entry here (and a tiny old checkpoint under tests/data/).
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

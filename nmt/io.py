@@ -11,6 +11,9 @@ import contextlib
 import errno
 import fcntl
 import fnmatch
+import functools
+import gzip
+import hashlib
 import json
 import os
 import re
@@ -45,9 +48,26 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _process_start() -> float:
+def open_binary(path: str | os.PathLike) -> IO[bytes]:
+    """`path` opened for reading bytes, gunzipped on the fly when its name ends in .gz: the one
+    way `nmt` opens the text files it reads (corpora, files to translate, references)."""
+    path = Path(path)
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@functools.cache
+def process_start() -> float:
     """When this process started (Unix time, a second early to be safe): from /proc on Linux,
-    else the time this module was imported."""
+    else the time of the first call. Read once, when first needed, not at import."""
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         ticks = int(fields[19])  # field 22 of proc(5): start time in clock ticks after boot
@@ -56,10 +76,6 @@ def _process_start() -> float:
         return boot + ticks / os.sysconf("SC_CLK_TCK") - 1.0
     except (OSError, ValueError, IndexError, StopIteration):
         return time.time()
-
-
-# A temp file last changed before then cannot belong to this process.
-_STARTED = _process_start()
 
 
 def _is_special(path: Path) -> bool:
@@ -173,7 +189,8 @@ def _remove_stale(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
     for entry in entries:
         with contextlib.suppress(OSError):
             info = entry.stat(follow_symlinks=False)
-            if stat.S_ISLNK(info.st_mode) or info.st_mtime >= _STARTED:
+            # A temp file last changed before this process started cannot be one of its own.
+            if stat.S_ISLNK(info.st_mode) or info.st_mtime >= process_start():
                 continue
             fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
             try:

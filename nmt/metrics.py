@@ -8,13 +8,13 @@ trailing whitespace stripped (`read_lines`), so scores computed here and there a
 
 from __future__ import annotations
 
-import gzip
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nmt.errors import ConfigError, DataError
-from nmt.io import not_a_file
+from nmt.io import not_a_file, open_binary
 
 
 def corpus_scores(
@@ -95,12 +95,13 @@ def read_lines(path: str | Path) -> list[str]:
     if problem:
         raise DataError(f"{path}: {problem}")
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8", newline="\n") as handle:
-                return [line.rstrip() for line in handle]
-        with open(path, encoding="utf-8", newline="\n") as handle:
-            return [line.rstrip() for line in handle]
+        with open_binary(path) as handle:
+            text = handle.read().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line does not start another
+    return [line.rstrip() for line in lines]

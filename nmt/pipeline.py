@@ -22,6 +22,7 @@ from nmt.io import (
     atomic_open,
     output_problem,
     remove_stale_temps,
+    sha256_file,
     write_text,
 )
 
@@ -357,7 +358,7 @@ def _finetune_config(
         base = to_dict(stored)
         for key in ("init", "init_sha256", "freeze"):
             base["train"].pop(key, None)
-    sha = ckpt.sha256_file(path)
+    sha = sha256_file(path)
     record = {"train": {"init": str(path.resolve()), "init_sha256": sha}}
     cfg = from_dict(RunConfig, merge(merge(base, parse_overrides(overrides)), record))
     finetune.check_architecture(stored.model, cfg.model, path)
@@ -525,7 +526,7 @@ def translate(
 
     from nmt.checkpoint import guard_outputs
     from nmt.data import textio
-    from nmt.data.corpus import open_binary
+    from nmt.data.corpus import open_input
     from nmt.data.glossary import Glossary
     from nmt.inference import Translator, set_threads
     from nmt.markup.document import document_format
@@ -586,7 +587,7 @@ def translate(
             )
     if input_path is not None and textio.is_stream(Path(input_path)):
         # A pipe, FIFO or <(process substitution) can be read only once: answered as it comes.
-        batches = textio.micro_batches(open_binary(Path(input_path)), str(input_path))
+        batches = textio.micro_batches(open_input(Path(input_path)), str(input_path))
         where = str(input_path)
     elif input_path is not None:
         sources = textio.check_text_file(Path(input_path), jsonl=input_format == "jsonl")

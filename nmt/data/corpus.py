@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import gzip
 import hashlib
 import io
 import itertools
@@ -31,10 +30,11 @@ import zlib
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, Literal
 
 from nmt.config import PrepareConfig
 from nmt.errors import DataError
+from nmt.io import open_binary
 
 Kind = Literal["files", "table", "disk", "hf"]
 
@@ -262,13 +262,11 @@ def _stream_files(src_path: Path, tgt_path: Path, errors: str) -> Iterator[tuple
 MAX_LINE_BYTES = 1 << 20
 
 
-def open_binary(path: Path) -> IO[bytes]:
-    """`path` opened for reading bytes, gunzipped when it ends in .gz; DataError when it cannot
-    be opened."""
+def open_input(path: Path) -> IO[bytes]:
+    """`path` opened for reading bytes (gunzipped when it ends in .gz: `nmt.io.open_binary`);
+    DataError when it cannot be opened."""
     try:
-        if path.suffix == ".gz":
-            return cast(IO[bytes], gzip.GzipFile(path, "rb"))
-        return open(path, "rb")  # noqa: SIM115
+        return open_binary(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
@@ -294,7 +292,7 @@ def binary_lines(path: Path) -> Generator[bytes, None, None]:
     """The lines of `path` (gunzipped when it ends in .gz) as bytes. Lines end at b"\\n" only, as
     in `read_lines`: U+2028 and friends stay inside their sentence. A line may hold at most
     MAX_LINE_BYTES."""
-    with open_binary(path) as handle:
+    with open_input(path) as handle:
         try:
             yield from bounded_lines(handle, str(path))
         except (OSError, EOFError, zlib.error) as exc:
@@ -314,7 +312,7 @@ def _utf8_error(path: Path, line: int, byte: int, column: int, hint: str) -> Dat
 def decode_line(
     raw: bytes, path: Path, number: int, errors: str = "strict", hint: str = ERRORS_HINT
 ) -> str:
-    """One line of a text file as `read_lines` gives it: UTF-8, without its "\\n" (and "\\r"),
+    """One line of a text file: UTF-8, without its "\\n" (and "\\r"),
     without a BOM on the first line; invalid UTF-8 is an error naming the line and byte column."""
     try:
         text = raw.decode("utf-8", errors=errors)
@@ -333,11 +331,8 @@ def read_text(path: Path, errors: str = "strict") -> str:
     Invalid UTF-8 under `errors="strict"` is a `DataError` naming the line, byte and the way out.
     """
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as handle:
-                data = handle.read()
-        else:
-            data = path.read_bytes()
+        with open_binary(path) as handle:
+            data = handle.read()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, EOFError, zlib.error) as exc:
@@ -349,19 +344,6 @@ def read_text(path: Path, errors: str = "strict") -> str:
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise _utf8_error(path, line, data[exc.start], column, ERRORS_HINT) from None
     return text[1:] if text.startswith("\ufeff") else text
-
-
-def read_lines(path: Path, errors: str = "strict") -> list[str]:
-    """One entry per line. Only "\\n" (and a "\\r" before it) ends a line: `str.splitlines` would
-    also split on U+2028, U+0085 and friends, which occur inside sentences and would shift the
-    pairing."""
-    text = read_text(path, errors)
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the newline that ends the last line does not start another
-    if "\r" in text:
-        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    return lines
 
 
 def _wanted(cfg: PrepareConfig) -> tuple[str, str]:

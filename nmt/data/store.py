@@ -37,7 +37,7 @@ from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, PrepareConfig, diff, from
 from nmt.data.corpus import CorpusSpec
 from nmt.data.spm import Tokenizer
 from nmt.errors import DataError
-from nmt.io import read_json, write_json
+from nmt.io import read_json, sha256_file, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -236,14 +236,6 @@ def _check_manifest(manifest: dict[str, Any], where: Path) -> None:
 
 
 # ---- identity: input hashes, cache key, data hash -----------------------------------------------
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _file_entries(paths: tuple[Path, ...]) -> list[dict[str, Any]]:

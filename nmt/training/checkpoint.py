@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from nmt.checkpoint import AVERAGED, list_checkpoints, load_checkpoint, sha256_file, spm_file_names
+from nmt.checkpoint import AVERAGED, list_checkpoints, load_checkpoint, spm_file_names
 from nmt.errors import CheckpointError, ConfigError
-from nmt.io import atomic_open, remove_stale_temps_in
+from nmt.io import atomic_open, remove_stale_temps_in, sha256_file
 
 
 def copy_atomic(src: str | Path, dst: str | Path) -> None:

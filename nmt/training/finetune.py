@@ -19,6 +19,7 @@ from nmt import checkpoint as ckpt
 from nmt.config import ModelConfig, TrainConfig, architecture_conflicts, to_dict
 from nmt.data.store import PreparedData
 from nmt.errors import CheckpointError, ConfigError, DataError
+from nmt.io import sha256_file
 
 # Top-level modules of both architectures by part. A tensor reached under several names (tied
 # embeddings) belongs to "embeddings" when any of its names does.
@@ -106,7 +107,7 @@ def load_init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     path = Path(cfg.init)
     if not path.is_file():
         raise CheckpointError(f"train.init {path}: checkpoint not found")
-    actual = ckpt.sha256_file(path)
+    actual = sha256_file(path)
     if cfg.init_sha256 and actual != cfg.init_sha256:
         raise CheckpointError(
             f"train.init {path}: file changed since the run was configured (sha256 "

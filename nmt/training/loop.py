@@ -37,7 +37,7 @@ from nmt.data.batching import Batch, TokenBatchSampler, collate
 from nmt.data.spm import Tokenizer
 from nmt.data.store import ALIGN_COLUMN, PreparedData, load_prepared, split_lengths
 from nmt.errors import CheckpointError, ConfigError, DataError, NmtError, Stopped
-from nmt.io import append_jsonl, read_jsonl, write_json, write_jsonl, write_text
+from nmt.io import append_jsonl, read_jsonl, sha256_file, write_json, write_jsonl, write_text
 from nmt.models import (
     build_model,
     check_model_fits,
@@ -700,7 +700,7 @@ def start_run_dir(run_dir: Path, data: PreparedData) -> None:
 def read_spm_entry(run_dir: Path, shared_vocab: bool) -> dict[str, dict[str, str]]:
     names = ckpt.spm_file_names(shared_vocab)
     return {
-        side: {"file": names[side], "sha256": ckpt.sha256_file(run_dir / names[side])}
+        side: {"file": names[side], "sha256": sha256_file(run_dir / names[side])}
         for side in ("src", "tgt")
     }
 

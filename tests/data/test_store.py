@@ -15,6 +15,7 @@ from nmt.data.batching import TokenBatchSampler
 from nmt.data.spm import Tokenizer
 from nmt.data.store import PreparedData, load_prepared
 from nmt.errors import DataError
+from nmt.io import sha256_file
 
 
 def run(
@@ -54,7 +55,7 @@ def test_layout_manifest_and_columns(prepared: tuple[dict[str, str], PreparedDat
     assert m["config"]["vocab_size"] == 60 and m["nmt_version"]
     files_in = m["inputs"]["train"]["files"]
     assert [Path(f["path"]).name for f in files_in] == ["train.de", "train.en"]
-    assert files_in[0]["sha256"] == store.sha256_file(Path(files_in[0]["path"]))
+    assert files_in[0]["sha256"] == sha256_file(Path(files_in[0]["path"]))
     assert load_yaml(data.path / "config.yaml")["vocab_size"] == 60
     assert len(data.hash) == 64 and data.hash == m["hash"]
 

@@ -17,6 +17,7 @@ from training_support import tiny_config, weights
 
 from nmt import checkpoint as ckpt
 from nmt.errors import CheckpointError
+from nmt.io import sha256_file
 from nmt.training import checkpoint as saving
 from nmt.training.loop import train
 
@@ -39,7 +40,7 @@ def test_run_directory_layout(tiny_run: Path) -> None:
     assert payload["format_version"] == ckpt.FORMAT_VERSION
     assert payload["step"] == 8 and payload["train_state"]["step"] == 8
     assert payload["config"]["train"]["max_steps"] == 8
-    assert payload["spm"]["src"]["sha256"] == ckpt.sha256_file(tiny_run / "spm.model")
+    assert payload["spm"]["src"]["sha256"] == sha256_file(tiny_run / "spm.model")
     assert "train_state" not in ckpt.load_checkpoint(tiny_run / "best.pt")  # weights only
 
 

@@ -17,7 +17,7 @@ from nmt import checkpoint as ckpt
 from nmt.cli import app
 from nmt.config import ModelConfig, RNNConfig, TrainConfig, from_dict
 from nmt.errors import ConfigError
-from nmt.io import read_jsonl
+from nmt.io import read_jsonl, sha256_file
 from nmt.models import build_model
 from nmt.training.finetune import freeze, resolve_init
 
@@ -75,7 +75,7 @@ def test_init_then_a_tiny_update_translates_like_the_init_model(
     best = tiny_transformer_run / "best.pt"
     assert f"weights from best.pt of run directory {tiny_transformer_run}" in out
     # The start is recorded: config.yaml, every checkpoint, and the first metrics line.
-    sha = ckpt.sha256_file(best)
+    sha = sha256_file(best)
     stored = yaml.safe_load((tuned / "config.yaml").read_text())["train"]
     assert (stored["init"], stored["init_sha256"]) == (str(best.resolve()), sha)
     assert ckpt.load_checkpoint(tuned / "last.pt")["config"]["train"]["init_sha256"] == sha
