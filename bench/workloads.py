@@ -284,9 +284,9 @@ def transformer_base_mfu(
     TransformerConfig), `vocab` and `peak_size` shrink it to a CPU dry run of the harness."""
     import torch
 
+    from bench.flops import transformer_train_flops
     from nmt.config import ModelConfig, TransformerConfig
     from nmt.models import build_model
-    from nmt.models.flops import transformer_train_flops
 
     torch.backends.cuda.matmul.allow_tf32 = True
     if shape is None:

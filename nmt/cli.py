@@ -88,7 +88,7 @@ def root(
     """Neural machine translation you can train, run and look inside."""
 
 
-# ---- prepare (issue 2) --------------------------------------------------------------------------
+# ---- prepare ------------------------------------------------------------------------------------
 
 
 @app.command()
@@ -167,7 +167,7 @@ def prepare(
     pipeline.prepare(cfg, train, valid, tests, out, overwrite, config_file=config)
 
 
-# ---- train, average (issue 4) -------------------------------------------------------------------
+# ---- train, average -----------------------------------------------------------------------------
 
 
 @app.command()
@@ -333,7 +333,7 @@ def _note(message: str) -> None:
     typer.echo(message, err=True)
 
 
-# ---- translate, evaluate, align-eval, plot (issue 5) --------------------------------------------
+# ---- translate, evaluate, align-eval, plot ------------------------------------------------------
 
 # Options that translate and evaluate share.
 SPLIT_OPTION = typer.Option(
@@ -624,7 +624,7 @@ def plot_metrics(
     typer.echo(f"wrote {path}")
 
 
-# ---- built-in corpora (issue 6) -----------------------------------------------------------------
+# ---- built-in corpora ---------------------------------------------------------------------------
 
 
 @app.command()

@@ -374,7 +374,7 @@ class DecodeConfig:
     attention_layer: str = "-1"
     attention_head: str = "mean"
     # Hard alignments (--alignments-out): 0 links each target word to its most attended source
-    # word; a value in (0, 1] links every pair whose word-level attention reaches it. (issue 5)
+    # word; a value in (0, 1] links every pair whose word-level attention reaches it.
     align_threshold: float = 0.0
     # Split each input line into sentences (nmt/data/sentences.py), translate them in the same
     # batches as everything else and join the translations with the line's own spacing.

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from nmt.config import RunConfig
     from nmt.data.store import PreparedData
 
-# ---- prepare (issue 2) --------------------------------------------------------------------------
+# ---- prepare ------------------------------------------------------------------------------------
 
 # Heavy libraries (datasets, torch) are imported inside the functions that need them, so that
 # `nmt --help` and the commands that do not use them start fast.
@@ -225,7 +225,7 @@ def _print_prepared(
     )
 
 
-# ---- train, average (issue 4) -------------------------------------------------------------------
+# ---- train, average -----------------------------------------------------------------------------
 
 
 def train(
@@ -442,7 +442,7 @@ def export(
     return out
 
 
-# ---- translate, evaluate, align-eval, plot (issue 5) --------------------------------------------
+# ---- translate, evaluate, align-eval, plot ------------------------------------------------------
 
 OUTPUT_FORMATS = ("text", "jsonl")
 INPUT_FORMATS = ("text", "jsonl")
@@ -1218,7 +1218,7 @@ def plot_metrics(runs: list[Path], out: Path, metric: str = "bleu") -> Path:
     return plot_curves(curves, out, metric)
 
 
-# ---- built-in corpora (issue 6) -----------------------------------------------------------------
+# ---- built-in corpora ---------------------------------------------------------------------------
 
 BUILTIN_CORPORA = ("bible",)
 

@@ -4,9 +4,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.flops import transformer_forward_flops, transformer_train_flops
 from nmt.config import ModelConfig, TransformerConfig
 from nmt.models import build_model
-from nmt.models.flops import transformer_forward_flops, transformer_train_flops
 
 
 def test_forward_and_backward_flops_match_the_counter():
