@@ -172,8 +172,8 @@ def translate_modes(code: Path, model: list[str], raw: Path, out: Path, arch: st
     run("-o", str(out / "attn.txt"), "--attention-out", str(out / "attn.npz"),
         "--alignments-out", str(out / "beam5.align"))  # fmt: skip
     run("-o", str(out / "attn2.txt"), "--attention-out", str(out / "attn.jsonl"))
-    run("-o", str(out / "sample.jsonl"), "--output-format", "jsonl", "--nbest", "2",
-        "--set", "decode.sample=true", "--set", "decode.seed=7", "--set", "decode.top_k=20")  # fmt: skip
+    sample = ["--set", "decode.sample=true", "--set", "decode.seed=7", "--set", "decode.top_k=20"]
+    run("-o", str(out / "sample.jsonl"), "--output-format", "jsonl", "--nbest", "2", *sample)
     run("-o", str(out / "sample1.txt"), "--beam", "1", "--set", "decode.sample=true",
         "--set", "decode.seed=11", "--set", "decode.temperature=0.8")  # fmt: skip
     run("-o", str(out / "forced.jsonl"), "--force", ref, "--output-format", "jsonl",
