@@ -46,7 +46,29 @@ def _context(weights: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weights.to(memory.dtype), memory)
 
 
-class BahdanauAttention(nn.Module):
+class SoftAttention(nn.Module):
+    """Global soft attention: a_ts = softmax over real s of `scores(query_t, keys)_s` (0 on
+    padding), c_t = sum_s a_ts h_s. Bahdanau's and Luong's global attention differ only in their
+    score (and in which decoder state the caller passes as the query)."""
+
+    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """query (B,T,Dq), keys from `precompute` -> unnormalised scores (B,T,S)."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        keys: torch.Tensor,
+        src_mask: torch.Tensor,
+        src_len: torch.Tensor,
+        tgt_start: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = _masked_softmax(self.scores(query, keys), src_mask)  # (B, T, S)
+        return _context(weights, memory), weights
+
+
+class BahdanauAttention(SoftAttention):
     """Additive attention (Bahdanau, Cho and Bengio 2015, "Neural Machine Translation by Jointly
     Learning to Align and Translate", section 3.1, appendix A.1.2):
 
@@ -70,18 +92,6 @@ class BahdanauAttention(nn.Module):
     def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         hidden = torch.tanh(self.query_proj(query)[:, :, None, :] + keys[:, None])  # (B, T, S, A)
         return self.energy(hidden).squeeze(-1)  # (B, T, S)
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        memory: torch.Tensor,
-        keys: torch.Tensor,
-        src_mask: torch.Tensor,
-        src_len: torch.Tensor,
-        tgt_start: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = _masked_softmax(self.scores(query, keys), src_mask)  # (B, T, S)
-        return _context(weights, memory), weights
 
 
 def straight_through_gumbel(logits: torch.Tensor, tau: float, noise: torch.Tensor) -> torch.Tensor:
@@ -151,7 +161,7 @@ class HardAttention(nn.Module):
         return _context(weights, memory), weights
 
 
-class LuongAttention(nn.Module):
+class LuongAttention(SoftAttention):
     """Global multiplicative attention (Luong, Pham and Manning 2015, "Effective Approaches to
     Attention-based Neural Machine Translation", section 3.1), queried with the *current* decoder
     state h_t:
@@ -181,18 +191,6 @@ class LuongAttention(nn.Module):
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         return torch.bmm(query, keys.transpose(1, 2))  # (B, T, S)
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        memory: torch.Tensor,
-        keys: torch.Tensor,
-        src_mask: torch.Tensor,
-        src_len: torch.Tensor,
-        tgt_start: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = _masked_softmax(self.scores(query, keys), src_mask)  # (B, T, S)
-        return _context(weights, memory), weights
 
 
 class LocalAttention(nn.Module):
