@@ -31,7 +31,7 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -503,6 +503,20 @@ def _to_hypotheses(
 
 # ---- greedy search and sampling -------------------------------------------------------------
 
+# Picks the next token of every row: log-probs (R,V) after the search's bans -> tokens (R,).
+TokenChooser = Callable[[torch.Tensor], torch.Tensor]
+
+
+def argmax_tokens(log_probs: torch.Tensor) -> torch.Tensor:
+    """The most probable token of each row (the first maximum on ties)."""
+    return log_probs.argmax(dim=1)
+
+
+def sampler(cfg: DecodeConfig, generator: torch.Generator | None) -> TokenChooser:
+    """A chooser that draws each token with `sample_tokens` (temperature, top-k, top-p of `cfg`)
+    from `generator`, so that a seeded generator gives reproducible samples."""
+    return lambda log_probs: sample_tokens(log_probs, cfg, generator)
+
 
 @torch.inference_mode()
 def greedy_search(
@@ -511,9 +525,116 @@ def greedy_search(
     src_mask: torch.Tensor,
     cfg: DecodeConfig,
     need_attention: bool = False,
+    choose: TokenChooser = argmax_tokens,
+    copies: int = 1,
 ) -> list[list[Hypothesis]]:
-    """The most probable token at every step, until EOS. Equals `beam_search` with beam_size 1."""
-    return _left_to_right(models, src_ids, src_mask, cfg, need_attention, 1, None)
+    """Left to right, one token per step chosen by `choose`, until EOS: with `argmax_tokens` the
+    most probable token (this equals `beam_search` with beam_size 1); with a `sampler`, `copies`
+    independent samples per sentence, ranked by score. Scores use the untempered log-probs."""
+    ens = Ensemble(models)
+    batch = src_ids.size(0)
+    rows_total = batch * copies
+    src_lengths = src_mask.sum(dim=1)
+    max_lens = max_output_lengths(src_lengths, cfg, ens.max_positions).repeat_interleave(copies)
+    num_steps = int(max_lens.max()) + 1
+    shortest = int(max_lens.min())
+
+    states = ens.encode(src_ids, src_mask)
+    if copies > 1:
+        rows = torch.arange(batch, device=src_ids.device).repeat_interleave(copies)
+        states = ens.select(states, rows)
+    out = _Rows(rows_total, num_steps, src_ids.device)
+    alive = torch.arange(rows_total, device=src_ids.device)  # (R',) original row of each live row
+    prev = torch.full((rows_total,), BOS_ID, dtype=torch.long, device=src_ids.device)
+    history: torch.Tensor | None = None
+    if cfg.no_repeat_ngram:
+        history = torch.zeros(rows_total, 0, dtype=torch.long, device=src_ids.device)
+    collect_attention = need_attention or cfg.coverage_penalty > 0  # the penalty reads it
+
+    for t in range(num_steps):
+        log_probs, states, attn = ens.step(prev, states, collect_attention)  # (R', V)
+        force_eos = max_lens.index_select(0, alive) <= t if t >= shortest else None
+        log_probs = ban_tokens(log_probs, t, force_eos, cfg, history)
+        tokens = choose(log_probs)  # (R',)
+        out.record(alive, t, tokens, log_probs.gather(1, tokens[:, None])[:, 0], attn)
+        finished = tokens == EOS_ID
+        num_finished = int(finished.sum())  # the one host sync of the step
+        if num_finished == alive.numel():
+            break
+        if num_finished:
+            keep = (~finished).nonzero()[:, 0]
+            alive, tokens = alive[keep], tokens[keep]
+            states = ens.select(states, keep)
+            if history is not None:
+                history = history.index_select(0, keep)
+        prev = tokens
+        if history is not None:
+            history = torch.cat([history, tokens[:, None]], dim=1)
+    return out.ranked(batch, copies, src_lengths, cfg, need_attention)
+
+
+class _Rows:
+    """What greedy search and sampling record for each of their rows, step by step."""
+
+    def __init__(self, rows: int, num_steps: int, device: torch.device) -> None:
+        self.tokens = torch.full((rows, num_steps), PAD_ID, dtype=torch.long, device=device)
+        self.log_prob = torch.zeros(rows, device=device)
+        self.step_logp = torch.zeros(rows, num_steps, device=device)
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.attn: torch.Tensor | None = None
+
+    def record(
+        self,
+        alive: torch.Tensor,
+        t: int,
+        tokens: torch.Tensor,
+        token_logp: torch.Tensor,
+        attn: torch.Tensor | None,
+    ) -> None:
+        """Step `t` of the live rows `alive`: their tokens, log-probs and attention rows."""
+        self.log_prob[alive] += token_logp
+        self.step_logp[alive, t] = token_logp
+        self.tokens[alive, t] = tokens
+        self.lengths[alive] = t + 1
+        if attn is not None:
+            if self.attn is None:
+                self.attn = attn.new_zeros(
+                    self.tokens.size(0), self.tokens.size(1), *attn.shape[1:]
+                )
+            self.attn[alive, t] = attn
+
+    def ranked(
+        self,
+        batch: int,
+        copies: int,
+        src_lengths: torch.Tensor,
+        cfg: DecodeConfig,
+        need_attention: bool,
+    ) -> list[list[Hypothesis]]:
+        """Each sentence's `copies` rows as hypotheses, best score first."""
+        out_attn = self.attn
+        scores = self.log_prob / length_penalty(self.lengths, cfg)
+        shape = (batch, copies)
+        if cfg.coverage_penalty > 0 and out_attn is not None:
+            attn_by_sentence = out_attn.view(batch, copies, *out_attn.shape[1:])
+            scores = scores + coverage_penalty(attn_by_sentence, src_lengths, cfg).view(-1)
+            out_attn = out_attn if need_attention else None
+        order = scores.view(shape).argsort(dim=1, descending=True, stable=True)  # samples by score
+        attn_ranked = None
+        if out_attn is not None:
+            attn_ranked = _gather_rows(out_attn.view(batch, copies, *out_attn.shape[1:]), order)
+        num_steps = self.tokens.size(1)
+        return _to_hypotheses(
+            _gather_rows(self.tokens.view(batch, copies, num_steps), order),
+            _gather_rows(self.step_logp.view(batch, copies, num_steps), order),
+            self.lengths.view(shape).gather(1, order),
+            self.log_prob.view(shape).gather(1, order),
+            scores.view(shape).gather(1, order),
+            attn_ranked,
+            torch.ones(shape, dtype=torch.bool, device=self.tokens.device),
+            src_lengths,
+            copies,
+        )
 
 
 @torch.inference_mode()
@@ -529,7 +650,8 @@ def sample_search(
     at `cfg.temperature`, restricted to the `cfg.top_k` most likely tokens and/or the smallest set
     whose probability reaches `cfg.top_p` (Holtzman et al. 2020). Scores use the untempered
     log-probs. Reproducible for the same `generator` seed, input and batching."""
-    return _left_to_right(models, src_ids, src_mask, cfg, need_attention, cfg.nbest, generator)
+    return greedy_search(models, src_ids, src_mask, cfg, need_attention,
+                         sampler(cfg, generator), cfg.nbest)  # fmt: skip
 
 
 def sample_tokens(
@@ -549,94 +671,6 @@ def sample_tokens(
         logits = logits.masked_fill(drop, NEG_INF)
     probs = torch.softmax(logits, dim=1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-def _left_to_right(
-    models: nn.Module | Sequence[nn.Module],
-    src_ids: torch.Tensor,
-    src_mask: torch.Tensor,
-    cfg: DecodeConfig,
-    need_attention: bool,
-    copies: int,
-    generator: torch.Generator | None,
-) -> list[list[Hypothesis]]:
-    """Greedy (generator None and cfg.sample false) or sampling with `copies` rows per sentence."""
-    ens = Ensemble(models)
-    device = src_ids.device
-    batch = src_ids.size(0)
-    rows_total = batch * copies
-    src_lengths = src_mask.sum(dim=1)
-    max_lens = max_output_lengths(src_lengths, cfg, ens.max_positions).repeat_interleave(copies)
-    num_steps = int(max_lens.max()) + 1
-    shortest = int(max_lens.min())
-
-    states = ens.encode(src_ids, src_mask)
-    if copies > 1:
-        states = ens.select(states, torch.arange(batch, device=device).repeat_interleave(copies))
-    alive = torch.arange(rows_total, device=device)  # (R',) original row of each live row
-    prev = torch.full((rows_total,), BOS_ID, dtype=torch.long, device=device)
-    out_tokens = torch.full((rows_total, num_steps), PAD_ID, dtype=torch.long, device=device)
-    log_prob = torch.zeros(rows_total, device=device)
-    step_logp = torch.zeros(rows_total, num_steps, device=device)
-    lengths = torch.zeros(rows_total, dtype=torch.long, device=device)
-    out_attn: torch.Tensor | None = None
-    history: torch.Tensor | None = None
-    if cfg.no_repeat_ngram:
-        history = torch.zeros(rows_total, 0, dtype=torch.long, device=device)
-    collect_attention = need_attention or cfg.coverage_penalty > 0  # the penalty reads it
-
-    for t in range(num_steps):
-        log_probs, states, attn = ens.step(prev, states, collect_attention)  # (R', V)
-        force_eos = max_lens.index_select(0, alive) <= t if t >= shortest else None
-        log_probs = ban_tokens(log_probs, t, force_eos, cfg, history)
-        if cfg.sample:
-            tokens = sample_tokens(log_probs, cfg, generator)
-        else:
-            tokens = log_probs.argmax(dim=1)  # (R',): the first maximum on ties
-        token_logp = log_probs.gather(1, tokens[:, None])[:, 0]
-        log_prob[alive] += token_logp
-        step_logp[alive, t] = token_logp
-        out_tokens[alive, t] = tokens
-        lengths[alive] = t + 1
-        if attn is not None:
-            if out_attn is None:
-                out_attn = attn.new_zeros(rows_total, num_steps, *attn.shape[1:])
-            out_attn[alive, t] = attn
-        finished = tokens == EOS_ID
-        num_finished = int(finished.sum())  # the one host sync of the step
-        if num_finished == alive.numel():
-            break
-        if num_finished:
-            keep = (~finished).nonzero()[:, 0]
-            alive, tokens = alive[keep], tokens[keep]
-            states = ens.select(states, keep)
-            if history is not None:
-                history = history.index_select(0, keep)
-        prev = tokens
-        if history is not None:
-            history = torch.cat([history, tokens[:, None]], dim=1)
-
-    scores = log_prob / length_penalty(lengths, cfg)
-    shape = (batch, copies)
-    if cfg.coverage_penalty > 0 and out_attn is not None:
-        attn_by_sentence = out_attn.view(batch, copies, *out_attn.shape[1:])
-        scores = scores + coverage_penalty(attn_by_sentence, src_lengths, cfg).view(-1)
-        out_attn = out_attn if need_attention else None
-    order = scores.view(shape).argsort(dim=1, descending=True, stable=True)  # samples by score
-    attn_ranked = None
-    if out_attn is not None:
-        attn_ranked = _gather_rows(out_attn.view(batch, copies, *out_attn.shape[1:]), order)
-    return _to_hypotheses(
-        _gather_rows(out_tokens.view(batch, copies, num_steps), order),
-        _gather_rows(step_logp.view(batch, copies, num_steps), order),
-        lengths.view(shape).gather(1, order),
-        log_prob.view(shape).gather(1, order),
-        scores.view(shape).gather(1, order),
-        attn_ranked,
-        torch.ones(shape, dtype=torch.bool, device=device),
-        src_lengths,
-        copies,
-    )
 
 
 # ---- whole corpora ---------------------------------------------------------------------------
@@ -758,6 +792,7 @@ def count_tokens(hyps: Sequence[Sequence[Hypothesis]]) -> int:
 __all__ = [
     "Ensemble",
     "Hypothesis",
+    "argmax_tokens",
     "ban_tokens",
     "beam_search",
     "count_tokens",
@@ -769,6 +804,7 @@ __all__ = [
     "length_penalty",
     "max_output_lengths",
     "sample_search",
+    "sampler",
     "sample_tokens",
     "select_top_k",
     "source_limit",
