@@ -71,12 +71,12 @@ def _force_batch(
     total: torch.Tensor | None = None  # (B, T, V): the members' log-probabilities, summed
     attention = None
     for n, model in enumerate(models):
-        want = need_attention and n == 0
-        output = model(src_ids, src_mask, tgt_in, need_attention=want)
-        logits, weights = output if want else (output, None)
+        if need_attention and n == 0:
+            logits, attention = model.forward_with_attention(src_ids, src_mask, tgt_in)
+        else:
+            logits = model(src_ids, src_mask, tgt_in)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         total = log_probs if total is None else total.add_(log_probs)
-        attention = weights if want else attention
     assert total is not None
     mean = total / len(models)
     if len(models) > 1:  # the search's ensemble rule: renormalise the mean log-probability

@@ -11,6 +11,9 @@ Every model is an `nn.Module` with:
 - `forward(src_ids (B,S), src_mask (B,S), tgt_in_ids (B,T)) -> logits (B,T,V)`: teacher forcing;
   `tgt_in_ids` starts with BOS; target padding needs no mask because the loss ignores PAD positions
   and causal attention never lets a real position see a later (padded) one.
+- `forward_with_attention(src_ids, src_mask, tgt_in_ids) -> (logits (B,T,V), attention)`: the
+  same logits and the cross-attention weights, (B,T,S) for the RNN and (B,L,H,T,S) float32 for
+  the Transformer (guided-alignment training, forced decoding).
 - `encode(src_ids, src_mask) -> DecoderState`: runs the encoder once and returns the state for the
   first decoding step (it holds the encoder memory, its mask, precomputed attention keys, caches).
 - `decode_step(prev_ids (B,), state, need_attention=False) -> (log_probs (B,V), state, attn)`: one

@@ -252,13 +252,16 @@ class RNNModel(nn.Module):
         return RNNState(memory, src_mask, src_len, keys, hidden, cell, feed)
 
     def forward(
-        self,
-        src_ids: torch.Tensor,
-        src_mask: torch.Tensor,
-        tgt_in_ids: torch.Tensor,
-        need_attention: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Teacher forcing: logits (B,T,V), with `need_attention` also the weights (B,T,S)."""
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_in_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher forcing: logits (B,T,V)."""
+        return self.forward_with_attention(src_ids, src_mask, tgt_in_ids)[0]
+
+    def forward_with_attention(
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_in_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: logits (B,T,V) and the attention weights (B,T,S), which the RNN
+        computes either way (its context needs them)."""
         state = self.encode(src_ids, src_mask)
         emb = self.dropout(self.tgt_embed(tgt_in_ids))  # (B, T, E)
         if self.input_feeding:
@@ -271,8 +274,7 @@ class RNNModel(nn.Module):
             weights = torch.cat(all_weights, dim=1)  # (B, T, S)
         else:
             readout, weights = self._decode_parallel(emb, state)
-        logits = self._logits(readout)  # (B, T, V)
-        return (logits, weights) if need_attention else logits
+        return self._logits(readout), weights  # (B, T, V), (B, T, S)
 
     def decode_step(
         self, prev_ids: torch.Tensor, state: RNNState, need_attention: bool = False

@@ -287,26 +287,37 @@ class TransformerModel(nn.Module):
     # --- the protocol --------------------------------------------------------------------------
 
     def forward(
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_in_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher forcing: logits (B,T,V) in the compute dtype (bf16 under autocast)."""
+        return self._teacher_forced(src_ids, src_mask, tgt_in_ids, need_weights=False)[0]
+
+    def forward_with_attention(
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_in_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: logits (B,T,V) and the cross-attention weights (B,L,H,T,S) float32,
+        from the exact attention path (the fused kernel returns no weights)."""
+        logits, weights = self._teacher_forced(src_ids, src_mask, tgt_in_ids, need_weights=True)
+        return logits, torch.stack(weights, dim=1)  # (B, L, H, T, S)
+
+    def _teacher_forced(
         self,
         src_ids: torch.Tensor,
         src_mask: torch.Tensor,
         tgt_in_ids: torch.Tensor,
-        need_attention: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Teacher forcing: logits (B,T,V) in the compute dtype (bf16 under autocast), and with
-        `need_attention` the cross-attention weights (B,L,H,T,S) float32 as well."""
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (B,T,V) and, with `need_weights`, each decoder layer's weights (B,H,T,S)."""
         memory = self.encode_memory(src_ids, src_mask)
         key_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
         x = self._embed(self.tgt_embed, tgt_in_ids)
         all_weights = []
         for layer in self._decoder:
             k, v = layer.cross_attn.project_memory(memory)
-            x, weights = layer(x, k, v, key_mask, need_attention)
-            all_weights.append(weights)
-        logits = self._logits(x)  # (B, T, V)
-        if need_attention:
-            return logits, torch.stack(all_weights, dim=1)  # (B, L, H, T, S)
-        return logits
+            x, weights = layer(x, k, v, key_mask, need_weights)
+            if weights is not None:
+                all_weights.append(weights)
+        return self._logits(x), all_weights  # (B, T, V)
 
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor) -> TransformerState:
         memory = self.encode_memory(src_ids, src_mask)

@@ -213,6 +213,7 @@ def _train(
     valid = load_valid_set(data, tc.valid_max_sentences, tgt_tok, cfg.model.max_positions)
 
     raw_model = model  # what checkpoints and validation use (no compile / DDP wrappers)
+    model = TeacherForcing(model, guided)
     if tc.compile:
         model = torch.compile(model)  # type: ignore[assignment]
     if dist.is_distributed:
@@ -323,8 +324,8 @@ def _train(
                 sync = NO_OP if is_last or not dist.is_distributed else ddp_no_sync(model)
                 with sync:
                     with run.autocast:
-                        out = model(batch.src_ids, batch.src_mask, batch.tgt_in_ids, guided)
-                    loss, nll = training_loss(out, batch, tc)
+                        logits, attention = model(batch.src_ids, batch.src_mask, batch.tgt_in_ids)
+                    loss, nll, _ = training_loss(logits, batch, tc, attention)
                     if attempts in debug.nonfinite_at:
                         loss = loss * float("nan")
                     scaler.scale(loss * loss_scale).backward()
@@ -417,6 +418,23 @@ def _train(
 
 
 NO_OP = contextlib.nullcontext()
+
+
+class TeacherForcing(nn.Module):
+    """The forward pass a training step makes: the model's logits, and its attention too when
+    guided alignment needs it. One module, so that torch.compile and DDP wrap the very call."""
+
+    def __init__(self, model: nn.Module, with_attention: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.with_attention = with_attention
+
+    def forward(
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_in_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.with_attention:
+            return self.model.forward_with_attention(src_ids, src_mask, tgt_in_ids)
+        return self.model(src_ids, src_mask, tgt_in_ids), None
 
 
 def ddp_no_sync(model: nn.Module) -> Any:

@@ -28,6 +28,14 @@ class LossSums(NamedTuple):
     )  # () float32, plain negative log-likelihood summed over real tokens (detached)
 
 
+class BatchLoss(NamedTuple):
+    """The training objective of one batch and its parts, each summed over the batch."""
+
+    loss: torch.Tensor  # () float32, what is minimised (carries the graph)
+    nll: torch.Tensor  # () float32, plain negative log-likelihood (detached)
+    align: torch.Tensor | None  # () float32, guided-alignment loss before lambda; None without
+
+
 def label_smoothed_nll(
     logits: torch.Tensor, tgt_out_ids: torch.Tensor, eps: float, pad_id: int = PAD_ID
 ) -> LossSums:
@@ -118,21 +126,27 @@ def guided_alignment_loss(attention: torch.Tensor, alignment: torch.Tensor) -> t
     return -(gold * log_attention).sum()
 
 
-def training_loss(output: Any, batch: Batch, tc: TrainConfig) -> LossSums:
-    """The objective of one batch: label-smoothed cross-entropy, plus `tc.guided_alignment` times
-    the guided-alignment loss. With guided alignment `output` is `model(...,
-    need_attention=True)`'s (logits, attention); the Transformer's supervised head is head 0 of
-    the penultimate decoder layer (Garg et al. 2019, section 4), the RNN's its only attention."""
-    if tc.guided_alignment <= 0:
-        return label_smoothed_nll(output, batch.tgt_out_ids, tc.label_smoothing)
-    logits, attention = output
+def training_loss(
+    logits: torch.Tensor,
+    batch: Batch,
+    tc: TrainConfig,
+    attention: torch.Tensor | None = None,
+) -> BatchLoss:
+    """The objective of one batch: label-smoothed cross-entropy of `logits` (B,T,V), plus
+    `tc.guided_alignment` times the guided-alignment loss of `attention` against the batch's
+    links when that weight is > 0. `attention` is what `forward_with_attention` returns: (B,T,S)
+    for the RNN (its only attention), (B,L,H,T,S) for the Transformer, whose supervised head is
+    head 0 of the penultimate decoder layer (Garg et al. 2019, section 4)."""
     loss, nll = label_smoothed_nll(logits, batch.tgt_out_ids, tc.label_smoothing)
+    if tc.guided_alignment <= 0:
+        return BatchLoss(loss, nll, None)
+    assert attention is not None, "guided alignment needs the model's attention"
     if attention.dim() == 5:  # Transformer (B, L, H, T, S)
         layer, head = GUIDED_ALIGNMENT_HEAD
         attention = attention[:, layer, head]  # (B, T, S)
     assert batch.alignment is not None, "guided alignment needs batches built with their links"
     guided = guided_alignment_loss(attention, batch.alignment)
-    return LossSums(loss + tc.guided_alignment * guided, nll)
+    return BatchLoss(loss + tc.guided_alignment * guided, nll, guided.detach())
 
 
 def check_alignments(split: Any, tc: TrainConfig, data_dir: Any) -> bool:

@@ -98,12 +98,13 @@ class TableModel(nn.Module):
         return torch.stack(rows), new_state, torch.stack(attn) if need_attention else None
 
     def forward(
-        self,
-        src_ids: torch.Tensor,
-        src_mask: torch.Tensor,
-        tgt_in_ids: torch.Tensor,
-        need_attention: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_in_ids: torch.Tensor
+    ) -> torch.Tensor:
+        return self.forward_with_attention(src_ids, src_mask, tgt_in_ids)[0]
+
+    def forward_with_attention(
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_in_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, length = tgt_in_ids.shape
         logits = torch.zeros(batch, length, self.vocab)
         attn = torch.zeros(batch, length, src_ids.size(1))
@@ -113,7 +114,7 @@ class TableModel(nn.Module):
                 prefix = tgt_in_ids[b, 1 : t + 1].tolist()
                 logits[b, t] = self.table(src, prefix)
                 attn[b, t] = self.attention_row(src, prefix, src_ids.size(1))
-        return (logits, attn) if need_attention else logits
+        return logits, attn
 
 
 def tiny_model(arch: str, vocab: int = 8, seed: int = 0, **rnn: object) -> nn.Module:
@@ -164,7 +165,7 @@ def teacher_forced(
     with torch.no_grad():
         log_probs, attn = [], None
         for j, model in enumerate(members):
-            logits, weights = model(src_ids, src_mask, tgt_in, need_attention=True)
+            logits, weights = model.forward_with_attention(src_ids, src_mask, tgt_in)
             log_probs.append(torch.log_softmax(logits.float(), dim=-1))
             if j == 0:
                 attn = weights

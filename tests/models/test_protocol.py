@@ -134,11 +134,11 @@ def attn_of_forward(name: str, attn: torch.Tensor) -> torch.Tensor:
 def test_padding_changes_nothing_in_forward(name: str) -> None:
     model = make_model(name)
     src, src_mask, tgt = make_batch()
-    logits, attn = model(src, src_mask, tgt, need_attention=True)
+    logits, attn = model.forward_with_attention(src, src_mask, tgt)
     real = real_target(tgt.size(1))
     for extra, fill in ((0, 9), (3, PAD_ID), (3, 11)):
         src2, mask2, tgt2 = make_batch(extra, fill)
-        logits2, attn2 = model(src2, mask2, tgt2, need_attention=True)
+        logits2, attn2 = model.forward_with_attention(src2, mask2, tgt2)
         s, t = src.size(1), tgt.size(1)
         torch.testing.assert_close(logits2[:, :t][real], logits[real], atol=1e-5, rtol=0)
         a, a2 = attn_of_forward(name, attn), attn_of_forward(name, attn2)
@@ -164,7 +164,7 @@ def test_padding_changes_nothing_in_decode_step(name: str) -> None:
 def test_incremental_equals_teacher_forcing(name: str) -> None:
     model = make_model(name)
     src, src_mask, tgt = make_batch()
-    logits, attn = model(src, src_mask, tgt, need_attention=True)
+    logits, attn = model.forward_with_attention(src, src_mask, tgt)
     lp, step_attn = decode_all(model, src, src_mask, tgt)
     assert lp.dtype == torch.float32
     assert (lp - F.log_softmax(logits, -1)).abs().max() < 1e-5
@@ -181,7 +181,7 @@ def test_attention_shapes(name: str) -> None:
     model = make_model(name)
     src, src_mask, tgt = make_batch()
     b, s = src.shape
-    logits, attn = model(src, src_mask, tgt, need_attention=True)
+    logits, attn = model.forward_with_attention(src, src_mask, tgt)
     assert logits.shape == (b, tgt.size(1), V)
     state = model.encode(src, src_mask)
     _, _, step_attn = model.decode_step(tgt[:, 0], state, need_attention=True)

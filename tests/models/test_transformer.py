@@ -130,7 +130,7 @@ def test_fused_and_exact_paths_agree(pre_norm: bool) -> None:
     model = small_model(pre_norm=pre_norm)
     src, src_mask, tgt = padded_batch()
     fused = model(src, src_mask, tgt)
-    exact, attn = model(src, src_mask, tgt, need_attention=True)
+    exact, attn = model.forward_with_attention(src, src_mask, tgt)
     torch.testing.assert_close(fused, exact, atol=1e-5, rtol=0)
     assert attn.shape == (3, 2, 4, 6, 8) and attn.dtype == torch.float32
     state_fused = state_exact = model.encode(src, src_mask)

@@ -56,13 +56,14 @@ def test_training_loss_supervises_head_0_of_the_penultimate_layer() -> None:
     attention = torch.softmax(torch.randn(b, 3, 2, t, s), dim=-1)  # (B, L=3, H=2, T, S)
     attention[:, 1, 0] = batch.alignment.float()  # head 0 of layer -2 follows the single links
     cfg = from_dict(RunConfig, {"train": {"guided_alignment": 0.7, "label_smoothing": 0.1}})
-    loss, nll = training_loss((logits, attention), batch, cfg.train)
+    loss, nll, _ = training_loss(logits, batch, cfg.train, attention)
     plain, plain_nll = label_smoothed_nll(logits, batch.tgt_out_ids, 0.1)
     torch.testing.assert_close(loss, plain)  # the supervised head is at its minimum, 0
     torch.testing.assert_close(nll, plain_nll)
     attention[:, 1, 0] = 1.0 / s  # now uniform: the loss grows by 0.7 * 3 links * log S
-    loss, _ = training_loss((logits, attention), batch, cfg.train)
+    loss, _, align = training_loss(logits, batch, cfg.train, attention)
     torch.testing.assert_close(loss, plain + 0.7 * 3 * math.log(s))
+    torch.testing.assert_close(align, torch.tensor(3 * math.log(s)))  # reported before lambda
     off = from_dict(RunConfig, {"train": {"label_smoothing": 0.1}})  # lambda 0: logits alone
     torch.testing.assert_close(training_loss(logits, batch, off.train).loss, plain)
 
@@ -141,7 +142,7 @@ def _head_hits(run: Path, data: Path) -> float:
     batch = collate(rows["src_ids"], rows["tgt_ids"], list(range(200)), rows[ALIGN_COLUMN])
     model = load_run(run).model
     with torch.no_grad():
-        _, attention = model(batch.src_ids, batch.src_mask, batch.tgt_in_ids, need_attention=True)
+        _, attention = model.forward_with_attention(batch.src_ids, batch.src_mask, batch.tgt_in_ids)
     top = attention[:, -2, 0].argmax(-1)  # (B, T)
     assert batch.alignment is not None
     hit = batch.alignment.gather(-1, top[..., None])[..., 0]
