@@ -52,22 +52,12 @@ from nmt.decoding.alignment import (
 from nmt.decoding.beam import Ensemble, Hypothesis, decode_corpus, iter_decode_corpus
 from nmt.decoding.constraints import Placement, place_terms
 from nmt.decoding.forced import force_corpus
+from nmt.device import resolve_device
 from nmt.errors import CheckpointError, ConfigError, DataError
 from nmt.markup.inline import Aligned
 from nmt.models import count_parameters
 
 EOS_PIECE = "</s>"
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto|cpu|cuda -> torch.device; asking for CUDA without a GPU is an error."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
-    return torch.device(name)
 
 
 def set_threads(threads: int) -> None:
@@ -895,6 +885,5 @@ __all__ = [
     "SentencePlan",
     "TranslationResult",
     "Translator",
-    "resolve_device",
     "set_threads",
 ]

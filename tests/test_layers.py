@@ -19,6 +19,7 @@ RANK = {
     "nmt.io": 0,
     "nmt": 0,
     "nmt.config": 1,
+    "nmt.device": 1,
     "nmt.models": 2,
     "nmt.data": 2,
     "nmt.markup": 2,
