@@ -1,5 +1,6 @@
-"""What a run directory and a checkpoint hold; reading and upgrading them
-(writing, pruning and averaging live in nmt/training/checkpoint.py).
+"""What a run directory and a checkpoint hold: building a checkpoint's payload, upgrading older
+layouts and reading it back. The file operations of training (atomic saves, pruning, averaging)
+live in nmt/training/checkpoint.py.
 
 A run directory (`nmt train --out RUN_DIR`):
 
@@ -28,6 +29,7 @@ reads it and no pickled code ever runs:
     imported        dict     (`nmt import` only) {"source", "weights"}: where the model came from
     model           dict     the model's state_dict
     train_state     dict     (last.pt and checkpoint_<step>.pt only) TrainState.to_dict()
+    averaged_steps  list     (averaged.pt only) the updates of the checkpoints averaged
 
 Every file is written to a temp file in the same folder, fsynced and renamed into place, so a kill
 at any moment leaves the previous good checkpoint.
@@ -41,18 +43,21 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from nmt import __version__
-from nmt.config import PrepareConfig, RunConfig, from_dict, load_yaml
+from nmt.config import PrepareConfig, RunConfig, from_dict, load_yaml, to_dict
 from nmt.data.spm import Tokenizer
 from nmt.data.store import prepared_folder_around
 from nmt.errors import CheckpointError, NmtError
 from nmt.io import Input, Output, check_outputs, read_json, sha256_file
 from nmt.models import build_model
+
+if TYPE_CHECKING:
+    from nmt.data.store import PreparedData
 
 FORMAT_VERSION = 1
 
@@ -72,6 +77,65 @@ _PERIODIC = re.compile(r"^checkpoint_(\d+)\.pt$")
 # format_version -> function turning a payload of that version into one of version + 1.
 # A future layout change adds an entry here (and a tiny old checkpoint under tests/data/).
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+# ---- building a payload ------------------------------------------------------------------------
+
+
+def run_metadata(cfg: RunConfig, data: PreparedData, spm: dict[str, Any]) -> dict[str, Any]:
+    """The part of every checkpoint of a run that describes the run rather than its weights."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "nmt_version": __version__,
+        "config": to_dict(cfg),
+        "vocab": {
+            "src_vocab_size": data.src_vocab_size,
+            "tgt_vocab_size": data.tgt_vocab_size,
+            "shared_vocab": data.shared_vocab,
+            "src_lang": data.src_lang,
+            "tgt_lang": data.tgt_lang,
+        },
+        "spm": spm,
+        "data": {"path": str(Path(data.path).resolve()), "hash": data.hash},
+        "cleaning": data.manifest["config"],
+    }
+
+
+def spm_entry(folder: Path, shared_vocab: bool) -> dict[str, dict[str, str]]:
+    """The `spm` entry of a checkpoint: the tokenizer file(s) in `folder` and their sha256."""
+    names = spm_file_names(shared_vocab)
+    return {
+        side: {"file": names[side], "sha256": sha256_file(folder / names[side])}
+        for side in ("src", "tgt")
+    }
+
+
+def weights_payload(
+    meta: dict[str, Any], step: int, model: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """A checkpoint with the weights only (best.pt): what translate reads, not what resume needs."""
+    return {**meta, "step": step, "model": model}
+
+
+def training_payload(
+    meta: dict[str, Any], step: int, model: dict[str, torch.Tensor], train_state: dict[str, Any]
+) -> dict[str, Any]:
+    """A checkpoint a run can resume from (last.pt, checkpoint_<step>.pt)."""
+    return {**meta, "step": step, "model": model, "train_state": train_state}
+
+
+def averaged_payload(
+    newest: dict[str, Any], model: dict[str, torch.Tensor], steps: list[int]
+) -> dict[str, Any]:
+    """The checkpoint `nmt average` writes: the newest averaged checkpoint's metadata, the mean
+    weights and the steps averaged; no training state."""
+    payload = {key: value for key, value in newest.items() if key != "train_state"}
+    payload["model"] = model
+    payload["averaged_steps"] = steps
+    return payload
+
+
+# ---- reading ------------------------------------------------------------------------------------
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

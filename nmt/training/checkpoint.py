@@ -1,6 +1,7 @@
 """Writing a run's checkpoints: atomic saves, the tokenizer copies, pruning and averaging.
 
-What a run directory and a checkpoint hold, and how they are read, is in nmt/checkpoint.py.
+What a run directory and a checkpoint hold, how a payload is built and how it is read is in
+nmt/checkpoint.py; this module only moves files.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from typing import Any
 
 import torch
 
-from nmt.checkpoint import AVERAGED, list_checkpoints, load_checkpoint, spm_file_names
+from nmt.checkpoint import (
+    AVERAGED,
+    averaged_payload,
+    list_checkpoints,
+    load_checkpoint,
+    spm_file_names,
+)
 from nmt.errors import CheckpointError, ConfigError
 from nmt.io import atomic_open, remove_stale_temps_in, sha256_file
 
@@ -32,16 +39,12 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def copy_tokenizers(
     run_dir: Path, src_spm: str | Path, tgt_spm: str | Path, shared_vocab: bool
-) -> dict[str, dict[str, str]]:
-    """Copy the SentencePiece model(s) into `run_dir`; returns the `spm` entry of a checkpoint."""
+) -> None:
+    """Copy the SentencePiece model(s) into `run_dir` (one file for a joint vocabulary)."""
     names = spm_file_names(shared_vocab)
-    entry: dict[str, dict[str, str]] = {}
-    for side, source in (("src", src_spm), ("tgt", tgt_spm)):
-        target = run_dir / names[side]
-        if side == "src" or not shared_vocab:
-            copy_atomic(source, target)
-        entry[side] = {"file": names[side], "sha256": sha256_file(target)}
-    return entry
+    copy_atomic(src_spm, run_dir / names["src"])
+    if not shared_vocab:
+        copy_atomic(tgt_spm, run_dir / names["tgt"])
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -125,9 +128,7 @@ def average_run(run_dir: Path, last: int, out: Path | None = None) -> tuple[Path
     chosen = found[-last:]
     steps = [step for step, _ in chosen]
     newest = load_checkpoint(chosen[-1][1])
-    payload = {key: value for key, value in newest.items() if key != "train_state"}
-    payload["model"] = average_checkpoints([path for _, path in chosen])
-    payload["averaged_steps"] = steps
+    payload = averaged_payload(newest, average_checkpoints([path for _, path in chosen]), steps)
     missing = []
     for side in ("src", "tgt"):
         name = payload["spm"][side]["file"]
