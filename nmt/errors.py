@@ -26,6 +26,10 @@ class CheckpointError(NmtError):
     """A checkpoint or run directory that is missing, corrupt or incompatible."""
 
 
+class TrainingError(NmtError):
+    """The run cannot go on (e.g. the loss keeps being NaN); the last good checkpoint is kept."""
+
+
 class Stopped(NmtError):
     """Training stopped on SIGINT / SIGTERM after saving its progress. Exits 128 + the signal
     number (130, 143); the message is the whole report, printed without `error:`."""

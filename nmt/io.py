@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 
 def _umask_mode(base: int) -> int:
@@ -52,7 +52,8 @@ def open_binary(path: str | os.PathLike) -> IO[bytes]:
     """`path` opened for reading bytes, gunzipped on the fly when its name ends in .gz: the one
     way `nmt` opens the text files it reads (corpora, files to translate, references)."""
     path = Path(path)
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    handle = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    return cast(IO[bytes], handle)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -11,6 +11,7 @@ handles search output (per-token scores, attention export, hard alignments) hand
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,11 +71,12 @@ def _force_batch(
 
     total: torch.Tensor | None = None  # (B, T, V): the members' log-probabilities, summed
     attention = None
-    for n, model in enumerate(models):
+    member: Any  # a model of nmt.models: forward and forward_with_attention
+    for n, member in enumerate(models):
         if need_attention and n == 0:
-            logits, attention = model.forward_with_attention(src_ids, src_mask, tgt_in)
+            logits, attention = member.forward_with_attention(src_ids, src_mask, tgt_in)
         else:
-            logits = model(src_ids, src_mask, tgt_in)
+            logits = member(src_ids, src_mask, tgt_in)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         total = log_probs if total is None else total.add_(log_probs)
     assert total is not None

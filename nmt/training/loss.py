@@ -17,8 +17,6 @@ import torch.nn.functional as F
 
 from nmt.config import GUIDED_ALIGNMENT_HEAD, PAD_ID, TrainConfig
 from nmt.data.batching import Batch
-from nmt.data.store import ALIGN_COLUMN
-from nmt.errors import DataError
 
 
 class LossSums(NamedTuple):
@@ -147,15 +145,3 @@ def training_loss(
     assert batch.alignment is not None, "guided alignment needs batches built with their links"
     guided = guided_alignment_loss(attention, batch.alignment)
     return BatchLoss(loss + tc.guided_alignment * guided, nll, guided.detach())
-
-
-def check_alignments(split: Any, tc: TrainConfig, data_dir: Any) -> bool:
-    """Whether training needs the `align` column; DataError when it does and `split` lacks it."""
-    if tc.guided_alignment <= 0:
-        return False
-    if ALIGN_COLUMN not in split.column_names:
-        raise DataError(
-            f"{data_dir}: train.guided_alignment={tc.guided_alignment} needs word alignments; "
-            "prepare the data with --set alignments=eflomal"
-        )
-    return True

@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 from nmt import checkpoint as ckpt
 from nmt.cli import app
 from nmt.config import TrainConfig
-from nmt.training.loop import precision_note, resolve_precision, train
+from nmt.training.device import precision_note, resolve_precision
+from nmt.training.loop import train
 from nmt.training.schedule import build_optimizer
 
 PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")}

@@ -97,12 +97,12 @@ def test_every_pair_too_long_is_refused(long_prepared: Path, tmp_path: Path) -> 
 def test_a_failing_validation_keeps_the_training(
     long_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nmt.training import loop
+    from nmt.training import validation
 
     def out_of_memory(run: object) -> dict[str, float]:  # the fault, injected by the test
         raise RuntimeError("CPU out of memory while validating\nsecond line")
 
-    monkeypatch.setattr(loop, "validate", out_of_memory)
+    monkeypatch.setattr(validation, "validate", out_of_memory)
     config = tiny_run_yaml(tmp_path / "run.yaml", valid_every=3, max_steps=6)
     run = tmp_path / "run"
     result = nmt("train", config, "--data", long_prepared, "--out", run)

@@ -190,3 +190,20 @@ def test_translate_takes_alignments_from_the_supervised_head(
         mean = make_record(0, *pieces, layers, "mean", "mean").word_matrix
         averaged += line != format_pharaoh(hard_alignment(mean))
     assert averaged > 0  # so the check above can tell the two apart
+
+
+def test_the_alignment_loss_is_logged_on_its_own(
+    aligned_runs: tuple[Path, dict[float, Path]],
+) -> None:
+    """metrics.jsonl of a guided run carries the alignment loss beside the objective; it falls
+    as the head learns the links. A run without guidance logs no such field."""
+    from nmt.io import read_jsonl
+
+    _, runs = aligned_runs
+    plain = [r for r in read_jsonl(runs[0.0] / "metrics.jsonl") if r["kind"] == "train"]
+    guided = [r for r in read_jsonl(runs[1.0] / "metrics.jsonl") if r["kind"] == "train"]
+    assert plain and not any("align_loss" in r for r in plain)
+    aligned = [r["align_loss"] for r in guided]
+    assert len(aligned) == len(guided) and aligned[-1] < aligned[0]
+    # With lambda 1 the objective holds the whole alignment loss, which is positive.
+    assert all(r["loss"] > r["align_loss"] > 0 for r in guided)

@@ -13,6 +13,7 @@ import torch
 from training_support import (
     assert_bitwise_equal,
     kill_when_stalled,
+    poison_losses,
     tiny_config,
     tiny_yaml,
     weights,
@@ -21,17 +22,11 @@ from typer.testing import CliRunner
 
 from nmt import checkpoint as ckpt
 from nmt.cli import app
-from nmt.errors import ConfigError
+from nmt.device import resolve_device
+from nmt.errors import ConfigError, TrainingError
 from nmt.io import read_jsonl
-from nmt.training.loop import (
-    TrainDebug,
-    TrainingError,
-    make_autocast,
-    precision_note,
-    resolve_device_type,
-    resolve_precision,
-    train,
-)
+from nmt.training.device import make_autocast, precision_note, resolve_precision
+from nmt.training.loop import train
 
 
 def _rows(run_dir: Path, kind: str) -> list[dict]:
@@ -92,13 +87,11 @@ def test_rnn_with_bahdanau_attention_trains(tiny_prepared: Path, tmp_path: Path)
     assert summary["precision"] == "fp32"  # train.precision auto on a CPU
 
 
-def test_a_non_finite_loss_is_skipped_and_counted(tiny_prepared: Path, tmp_path: Path) -> None:
-    summary = train(
-        tiny_config("train.max_steps=6"),
-        tiny_prepared,
-        tmp_path / "run",
-        debug=TrainDebug(nonfinite_at=frozenset({3})),
-    )
+def test_a_non_finite_loss_is_skipped_and_counted(
+    tiny_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poison_losses(monkeypatch, {3})
+    summary = train(tiny_config("train.max_steps=6"), tiny_prepared, tmp_path / "run")
     assert summary["step"] == 6 and summary["nan_steps"] == 1
     assert [(r["step"], r["attempt"]) for r in _rows(tmp_path / "run", "nan")] == [(2, 3)]
     state = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
@@ -107,12 +100,13 @@ def test_a_non_finite_loss_is_skipped_and_counted(tiny_prepared: Path, tmp_path:
 
 
 def test_repeated_non_finite_losses_stop_and_keep_the_last_good_checkpoint(
-    tiny_prepared: Path, tmp_path: Path
+    tiny_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
     cfg = tiny_config("train.max_steps=20", "train.save_every=4", "train.max_nan_steps=3")
+    poison_losses(monkeypatch, set(range(6, 99)))
     with pytest.raises(TrainingError, match=r"3 updates in a row .* non-finite .*update 4\)"):
-        train(cfg, tiny_prepared, run, debug=TrainDebug(nonfinite_at=frozenset(range(6, 99))))
+        train(cfg, tiny_prepared, run)
     assert ckpt.load_checkpoint(run / "last.pt")["step"] == 4
     assert (run / "last.pt").read_bytes() == (run / "checkpoint_4.pt").read_bytes()
     assert all(torch.isfinite(t).all() for t in weights(run / "last.pt").values())
@@ -139,7 +133,7 @@ def test_a_failing_final_validation_keeps_the_trained_state(
     def broken_validation(run: object) -> dict[str, float]:
         raise RuntimeError("out of memory while decoding the validation set")
 
-    monkeypatch.setattr("nmt.training.loop.validate", broken_validation)
+    monkeypatch.setattr("nmt.training.validation.validate", broken_validation)
     cfg = tiny_config("train.max_steps=5", "train.valid_every=1000", "train.save_every=1000")
     with pytest.raises(TrainingError, match="validation at update 5 failed .*out of memory"):
         train(cfg, tiny_prepared, tmp_path / "run")
@@ -197,9 +191,9 @@ def test_precision_and_device_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu)
     if not torch.cuda.is_available():
-        assert resolve_device_type("auto") == "cpu"
-        with pytest.raises(ConfigError, match="no CUDA GPU"):
-            resolve_device_type("cuda")
+        assert resolve_device("auto", "train.device") == cpu
+        with pytest.raises(ConfigError, match="train.device cuda: no CUDA GPU"):
+            resolve_device("cuda", "train.device")
 
 
 @pytest.mark.skipif(
