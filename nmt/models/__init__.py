@@ -24,7 +24,6 @@ Every model is an `nn.Module` with:
   (reorder, drop or duplicate), used by beam search; memory and caches are gathered along the
   batch dimension. With `same_sources` the caller promises that every index points to a row of
   the same source sentence as the row it fills, and the source-side tensors are not copied.
-- `num_parameters() -> int`.
 """
 
 from __future__ import annotations
@@ -35,8 +34,10 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from nmt.config import PAD_ID, ModelConfig
+from nmt.config import ModelConfig
 from nmt.errors import ConfigError
+from nmt.models.rnn import RNNModel
+from nmt.models.transformer import TransformerModel
 
 
 class DecoderState(Protocol):
@@ -49,29 +50,10 @@ def build_model(
     """Build the model that `cfg.arch` names. `shared_vocab` (a joint SentencePiece model) allows
     tying the source embeddings to the target ones as well."""
     if cfg.arch == "rnn":
-        from nmt.models.rnn import RNNModel
-
         return RNNModel(cfg, src_vocab_size, tgt_vocab_size, shared_vocab)
     if cfg.arch == "transformer":
-        from nmt.models.transformer import TransformerModel
-
         return TransformerModel(cfg, src_vocab_size, tgt_vocab_size, shared_vocab)
     raise ValueError(f"unknown architecture {cfg.arch!r}")  # config validation rules this out
-
-
-def make_embeddings(
-    src_vocab_size: int, tgt_vocab_size: int, dim: int, share: bool
-) -> tuple[nn.Embedding, nn.Embedding]:
-    """Source and target embeddings (PAD row kept at zero); with `share` one table serves both,
-    which a joint vocabulary allows."""
-    tgt = nn.Embedding(tgt_vocab_size, dim, padding_idx=PAD_ID)
-    if not share:
-        return nn.Embedding(src_vocab_size, dim, padding_idx=PAD_ID), tgt
-    if src_vocab_size != tgt_vocab_size:
-        raise ValueError(
-            f"a shared vocabulary needs equal sizes, got {src_vocab_size} and {tgt_vocab_size}"
-        )
-    return tgt, tgt
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -31,7 +31,6 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import PAD_ID, ModelConfig
-from nmt.models import count_parameters, make_embeddings
 from nmt.models.attention import (
     BahdanauAttention,
     HardAttention,
@@ -39,6 +38,7 @@ from nmt.models.attention import (
     LuongAttention,
 )
 from nmt.models.dropout import Dropout
+from nmt.models.embeddings import make_embeddings
 
 
 @dataclass
@@ -158,9 +158,6 @@ class RNNModel(nn.Module):
         else:
             self.readout_proj = nn.Identity()
             self.output = nn.Linear(n, tgt_vocab_size, bias=False)
-
-    def num_parameters(self) -> int:
-        return count_parameters(self)
 
     # --- pieces --------------------------------------------------------------------------------
 

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmt.config import PAD_ID, ModelConfig, TransformerConfig
-from nmt.models import count_parameters, make_embeddings
 from nmt.models.attention import (
     MultiHeadCrossAttention,
     MultiHeadSelfAttention,
     sinusoidal_positions,
 )
 from nmt.models.dropout import Dropout
+from nmt.models.embeddings import make_embeddings
 
 
 @dataclass
@@ -245,9 +245,6 @@ class TransformerModel(nn.Module):
         if self.learned_positions is not None:
             nn.init.normal_(self.learned_positions.weight, mean=0.0, std=self.d_model**-0.5)
         nn.init.normal_(self.output.weight, mean=0.0, std=self.d_model**-0.5)
-
-    def num_parameters(self) -> int:
-        return count_parameters(self)
 
     @property
     def _decoder(self) -> list[DecoderLayer]:
