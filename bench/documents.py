@@ -35,7 +35,7 @@ from typing import Any
 import lxml.html
 
 from nmt.data.align import grow_diag_final_and, run_eflomal
-from nmt.inference import TranslationResult, Translator
+from nmt.inference import TranslateOptions, TranslationResult, Translator
 from nmt.markup.html import translate_html
 from nmt.markup.inline import Aligned
 from nmt.metrics import corpus_scores
@@ -81,13 +81,15 @@ def paragraphs(translator: Translator, src: list[str], ref: list[str]) -> dict[s
     for split in (True, False):
         name = "split" if split else "no_split"
         started = time.perf_counter()
-        one = translator.translate_full(src, split=split)
+        one = translator.translate_full(src, TranslateOptions(split=split))
         report[f"one_per_line_{name}_bleu"] = bleu([r.translation for r in one], ref)
         # The same translations joined three per line: what the paragraphs' BLEU is compared
         # with (n-grams across sentence ends, ". A", count in joined lines and not in single ones).
         joined_one, _ = join_three([r.translation for r in one])
         report[f"one_per_line_{name}_joined_bleu"] = bleu(joined_one, joined_ref)
-        results = translator.translate_full(joined_src, split=split, attention=True)
+        results = translator.translate_full(
+            joined_src, TranslateOptions(attention=True, split=split)
+        )
         hyps = [r.translation for r in results]
         report[f"joined_{name}_bleu"] = bleu(hyps, joined_ref)
         lost = [lost_sentences(r, s) for r, s in zip(results, sizes, strict=True)]
@@ -330,7 +332,7 @@ def main() -> None:
         report["paragraphs"] = paragraphs(translator, src, ref)
         print(json.dumps(report["paragraphs"], indent=1), flush=True)
     if not args.no_tags:
-        plain = translator.translate_full(src, attention=True)
+        plain = translator.translate_full(src, TranslateOptions(attention=True))
         report["tags"] = tags(translator, src, ref, plain, train, args.seed)
         print(json.dumps(report["tags"], indent=1, ensure_ascii=False), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

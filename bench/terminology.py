@@ -126,11 +126,14 @@ def contains_word(text: str, term: str) -> bool:
 
 
 def timed_arms(translator: Any, lines: list[str], glossaries: list[Any]) -> dict[str, Any]:
+    from nmt.inference import TranslateOptions
+
     """Translate `lines` in each arm, chunk by chunk in rotating order: results and seconds."""
+    attention = TranslateOptions(attention=True)
     calls = {
         "plain": lambda a, b: translator.translate_full(lines[a:b]),
         "glossary": lambda a, b: translator.translate_full(lines[a:b], glossary=glossaries[a:b]),
-        "plain+attention": lambda a, b: translator.translate_full(lines[a:b], attention=True),
+        "plain+attention": lambda a, b: translator.translate_full(lines[a:b], attention),
     }
     for call in calls.values():  # warm-up: allocator, kernels, thread pool
         call(0, 32)

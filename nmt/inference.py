@@ -4,9 +4,10 @@
 Python programs share:
 
     from nmt import Translator
+    from nmt.inference import TranslateOptions
     t = Translator.load("checkpoints/m30k", beam_size=5)
     t.translate(["Ein Mann fährt Fahrrad ."])             # -> ["A man rides a bike ."]
-    r = t.translate_full(lines, nbest=3, attention=True)  # TranslationResult per line
+    r = t.translate_full(lines, TranslateOptions(nbest=3, attention=True))  # one per line
 
 Text is cleaned with the settings stored in the checkpoint (the training data's NFKC, lowercasing,
 ...), encoded with the run's own SentencePiece model, sorted by length into batches of at most
@@ -47,6 +48,7 @@ from nmt.decoding.alignment import (
     format_pharaoh,
     hard_alignment,
     make_record,
+    reduce_attention,
     supervised_head,
 )
 from nmt.decoding.beam import Ensemble, Hypothesis, decode_corpus, iter_decode_corpus
@@ -67,6 +69,26 @@ def set_threads(threads: int) -> None:
         raise ConfigError(f"--threads {threads}: expected a count >= 1, or 0 for torch's default")
     if threads:
         torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """What one call may change, as one object (CTranslate2 passes its options the same way):
+    the beam and n-best list (None: the Translator's decode settings), what is computed about
+    the attention, and whether lines are translated sentence by sentence (None: decode.split).
+    Frozen and hashable, so that the server can decode requests with equal options in one
+    call."""
+
+    beam_size: int | None = None
+    nbest: int | None = None
+    attention: bool = False  # the word attention and the hard alignment of each translation
+    # With `attention`, a Transformer's word attention of every decoder layer and head as well
+    # (`TranslationResult.layers`, for the server page's selectors).
+    attention_detail: bool = False
+    split: bool | None = None
+
+
+DEFAULT_OPTIONS = TranslateOptions()
 
 
 @dataclass
@@ -98,6 +120,10 @@ class TranslationResult:
     - `terms`: with a glossary, where each glossary term found in the line stands in the
       translation and which source words the attention ties it to; None without a glossary.
       A line's terms count the words of its sentences in turn, as its alignment does.
+    - `layers`: with `TranslateOptions.attention_detail`, a Transformer's word attention of
+      every decoder layer and head, (L, H, target words, source words): each sentence's, and a
+      line's when it is one sentence; `record` then holds the attention the run exports
+      (decode.attention_layer / attention_head), named in `reduced_as`.
     """
 
     translation: str
@@ -112,6 +138,8 @@ class TranslationResult:
     src_span: Span = (0, 0)
     tgt_span: Span = (0, 0)
     sentences: list[TranslationResult] = field(default_factory=list, repr=False)
+    layers: np.ndarray | None = field(default=None, repr=False)
+    reduced_as: tuple[str, str] | None = None  # (layer, head) of `record` next to `layers`
 
     @property
     def src_words(self) -> list[str]:
@@ -150,6 +178,8 @@ class TranslationResult:
     def sentence_dict(self, attention: bool = False) -> dict[str, Any]:
         """One sentence of a line in JSON form: `to_dict`'s fields with its offsets."""
         row = self._fields(False, attention)
+        if attention and self.reduced_as is not None:
+            row["attention"].update(layer=self.reduced_as[0], head=self.reduced_as[1])
         row.update(src_start=self.src_span[0], src_end=self.src_span[1],
                    tgt_start=self.tgt_span[0], tgt_end=self.tgt_span[1])  # fmt: skip
         return row
@@ -172,6 +202,8 @@ class TranslationResult:
                 "tgt_words": self.tgt_words,
                 "matrix": np.round(matrix.astype(np.float64), 4).tolist(),
             }
+            if self.layers is not None:
+                row["attention"]["layers"] = np.round(self.layers.astype(np.float64), 4).tolist()
         if self.terms is not None:
             row["terms"] = [placement.to_dict() for placement in self.terms]
         return row
@@ -199,6 +231,18 @@ class SentencePlan:
     spans: list[list[Span]]
     owners: list[tuple[int, int]]
     src_ids: list[list[int]]
+
+    @staticmethod
+    def joined(plans: Sequence[SentencePlan]) -> SentencePlan:
+        """The plans of several batches of lines as one plan of all their lines, in turn."""
+        spans: list[list[Span]] = []
+        owners: list[tuple[int, int]] = []
+        src_ids: list[list[int]] = []
+        for plan in plans:
+            owners += [(n + len(spans), k) for n, k in plan.owners]
+            spans += plan.spans
+            src_ids += plan.src_ids
+        return SentencePlan(spans, owners, src_ids)
 
 
 class Translator:
@@ -274,7 +318,7 @@ class Translator:
         """Load a run directory (its best.pt) or .pt file, or a list of them (an ensemble).
 
         `overrides` are `decode.key=value` strings (as `--set`); keyword arguments name
-        DecodeConfig fields (`beam_size=5`, `batch_tokens=4000`); `beam` is short for beam_size.
+        DecodeConfig fields (`beam_size=5`, `batch_tokens=4000`) and win over `overrides`.
         `glossary`: a Glossary or a glossary file (read before the models load).
         """
         if glossary is not None and not isinstance(glossary, Glossary):
@@ -282,18 +326,10 @@ class Translator:
         path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
         if not path_list:
             raise ConfigError("give a run directory or checkpoint file (several make an ensemble)")
-        nested = parse_overrides(list(overrides))
-        if set(nested) - {"decode"}:
-            wrong = ", ".join(sorted(set(nested) - {"decode"}))
-            raise ConfigError(
-                f"--set {wrong}.*: only decode.* settings can change at translation time; the "
-                "model is rebuilt from the checkpoint"
-            )
-        if "beam" in decode:
-            decode["beam_size"] = decode.pop("beam")
+        asked = decode_overrides(overrides)
         torch_device = resolve_device(device)
         runs = [load_run(path, torch_device, log) for path in path_list]
-        settings = merge(to_dict(runs[0].config.decode), nested.get("decode", {}))
+        settings = merge(to_dict(runs[0].config.decode), asked)
         settings = merge(settings, {k: v for k, v in decode.items() if v is not None})
         cfg: DecodeConfig = from_dict(DecodeConfig, settings, "decode")
         translator = cls(runs, cfg, torch_device, log, glossary)
@@ -321,57 +357,31 @@ class Translator:
     def translate_full(
         self,
         lines: Sequence[str],
+        options: TranslateOptions = DEFAULT_OPTIONS,
         *,
-        beam_size: int | None = None,
-        nbest: int | None = None,
-        attention: bool = False,
-        attention_layer: str | None = None,
-        attention_head: str | None = None,
         first_index: int = 0,
         where: str = "<input>",
         glossary: Glossary | Sequence[Glossary | None] | None = None,
-        split: bool | None = None,
     ) -> list[TranslationResult]:
-        """A `TranslationResult` per line. `beam_size` / `nbest` override the decode settings for
-        this call; `attention` computes the attention (word matrix and hard alignment), of the
-        Transformer decoder layer / head(s) `attention_layer` / `attention_head` when given
-        (as decode.attention_layer / attention_head: an index, "mean" or "all").
-        `first_index` and `where` name the lines in warnings and errors (0-based index of the
-        first line, file name). `glossary` replaces the translator's own for this call: one for
-        every line, or a list with one (or None) per line. With a glossary the attention is
-        computed, to say where each term went (`TranslationResult.terms`). `split` (default:
-        decode.split) translates each line sentence by sentence and joins the translations with
-        the line's spacing."""
-        found = dict(
-            self._results(
-                lines,
-                False,
-                beam_size,
-                nbest,
-                attention,
-                attention_layer,
-                attention_head,
-                first_index,
-                where,
-                glossary,
-                split,
-            )  # fmt: skip
-        )
+        """A `TranslationResult` per line, searched with the Translator's decode settings as
+        `options` changes them for this call. `first_index` and `where` name the lines in
+        warnings and errors (0-based index of the first line, file name). `glossary` replaces
+        the translator's own for this call: one for every line, or a list with one (or None) per
+        line. With a glossary the attention is computed, to say where each term went
+        (`TranslationResult.terms`). With `options.split` (default: decode.split) each line is
+        translated sentence by sentence and the translations are joined with the line's
+        spacing."""
+        found = dict(self._results(lines, options, first_index, where, glossary, early=False))
         return [found[n] for n in range(len(lines))]
 
     def translate_stream(
         self,
         lines: Sequence[str],
+        options: TranslateOptions = DEFAULT_OPTIONS,
         *,
-        beam_size: int | None = None,
-        nbest: int | None = None,
-        attention: bool = False,
-        attention_layer: str | None = None,
-        attention_head: str | None = None,
         first_index: int = 0,
         where: str = "<input>",
         glossary: Glossary | Sequence[Glossary | None] | None = None,
-        split: bool | None = None,
     ) -> Iterator[tuple[int, TranslationResult]]:
         """As `translate_full`, but yields (line index, result) pairs as the searches end: with
         a beam, each sentence as soon as its own search has, while the rest of its batch goes on
@@ -379,45 +389,61 @@ class Translator:
         way, so that a short sentence does not wait for the longest one beside it. The results
         are those `translate_full` gives; bad lines and settings raise here, before the first
         result."""
-        return self._results(lines, True, beam_size, nbest, attention, attention_layer,
-                             attention_head, first_index, where, glossary, split)  # fmt: skip
+        return self._results(lines, options, first_index, where, glossary, early=True)
+
+    def stream_planned(
+        self,
+        lines: Sequence[str],
+        plan: SentencePlan,
+        options: TranslateOptions = DEFAULT_OPTIONS,
+        glossary: Glossary | Sequence[Glossary | None] | None = None,
+    ) -> Iterator[tuple[int, TranslationResult]]:
+        """`translate_stream` for lines whose sentences `plan` already holds, encoded (the server
+        plans each request once, to weigh it against its batch budget, and decodes that plan)."""
+        cfg = self.settings(beam_size=options.beam_size, nbest=options.nbest)
+        return self._search(lines, plan, cfg, options, glossary, 0, "<input>", early=True)
 
     def _results(
         self,
         lines: Sequence[str],
-        early: bool,
-        beam_size: int | None,
-        nbest: int | None,
-        attention: bool,
-        attention_layer: str | None,
-        attention_head: str | None,
+        options: TranslateOptions,
         first_index: int,
         where: str,
         glossary: Glossary | Sequence[Glossary | None] | None,
-        split: bool | None,
+        early: bool,
     ) -> Iterator[tuple[int, TranslationResult]]:
         """The body of `translate_full` and `translate_stream`: lines and settings checked now,
         (line index, result) pairs as the searches end (`early`: each line as soon as all its
         sentences have ended)."""
         _check_lines(lines)
-        cfg = self.settings(
-            beam_size=beam_size,
-            nbest=nbest,
-            attention_layer=attention_layer,
-            attention_head=attention_head,
-        )
-        plan = self.plan(lines, cfg.split if split is None else split, first_index, where)
+        cfg = self.settings(beam_size=options.beam_size, nbest=options.nbest)
+        split = cfg.split if options.split is None else options.split
+        plan = self.plan(lines, split, first_index, where)
+        return self._search(lines, plan, cfg, options, glossary, first_index, where, early)
+
+    def _search(
+        self,
+        lines: Sequence[str],
+        plan: SentencePlan,
+        cfg: DecodeConfig,
+        options: TranslateOptions,
+        glossary: Glossary | Sequence[Glossary | None] | None,
+        first_index: int,
+        where: str,
+        early: bool,
+    ) -> Iterator[tuple[int, TranslationResult]]:
         matches = self._sentence_terms(lines, plan, glossary, cfg)
         if matches is None:
-            searches = iter_decode_corpus(self.models, plan.src_ids, cfg, self.device, attention,
-                                          early)  # fmt: skip
-            return self._gather(lines, plan, searches, cfg, attention, first_index, where)
+            searches = iter_decode_corpus(self.models, plan.src_ids, cfg, self.device,
+                                          options.attention, early)  # fmt: skip
+            return self._gather(lines, plan, searches, cfg, options, first_index, where)
         # Each sentence's target terms are constraints of its search, and each result says
         # where they went (the attention is computed for that).
         constraints = [[self._term_ids[m.term.tgt] for m in found or []] for found in matches]
         searches = iter_decode_corpus(self.models, plan.src_ids, cfg, self.device, True, early,
                                       constraints, self.word_end())  # fmt: skip
-        return self._gather(lines, plan, searches, cfg, True, first_index, where,
+        options = dataclasses.replace(options, attention=True)
+        return self._gather(lines, plan, searches, cfg, options, first_index, where,
                             (matches, constraints))  # fmt: skip
 
     def _sentence_terms(
@@ -448,7 +474,7 @@ class Translator:
         plan: SentencePlan,
         searches: Iterator[tuple[int, list[Hypothesis]]],
         cfg: DecodeConfig,
-        attention: bool,
+        options: TranslateOptions,
         first_index: int,
         where: str,
         terms: tuple[list[list[TermMatch] | None], list[list[list[int]]]] | None = None,
@@ -459,7 +485,7 @@ class Translator:
         done: dict[int, dict[int, TranslationResult]] = {}
         for unit, nbest_list in searches:
             n, k = plan.owners[unit]
-            sentence = self.result(first_index + n, plan.src_ids[unit], nbest_list, cfg, attention)
+            sentence = self.result(first_index + n, plan.src_ids[unit], nbest_list, cfg, options)
             if sentence.record is not None:
                 sentence.record.sentence = k
             if terms is not None and terms[0][unit] is not None:
@@ -588,6 +614,7 @@ class Translator:
             nbest=self._joined_nbest(line, spans, sentences),
             alignment=links,
             record=sentences[0].record if len(sentences) == 1 else None,
+            layers=sentences[0].layers if len(sentences) == 1 else None,
             terms=_line_terms(sentences),
             src_span=(0, len(line)),
             tgt_span=(0, len(text)),
@@ -647,8 +674,9 @@ class Translator:
                     f"model's maximum of {limit}"
                 )
         hyps = force_corpus(self.models, src_ids, tgt_ids, self.cfg, self.device, attention)
+        options = TranslateOptions(attention=attention)
         return [
-            self.result(first_index + n, src_ids[n], [hyp], self.cfg, attention)
+            self.result(first_index + n, src_ids[n], [hyp], self.cfg, options)
             for n, hyp in enumerate(hyps)
         ]
 
@@ -783,7 +811,7 @@ class Translator:
         src: list[int],
         hyps: list[Hypothesis],
         cfg: DecodeConfig,
-        attention: bool,
+        options: TranslateOptions,
     ) -> TranslationResult:
         best = hyps[0]
         pieces = self.tgt_tok.pieces(best.tokens)
@@ -796,17 +824,39 @@ class Translator:
             token_scores=list(best.token_scores),
             nbest=nbest,
         )
-        if attention:
-            result.record = make_record(
-                index,
-                self.src_tok.pieces(src),
-                pieces,
-                best.attention,
-                cfg.attention_layer,
-                cfg.attention_head,
-            )
-            result.alignment = self.alignment(result.record, best, cfg, self.aligned_head)
+        if not options.attention:
+            return result
+        src_pieces = self.src_tok.pieces(src)
+        if options.attention_detail and self.arch == "transformer":
+            everything = make_record(index, src_pieces, pieces, best.attention, "all", "all")
+            result.record, result.layers, result.alignment = self.detail(everything, best, cfg)
+            if result.layers is not None:
+                result.reduced_as = (cfg.attention_layer, cfg.attention_head)
+            return result
+        result.record = make_record(
+            index, src_pieces, pieces, best.attention, cfg.attention_layer, cfg.attention_head
+        )
+        result.alignment = self.alignment(result.record, best, cfg, self.aligned_head)
         return result
+
+    def detail(
+        self, everything: AttentionRecord, hyp: Hypothesis, cfg: DecodeConfig
+    ) -> tuple[AttentionRecord, np.ndarray | None, list[Link]]:
+        """From a record of every decoder layer and head, the record of the attention the run
+        exports (decode.attention_layer / attention_head), the per-head word matrices
+        (L, H, Tw, Sw) and the hard alignment (of the guided head in a run trained with guided
+        alignment). Word merging is linear, so reducing the per-head word matrices gives the
+        numbers the exported matrix has."""
+        layers = everything.word_matrix
+        if layers.ndim != 4:  # an empty sentence: nothing was attended
+            return everything, None, []
+        words = reduce_attention(layers.transpose(2, 0, 1, 3), self.cfg.attention_layer,
+                                 self.cfg.attention_head)  # fmt: skip
+        if self.aligned_head is not None:
+            links = self.alignment(everything, hyp, cfg, self.aligned_head)
+        else:
+            links = hard_alignment(words, self.cfg.align_threshold)
+        return dataclasses.replace(everything, word_matrix=words), layers, links
 
     @staticmethod
     def alignment(
@@ -852,6 +902,19 @@ def _line_terms(sentences: Sequence[TranslationResult]) -> list[Placement] | Non
     return out
 
 
+def decode_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """`decode.key=value` strings (`--set`) as a dict of decode settings; ConfigError for any
+    other section, since the model is rebuilt from the checkpoint."""
+    nested = parse_overrides(list(overrides))
+    if set(nested) - {"decode"}:
+        wrong = ", ".join(sorted(set(nested) - {"decode"}))
+        raise ConfigError(
+            f"--set {wrong}.*: only decode.* settings can change at translation time; the "
+            "model is rebuilt from the checkpoint"
+        )
+    return dict(nested.get("decode", {}))
+
+
 def _check_lines(lines: Sequence[str], what: str = "Translator.translate takes") -> None:
     """A str is a sequence of characters too: refuse it rather than translate each letter."""
     if isinstance(lines, str):
@@ -883,7 +946,9 @@ def _check_text(lines: Sequence[str], first_index: int, where: str) -> None:
 __all__ = [
     "Candidate",
     "SentencePlan",
+    "TranslateOptions",
     "TranslationResult",
     "Translator",
+    "decode_overrides",
     "set_threads",
 ]

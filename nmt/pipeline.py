@@ -528,7 +528,7 @@ def translate(
     from nmt.data import textio
     from nmt.data.corpus import open_input
     from nmt.data.glossary import Glossary
-    from nmt.inference import Translator, set_threads
+    from nmt.inference import TranslateOptions, Translator, set_threads
     from nmt.markup.document import document_format
 
     log = log or _log_stderr
@@ -629,7 +629,7 @@ def translate(
             else:
                 results = translator.translate_full(
                     lines,
-                    attention=need_attention,
+                    TranslateOptions(attention=need_attention),
                     first_index=writer.count,
                     where=where,
                     glossary=line_glossaries,
@@ -679,7 +679,7 @@ def translate_document(
     import sys
 
     from nmt.data.corpus import read_text
-    from nmt.inference import Translator, set_threads
+    from nmt.inference import TranslateOptions, Translator, set_threads
     from nmt.markup.document import translate_document as translate_markup
 
     where = str(input_path) if input_path is not None else "<stdin>"
@@ -702,7 +702,8 @@ def translate_document(
         with progress_bar(len(texts) if len(texts) > 1 else 0, "translating") as advance:
             for first in range(0, len(texts), 1000):
                 chunk = texts[first : first + 1000]
-                results += translator.translate_full(chunk, attention=True, first_index=first,
+                results += translator.translate_full(chunk, TranslateOptions(attention=True),
+                                                     first_index=first,
                                                      where=f"{where} (block)")  # fmt: skip
                 advance(len(chunk))
         counts["units"] = len(results)

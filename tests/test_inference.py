@@ -21,7 +21,7 @@ from nmt.config import DecodeConfig
 from nmt.data.glossary import Glossary
 from nmt.decoding.beam import length_penalty
 from nmt.errors import ConfigError, DataError
-from nmt.inference import Translator
+from nmt.inference import TranslateOptions, Translator
 
 RUN_DECODE = DecodeConfig()  # the tiny run keeps the default length normalisation
 LINES = ["ba ce do", "", "fo ge ha ke", "lo", "ke lo ba ce do fe", "  "]
@@ -57,7 +57,7 @@ def test_package_root_exports_translator_and_matches_the_command(
 def test_settings_come_from_the_run_then_overrides_then_keywords(run_dir: Path) -> None:
     from nmt import Translator
 
-    t = Translator.load(run_dir, "cpu", ["decode.beam_size=4", "decode.nbest=2"], beam=2)
+    t = Translator.load(run_dir, "cpu", ["decode.beam_size=4", "decode.nbest=2"], beam_size=2)
     assert (t.cfg.beam_size, t.cfg.nbest) == (2, 2)  # keyword beats --set, --set beats the run
     assert Translator.load(run_dir, "cpu").cfg.beam_size == 3  # the run's own decode section
     with pytest.raises(Exception, match="only decode"):
@@ -68,7 +68,7 @@ def test_full_results_hold_scores_nbest_and_alignment(run_dir: Path) -> None:
     from nmt import Translator
 
     t = Translator.load(run_dir, "cpu", beam_size=3)
-    results = t.translate_full(LINES, nbest=3, attention=True)
+    results = t.translate_full(LINES, TranslateOptions(nbest=3, attention=True))
     assert [r.translation for r in results] == t.translate(LINES)
     for line, r in zip(LINES, results, strict=True):
         if not line.strip():
@@ -93,7 +93,7 @@ def test_scoring_the_models_own_translations_gives_its_search_numbers(run_dir: P
     from nmt import Translator
 
     t = Translator.load(run_dir, "cpu", beam_size=3)
-    searched = t.translate_full(LINES, attention=True)
+    searched = t.translate_full(LINES, TranslateOptions(attention=True))
     forced = t.score(LINES, [r.translation for r in searched], attention=True)
     for s, f in zip(searched, forced, strict=True):
         if not s.tokens:  # an empty line: nothing was searched, but the EOS is still scored
@@ -290,7 +290,7 @@ def test_target_terms_appear_and_lines_without_terms_are_unchanged(
     plain = Translator.load(run_dir, "cpu")
     messages: list[str] = []
     steered = Translator.load(run_dir, "cpu", log=messages.append, glossary=glossary_file)
-    before = plain.translate_full(LINES, attention=True)
+    before = plain.translate_full(LINES, TranslateOptions(attention=True))
     after = steered.translate_full(LINES)
     assert "KE" not in before[0].translation.split() and "HA FO" not in before[2].translation
     assert "KE" in after[0].translation.split() and "KE" in after[4].translation.split()

@@ -183,7 +183,7 @@ def create_app(
         if req.document is not None:
             return await translate_document_request(req, started)
         try:
-            job = batcher.submit(req.model, req.lines, req.options)
+            job = batcher.submit(req.model, req.lines, req.options, req.glossary)
         except QueueFull as exc:
             return error_response(503, f"server busy: {exc}")
         except DecoderStopped as exc:
@@ -297,7 +297,7 @@ async def translate_document(batcher: Batcher, req: TranslateRequest) -> dict[st
     rows: list[dict[str, Any]] = []
 
     def aligned(texts: list[str]) -> list[Aligned]:
-        work = batcher.translate(req.model, texts, options)
+        work = batcher.translate(req.model, texts, options, req.glossary)
         rows.extend(asyncio.run_coroutine_threadsafe(work, loop).result())
         return [
             Aligned(row["translation"], row["attention"]["src_words"],

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nmt.config import ServeConfig
-from nmt.serve.batcher import Options
+from nmt.inference import TranslateOptions
 
 FIELDS = ("text", "model", "beam", "nbest", "attention", "attention_detail", "glossary", "split",
           "format")  # fmt: skip
@@ -29,11 +29,14 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True)
 class TranslateRequest:
-    """What to translate: `lines` (format "text"), or one `document` in HTML or Markdown."""
+    """What to translate: `lines` (format "text"), or one `document` in HTML or Markdown; with
+    the search settings (the JSON field `beam` is the request's spelling of `beam_size`) and
+    the request's glossary as sorted (source term, target term) pairs."""
 
     model: str
     lines: list[str]
-    options: Options
+    options: TranslateOptions
+    glossary: tuple[tuple[str, str], ...] = ()
     format: str = "text"
     document: str | None = None
 
@@ -71,8 +74,8 @@ def parse_translate(
     attention = _bool(data, "attention") or detail
     glossary = _glossary(data, cfg)
     split = _bool(data, "split", True)
-    options = Options(beam, nbest, attention, detail, glossary, split)
-    return TranslateRequest(model, lines, options, fmt, document)
+    options = TranslateOptions(beam, nbest, attention, detail, split)
+    return TranslateRequest(model, lines, options, glossary, fmt, document)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 from conftest import MAX_CHARS, MAX_SENTENCES
 from serve_support import Reply, Server, call, serve_in_thread
 
-from nmt.inference import Translator
+from nmt.inference import TranslateOptions, Translator
 
 SENTENCES = ["ba ce do", "", "fo ge", "ha ke lo ba ce do fe", "ce"]
 
@@ -60,7 +60,7 @@ def test_translate_answers_like_the_python_api(server: Server, local: dict) -> N
     assert reply.status == 200 and reply.headers["content-type"].startswith("application/json")
     data = reply.data
     assert data["model"] == "tiny-transformer" and data["time_ms"] > 0
-    expected = local["tiny-transformer"].translate_full(SENTENCES, attention=True)
+    expected = local["tiny-transformer"].translate_full(SENTENCES, TranslateOptions(attention=True))
     assert len(data["translations"]) == len(SENTENCES)
     for got, want in zip(data["translations"], expected, strict=True):
         want = want.to_dict()
@@ -82,7 +82,7 @@ def test_a_single_string_gives_one_translation(server: Server) -> None:
 def test_second_model_by_name(server: Server, local: dict) -> None:
     data = translate(server, text=["fo ge", "ba ce do"], model="tiny-rnn", beam=2).data
     assert data["model"] == "tiny-rnn"
-    want = local["tiny-rnn"].translate_full(["fo ge", "ba ce do"], beam_size=2)
+    want = local["tiny-rnn"].translate_full(["fo ge", "ba ce do"], TranslateOptions(beam_size=2))
     assert [t["translation"] for t in data["translations"]] == [w.translation for w in want]
 
 
@@ -137,7 +137,7 @@ def test_a_paragraph_is_translated_sentence_by_sentence(server: Server, local: d
     assert row["translation"] == want.translation
     whole = translate(server, text=paragraph, split=False).data["translations"][0]
     assert len(whole["sentences"]) == 1
-    want = local["tiny-transformer"].translate_full([paragraph], split=False)[0]
+    want = local["tiny-transformer"].translate_full([paragraph], TranslateOptions(split=False))[0]
     assert whole["translation"] == want.translation
 
 
@@ -320,13 +320,13 @@ def test_wrong_method_and_unknown_path(server: Server) -> None:
 def faulty_server(served_runs: list[Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The app in this process (uvicorn in a thread) with decoding made to fail."""
     from nmt.config import ServeConfig
-    from nmt.serve import batcher
+    from nmt.inference import Translator
     from nmt.serve.app import create_app, load_translators
 
-    def broken(*args: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    def broken(*args: Any) -> Iterator[tuple[int, Any]]:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(batcher, "decode_stream", broken)
+    monkeypatch.setattr(Translator, "stream_planned", broken)
     with serve_in_thread(
         create_app(load_translators(served_runs[:1], "cpu"), ServeConfig())
     ) as url:

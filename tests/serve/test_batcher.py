@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 
 from nmt.errors import DataError
-from nmt.inference import Translator
-from nmt.serve.batcher import Batcher, Options, QueueFull
+from nmt.inference import TranslateOptions, Translator
+from nmt.serve.batcher import Batcher, QueueFull
 from nmt.serve.metrics import Metrics
 
 LINES = ["ba ce do", "fo ge", "ha ke lo ba", "ce", "do fe ga", "lo ba ke"]
-PLAIN = Options(beam=3, nbest=1, attention=False, attention_detail=False)
+PLAIN = TranslateOptions(beam_size=3, nbest=1)
+WITH_ATTENTION = TranslateOptions(attention=True)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def translator(served_runs: list[Path]) -> Iterator[Translator]:
 def run_batcher(
     translator: Translator,
     max_tokens: int,
-    jobs: list[tuple[list[str], Options]],
+    jobs: list[tuple[list[str], TranslateOptions]],
     answered: list[int] | None = None,
 ):
     """Queue all jobs at once (before the worker starts), run them; (results, batches, metrics).
@@ -60,7 +61,7 @@ def run_batcher(
 def test_requests_share_one_call_and_get_their_own_answers(translator: Translator) -> None:
     results, batches, metrics = run_batcher(translator, 10_000, [([line], PLAIN) for line in LINES])
     assert batches == 1 and metrics.batch_sentences.counts[3] == 1  # one call of 5-8 sentences
-    direct = translator.translate_full(LINES, attention=True)
+    direct = translator.translate_full(LINES, WITH_ATTENTION)
     assert [r[0] for r in results] == [d.to_dict() for d in direct]
 
 
@@ -75,12 +76,12 @@ def test_a_short_request_is_answered_before_the_long_one_beside_it_ends(
         translator, 10_000, [([line], PLAIN) for line in lines], answered
     )
     assert batches == 1 and answered == ends  # one call, answered as each search ended
-    direct = translator.translate_full(lines, attention=True)
+    direct = translator.translate_full(lines, WITH_ATTENTION)
     assert [r[0] for r in results] == [d.to_dict() for d in direct]
 
 
 def test_the_token_budget_splits_the_queue(translator: Translator) -> None:
-    tokens = [len(ids) + 1 for ids in translator.src_tok.encode_batch(LINES)]
+    tokens = [len(ids) + 1 for ids in translator.encode(LINES, 0, "request")]
     budget = max(tokens[0] + tokens[1], max(tokens))  # the first two requests fit, not three
     assert tokens[0] + tokens[1] + tokens[2] > budget
     results, batches, _ = run_batcher(translator, budget, [([line], PLAIN) for line in LINES])
@@ -89,13 +90,13 @@ def test_the_token_budget_splits_the_queue(translator: Translator) -> None:
 
 
 def test_different_settings_are_decoded_apart(translator: Translator) -> None:
-    wide = Options(beam=4, nbest=2, attention=True, attention_detail=False)
+    wide = TranslateOptions(beam_size=4, nbest=2, attention=True)
     jobs = [(["ba ce do"], PLAIN), (["ba ce do"], wide), (["fo ge"], PLAIN)]
     results, batches, _ = run_batcher(translator, 10_000, jobs)
     assert batches == 2
     assert "attention" not in results[0][0] and "nbest" not in results[0][0]
     assert len(results[1][0]["nbest"]) == 2 and "matrix" in results[1][0]["attention"]
-    want = translator.translate_full(["ba ce do"], beam_size=4, nbest=2, attention=True)[0]
+    want = translator.translate_full(["ba ce do"], wide)[0]
     assert results[1][0] == want.to_dict(nbest=True, attention=True)
 
 
@@ -117,16 +118,14 @@ def test_a_full_queue_refuses_more(translator: Translator) -> None:
 def test_a_fault_part_way_fails_only_the_requests_still_waiting(
     translator: Translator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nmt.serve import batcher as module
+    real = Translator.stream_planned
 
-    real = module.decode_stream
-
-    def fails_after_one(*args: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    def fails_after_one(*args: Any) -> Iterator[tuple[int, Any]]:
         stream = real(*args)
         yield next(stream)
         raise RuntimeError("the model went away")
 
-    monkeypatch.setattr(module, "decode_stream", fails_after_one)
+    monkeypatch.setattr(Translator, "stream_planned", fails_after_one)
     batcher = Batcher({"m": translator}, 10_000, max_wait=0.5, max_queue=100)
 
     async def main() -> list:
@@ -145,7 +144,7 @@ def test_a_fault_part_way_fails_only_the_requests_still_waiting(
 
 
 def test_a_line_the_model_refuses_fails_only_its_own_request(served_runs: list[Path]) -> None:
-    strict = Translator.load(served_runs[0], device="cpu", too_long="error", beam=3)
+    strict = Translator.load(served_runs[0], device="cpu", too_long="error", beam_size=3)
     assert strict.max_src_len is not None
     too_long = " ".join(["ba ce do fo"] * strict.max_src_len)
     jobs = [([LINES[0]], PLAIN), ([LINES[1], too_long], PLAIN), ([LINES[2]], PLAIN)]
@@ -163,6 +162,6 @@ def test_a_line_the_model_refuses_fails_only_its_own_request(served_runs: list[P
     first, refused, third = asyncio.run(main())
     assert isinstance(refused, DataError)
     assert str(refused).startswith("request:2: ")  # its own second line
-    direct = strict.translate_full([LINES[0], LINES[2]], attention=True)
+    direct = strict.translate_full([LINES[0], LINES[2]], WITH_ATTENTION)
     assert [first[0], third[0]] == [d.to_dict() for d in direct]
     assert batcher.queued_sentences == 0
