@@ -1,6 +1,7 @@
 """The `nmt` command line: read flags, build the config, call `nmt.pipeline`, map errors to exits.
 
-Nothing here computes anything: each command is a thin shell over one pipeline function. An
+Nothing here computes anything: each command is a thin shell over one function of its command
+module in nmt/pipeline/, imported when the command runs (so that `nmt --help` starts fast). An
 `NmtError` becomes one line on stderr and exit code 2 (usage/config) or 1 (data/runtime).
 """
 
@@ -143,9 +144,9 @@ def prepare(
         --valid hf:wmt14:de-en --test newstest2014=hf:wmt14:de-en@test \\
         --set joint_vocab=false --out data/wmt14-de-en
     """
-    from nmt import pipeline
     from nmt.config import PrepareConfig, from_dict, load_yaml, merge, parse_overrides
     from nmt.data.corpus import default_split_name
+    from nmt.pipeline import prepare as command
 
     def flat(data: dict[str, Any]) -> dict[str, Any]:
         # Accept a `prepare:` section as well as top-level keys.
@@ -164,7 +165,7 @@ def prepare(
         if name in tests:
             raise ConfigError(f"--test {item}: a test set named {name!r} was given twice")
         tests[name] = spec
-    pipeline.prepare(cfg, train, valid, tests, out, overwrite, config_file=config)
+    command.prepare(cfg, train, valid, tests, out, overwrite, config_file=config)
 
 
 # ---- train, average -----------------------------------------------------------------------------
@@ -216,9 +217,9 @@ def train(
       nmt train --init runs/tf --data data/in-domain --out runs/tf-ft --set train.lr=2e-4
       torchrun --nproc_per_node=2 -m nmt.cli train CONFIG.yaml --data DATA --out RUN_DIR
     """
-    from nmt import pipeline
+    from nmt.pipeline import train as command
 
-    pipeline.train(config, data, out, list(set_), resume, init)
+    command.train(config, data, out, list(set_), resume, init)
 
 
 @app.command()
@@ -238,9 +239,9 @@ def average(
       nmt average checkpoints/m30k-tf --last 5
       nmt translate checkpoints/m30k-tf/averaged.pt -i test.de
     """
-    from nmt import pipeline
+    from nmt.pipeline import train as command
 
-    path, steps = pipeline.average(run_dir, last, out)
+    path, steps = command.average(run_dir, last, out)
     listed = ", ".join(map(str, steps))
     typer.echo(f"averaged {len(steps)} checkpoints (updates {listed}) -> {path}")
 
@@ -267,9 +268,9 @@ def export(
       nmt export checkpoints/m30k-tf --out exports/m30k-tf
       nmt export checkpoints/m30k-tf/averaged.pt --out exports/m30k-int8 --quantization int8
     """
-    from nmt import pipeline
+    from nmt.pipeline import export as command
 
-    path = pipeline.export(checkpoint, out, format_, quantization)
+    path = command.export(checkpoint, out, format_, quantization)
     typer.echo(
         f"exported {checkpoint} -> {path} (CTranslate2; source.spm, target.spm and the decoding "
         "settings nmt-decoding.json beside it)"
@@ -458,10 +459,10 @@ def translate(
       nmt translate RUN -i page.de.html -o page.en.html
       nmt translate RUN -i README.de.md -o README.en.md --threads 1
     """
-    from nmt import pipeline
+    from nmt.pipeline import translate as command
 
     flags = {"beam_size": beam, "nbest": nbest, "batch_tokens": batch_tokens, "split": split}
-    pipeline.translate(
+    command.translate(
         list(checkpoint), input_, output, list(set_), flags, device, attention_out,
         alignments_out, plot_dir, output_format=output_format, with_attention=attention,
         force_path=force, glossary_path=glossary, input_format=input_format,
@@ -520,18 +521,18 @@ def evaluate(
       nmt evaluate RUN --test flickr2016=t16.de,t16.en --test flickr2017=t17.de,t17.en
       nmt evaluate --hyp test.hyp.en --ref test.en
     """
-    from nmt import pipeline
+    from nmt.pipeline import evaluate as command
 
-    sets = pipeline.parse_test_sets(src, list(ref), hyp, list(test))
+    sets = command.parse_test_sets(src, list(ref), hyp, list(test))
     flags: dict[str, Any] = {"beam_size": beam, "batch_tokens": batch_tokens, "split": split}
     if beam is not None:
         flags["nbest"] = 1
-    result = pipeline.evaluate(
+    result = command.evaluate(
         list(checkpoint or []), sets, report, hyp_out, list(set_), flags, device, tokenize,
         glossary_path=glossary,
         threads=threads,
     )  # fmt: skip
-    pipeline.print_scores(result)
+    command.print_scores(result)
     if report is not None:
         typer.echo(f"report: {report}")
 
@@ -556,9 +557,9 @@ def align_eval(
       nmt translate RUN -i test.de --alignments-out test.align
       nmt align-eval --gold test.gold.align --hyp test.align --report aer.json
     """
-    from nmt import pipeline
+    from nmt.pipeline import evaluate as command
 
-    s = pipeline.align_eval(gold, hyp, report)
+    s = command.align_eval(gold, hyp, report)
     typer.echo(
         f"AER {s['aer']:.4f}  precision {s['precision']:.4f}  recall {s['recall']:.4f}  "
         f"({s['sentences']:,} sentences, {s['hyp_links']:,} links, {s['sure_links']:,} sure, "
@@ -593,9 +594,9 @@ def plot(
       nmt translate RUN -i test.de --attention-out attn.npz
       nmt plot attn.npz --index 3 --out sentence3.png
     """
-    from nmt import pipeline
+    from nmt.pipeline import plot as command
 
-    path = pipeline.plot(attention_file, index, out, layer, subwords, sentence)
+    path = command.plot(attention_file, index, out, layer, subwords, sentence)
     typer.echo(f"wrote {path}")
 
 
@@ -618,9 +619,9 @@ def plot_metrics(
       nmt plot-metrics checkpoints/m30k --out curve.png
       nmt plot-metrics runs/a runs/b --metric chrf --out compare.png
     """
-    from nmt import pipeline
+    from nmt.pipeline import plot as command
 
-    path = pipeline.plot_metrics(runs, out, metric)
+    path = command.plot_metrics(runs, out, metric)
     typer.echo(f"wrote {path}")
 
 
@@ -643,9 +644,9 @@ def corpus(
     
       nmt corpus bible --out data/bible/raw
     """
-    from nmt import pipeline
+    from nmt.pipeline import corpus as command
 
-    counts = pipeline.export_corpus(name, out)
+    counts = command.export_corpus(name, out)
     sizes = ", ".join(f"{split} {n:,}" for split, n in counts.items())
     typer.echo(f"wrote {name} to {out}: {sizes} pairs")
 

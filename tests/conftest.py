@@ -19,7 +19,7 @@ def tiny_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rich.console import Console
 
     from nmt.config import PrepareConfig
-    from nmt.pipeline import prepare
+    from nmt.pipeline.prepare import prepare
 
     root = tmp_path_factory.mktemp("tiny_corpus")
     write_reverse_corpus(root, "train", 400, seed=1)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from data_support import MULTI30K, tiny_config, write_corpus
 
-from nmt import pipeline
 from nmt.config import EOS_ID, PrepareConfig, load_yaml
 from nmt.data import store
 from nmt.data.batching import TokenBatchSampler
@@ -16,14 +15,13 @@ from nmt.data.spm import Tokenizer
 from nmt.data.store import PreparedData, load_prepared
 from nmt.errors import DataError
 from nmt.io import sha256_file
+from nmt.pipeline.prepare import prepare
 
 
 def run(
     cfg: PrepareConfig, specs: dict[str, str], out: Path, overwrite: bool = False
 ) -> PreparedData:
-    return pipeline.prepare(
-        cfg, specs["train"], specs["valid"], {"test": specs["test"]}, out, overwrite
-    )
+    return prepare(cfg, specs["train"], specs["valid"], {"test": specs["test"]}, out, overwrite)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +187,7 @@ def test_load_prepared_errors(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (MULTI30K / "train.de.gz").is_file(), reason="Multi30k not present")
 def test_multi30k_8k_joint_unigram(tmp_path: Path) -> None:
-    data = pipeline.prepare(
+    data = prepare(
         PrepareConfig(vocab_size=8000),
         str(MULTI30K / "train"),
         str(MULTI30K / "val"),

@@ -13,11 +13,11 @@ import pytest
 import torch
 from training_support import tiny_config, tiny_yaml, weights
 
-from nmt import pipeline
 from nmt.data.batching import TokenBatchSampler
 from nmt.data.store import load_prepared
 from nmt.errors import CheckpointError
 from nmt.io import read_jsonl
+from nmt.pipeline import train as train_command
 from nmt.training.loop import train
 
 
@@ -77,4 +77,4 @@ def test_two_gloo_processes_with_a_resume_equal_one_process_with_update_freq_2(
 
     # Resuming with another number of processes would change the data order: refused.
     with pytest.raises(CheckpointError, match="trained with 2 process"):
-        pipeline.train(None, None, None, [], resume=two)
+        train_command.train(None, None, None, [], resume=two)

@@ -112,7 +112,7 @@ def aligned_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[f
     from rich.console import Console
 
     from nmt.config import PrepareConfig
-    from nmt.pipeline import prepare
+    from nmt.pipeline.prepare import prepare
     from nmt.training.loop import train
 
     root = tmp_path_factory.mktemp("aligned")
