@@ -269,46 +269,22 @@ def iter_beam_search(
     ens = Ensemble(models)
     device = src_ids.device
     batch, beam = src_ids.size(0), cfg.beam_size
-    lexical = None  # dynamic beam allocation when some sentence has a constraint
-    if constraints is not None:
-        lexical = Constraints(constraints, beam, device, word_end)
-        lexical = None if lexical.is_empty else lexical
+    lexical = _constraints(constraints, beam, device, word_end)
     src_lengths = src_mask.sum(dim=1)  # (B,)
     max_lens = max_output_lengths(src_lengths, cfg, ens.max_positions)  # (B,)
     num_steps = int(max_lens.max()) + 1  # the last step can only emit EOS
     shortest = int(max_lens.min())  # before this step no sentence is at its maximum length
 
     collect_attention = need_attention or cfg.coverage_penalty > 0  # the penalty reads it
-    states = ens.encode(src_ids, src_mask)
-    states = ens.select(states, torch.arange(batch, device=device).repeat_interleave(beam))
-    # Only beam 0 is live at first; the others would duplicate it.
-    scores = torch.full((batch, beam), NEG_INF, device=device)  # (n, K) cumulative log-probs
-    scores[:, 0] = 0.0
-    prev = torch.full((batch * beam,), BOS_ID, dtype=torch.long, device=device)
+    states, scores, prev = _start_beams(ens, src_ids, src_mask, beam)  # scores (n, K)
     alive = torch.arange(batch, device=device)  # (n,) original index of each live sentence
-    # Tokens so far, kept only for no_repeat_ngram.
-    history: torch.Tensor | None = None
-    if cfg.no_repeat_ngram:
-        history = torch.zeros(batch * beam, 0, dtype=torch.long, device=device)
+    history = _empty_history(cfg, batch * beam, device)  # tokens so far, for no_repeat_ngram
 
-    # Pool of finished hypotheses per original sentence: K slots, then 2K scratch slots that
-    # rejected candidates are written to (unique targets keep the scatter deterministic).
-    fin_logp = torch.full((batch, 3 * beam), NEG_INF, device=device)
-    fin_step = torch.zeros(batch, 3 * beam, dtype=torch.long, device=device)
-    fin_beam = torch.zeros(batch, 3 * beam, dtype=torch.long, device=device)
-    fin_count = torch.zeros(batch, dtype=torch.long, device=device)
+    pool = _FinishedPool(batch, beam, device)
     # Back-pointers of every step: live sentences, tokens (n,K), parent beams (n,K), attention,
     # and the cumulative log-prob of each continuing hypothesis (n,K), for the per-token scores.
     steps: list[Step] = []
     emitted = torch.zeros(batch, dtype=torch.bool, device=device)  # sentences already yielded
-
-    def collect(sentences: torch.Tensor) -> list[tuple[int, list[Hypothesis]]]:
-        pool_cfg = cfg if lexical is None else replace(cfg, nbest=beam)  # filtered below
-        hyps = _collect(fin_logp[:, :beam], fin_step[:, :beam], fin_beam[:, :beam], steps,
-                        src_lengths, pool_cfg, need_attention, sentences)  # fmt: skip
-        if lexical is not None:
-            hyps = lexical.keep_met(hyps, sentences.tolist(), cfg.nbest)
-        return list(zip(sentences.tolist(), hyps, strict=True))
 
     for t in range(num_steps):
         n = alive.numel()
@@ -319,46 +295,26 @@ def iter_beam_search(
         log_probs = ban_tokens(log_probs, t, force_eos, cfg, history)
         if lexical is not None:
             log_probs = lexical.ban_eos(log_probs, alive, force_eos)
-        vocab = log_probs.size(1)
-        cand = scores[:, :, None] + log_probs.view(n, beam, vocab)  # (n, K, V)
+        cand = scores[:, :, None] + log_probs.view(n, beam, -1)  # (n, K, V)
         top_scores, top_beams, top_tokens = select_top_k(cand, 2 * beam)  # (n, 2K)
+        going = None  # with constraints, dynamic beam allocation picks both sets (n, K)
         if lexical is not None:
             top, going = lexical.select(cand, alive, (top_scores, top_beams, top_tokens))
-            top_scores, top_beams, top_tokens = top  # (n, K)
-        width = top_scores.size(1)
-
-        # Finish the EOS extensions ranked within the first K, best first, while the pool has room.
+            top_scores, top_beams, top_tokens = top
         is_eos = top_tokens == EOS_ID
-        finishing = is_eos & torch.isfinite(top_scores)
-        finishing[:, beam:] = False
-        count = fin_count.index_select(0, alive)  # (n,)
-        slot = count[:, None] + finishing.long().cumsum(dim=1) - 1  # (n, 2K)
-        accept = finishing & (slot < beam)
-        scratch = beam + torch.arange(width, device=device).expand(n, width)
-        slot = torch.where(accept, slot, scratch)
-        for pool, values in ((fin_logp, top_scores), (fin_step, torch.full_like(slot, t)),
-                             (fin_beam, top_beams)):  # fmt: skip
-            pool[alive] = pool.index_select(0, alive).scatter(1, slot, values)
-        fin_count[alive] = count + accept.long().sum(dim=1)
+        pool.finish(alive, t, top_scores, top_beams, is_eos)
 
         # The best K extensions that do not end in EOS go on.
-        if lexical is None:
-            go_on = top_scores.masked_fill(is_eos, NEG_INF)
-            scores, pick = go_on.topk(beam, dim=1)  # (n, K)
-            beams = top_beams.gather(1, pick)  # (n, K) parent beam of each new hypothesis
-            tokens = top_tokens.gather(1, pick)  # (n, K)
-        else:
-            scores, beams, tokens = going  # (n, K) each
-        if attn is not None:
-            attn = attn.view(n, beam, *attn.shape[1:])
+        scores, beams, tokens = going or _go_on(top_scores, top_beams, top_tokens, is_eos, beam)
+        attn = None if attn is None else attn.view(n, beam, *attn.shape[1:])
         steps.append((alive, tokens, beams, attn, scores))
 
-        done = (fin_count.index_select(0, alive) >= beam) | ~torch.isfinite(scores[:, 0])  # (n,)
+        done = pool.is_full(alive) | ~torch.isfinite(scores[:, 0])  # (n,)
         num_done = int(done.sum())  # the one host sync of the step
         if num_done == n:
             break
         if early and num_done:
-            yield collect(alive[done])
+            yield pool.collect(alive[done], steps, src_lengths, cfg, need_attention, lexical)
             emitted[alive[done]] = True
         rows = beams + torch.arange(n, device=device)[:, None] * beam  # (n, K) parent rows
         if num_done:
@@ -374,7 +330,114 @@ def iter_beam_search(
 
     rest = (~emitted).nonzero().view(-1)
     if rest.numel():
-        yield collect(rest)
+        yield pool.collect(rest, steps, src_lengths, cfg, need_attention, lexical)
+
+
+def _constraints(
+    constraints: Sequence[Sequence[Sequence[int]]] | None,
+    beam: int,
+    device: torch.device,
+    word_end: torch.Tensor | None,
+) -> Constraints | None:
+    """Dynamic beam allocation when some sentence has a constraint, else None."""
+    if constraints is None:
+        return None
+    lexical = Constraints(constraints, beam, device, word_end)
+    return None if lexical.is_empty else lexical
+
+
+def _empty_history(cfg: DecodeConfig, rows: int, device: torch.device) -> torch.Tensor | None:
+    """No tokens yet for each of `rows` hypotheses, kept only for decode.no_repeat_ngram."""
+    if not cfg.no_repeat_ngram:
+        return None
+    return torch.zeros(rows, 0, dtype=torch.long, device=device)
+
+
+def _go_on(
+    top_scores: torch.Tensor,
+    top_beams: torch.Tensor,
+    top_tokens: torch.Tensor,
+    is_eos: torch.Tensor,
+    beam: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best `beam` extensions (n, K) that do not end in EOS, from the (n, 2K) best: their
+    cumulative log-probs, the beams they extend and their tokens."""
+    scores, pick = top_scores.masked_fill(is_eos, NEG_INF).topk(beam, dim=1)  # (n, K)
+    return scores, top_beams.gather(1, pick), top_tokens.gather(1, pick)
+
+
+def _start_beams(
+    ens: Ensemble, src_ids: torch.Tensor, src_mask: torch.Tensor, beam: int
+) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """K rows of decoder state per sentence, their cumulative log-probs (B, K) and their first
+    input, BOS. Only beam 0 is live at first; the others would duplicate it."""
+    batch, device = src_ids.size(0), src_ids.device
+    states = ens.encode(src_ids, src_mask)
+    states = ens.select(states, torch.arange(batch, device=device).repeat_interleave(beam))
+    scores = torch.full((batch, beam), NEG_INF, device=device)
+    scores[:, 0] = 0.0
+    prev = torch.full((batch * beam,), BOS_ID, dtype=torch.long, device=device)
+    return states, scores, prev
+
+
+class _FinishedPool:
+    """Finished hypotheses per original sentence: K slots, then 2K scratch slots that rejected
+    candidates are written to (unique targets keep the scatter deterministic). For each: the
+    summed log-prob, the step of its EOS and the beam it extended there."""
+
+    def __init__(self, batch: int, beam: int, device: torch.device) -> None:
+        self.size = beam
+        self.logp = torch.full((batch, 3 * beam), NEG_INF, device=device)
+        self.step = torch.zeros(batch, 3 * beam, dtype=torch.long, device=device)
+        self.beam = torch.zeros(batch, 3 * beam, dtype=torch.long, device=device)
+        self.count = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def finish(
+        self,
+        alive: torch.Tensor,
+        t: int,
+        top_scores: torch.Tensor,
+        top_beams: torch.Tensor,
+        is_eos: torch.Tensor,
+    ) -> None:
+        """Finish the EOS extensions (n, 2K) of step `t` ranked within the first K, best first,
+        while the pool of their sentence has room."""
+        beam = self.size
+        n, width = top_scores.shape
+        finishing = is_eos & torch.isfinite(top_scores)
+        finishing[:, beam:] = False
+        count = self.count.index_select(0, alive)  # (n,)
+        slot = count[:, None] + finishing.long().cumsum(dim=1) - 1  # (n, 2K)
+        accept = finishing & (slot < beam)
+        scratch = beam + torch.arange(width, device=top_scores.device).expand(n, width)
+        slot = torch.where(accept, slot, scratch)
+        for pool, values in ((self.logp, top_scores), (self.step, torch.full_like(slot, t)),
+                             (self.beam, top_beams)):  # fmt: skip
+            pool[alive] = pool.index_select(0, alive).scatter(1, slot, values)
+        self.count[alive] = count + accept.long().sum(dim=1)
+
+    def is_full(self, alive: torch.Tensor) -> torch.Tensor:
+        """(n,) whether each live sentence has K finished hypotheses."""
+        return self.count.index_select(0, alive) >= self.size
+
+    def collect(
+        self,
+        sentences: torch.Tensor,
+        steps: list[Step],
+        src_lengths: torch.Tensor,
+        cfg: DecodeConfig,
+        need_attention: bool,
+        lexical: Constraints | None = None,
+    ) -> list[tuple[int, list[Hypothesis]]]:
+        """(batch index, n-best list) of each of `sentences`, whose searches have ended; with
+        `lexical` (constraints), the n-best of the hypotheses that meet them."""
+        k = self.size
+        pool_cfg = cfg if lexical is None else replace(cfg, nbest=k)  # filtered below
+        hyps = _collect(self.logp[:, :k], self.step[:, :k], self.beam[:, :k], steps,
+                        src_lengths, pool_cfg, need_attention, sentences)  # fmt: skip
+        if lexical is not None:
+            hyps = lexical.keep_met(hyps, sentences.tolist(), cfg.nbest)
+        return list(zip(sentences.tolist(), hyps, strict=True))
 
 
 # One beam step's record: live sentences (n,), tokens (n,K), parent beams (n,K), attention rows
