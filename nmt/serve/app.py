@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -30,13 +30,11 @@ from starlette.staticfiles import StaticFiles
 
 from nmt.config import ServeConfig
 from nmt.errors import ConfigError, NmtError
+from nmt.inference import Translator
 from nmt.serve.access import AccessPolicy
 from nmt.serve.batcher import Batcher, DecoderStopped, QueueFull
 from nmt.serve.metrics import Metrics
 from nmt.serve.protocol import BadRequest, TranslateRequest, parse_translate
-
-if TYPE_CHECKING:
-    from nmt.inference import Translator
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -84,8 +82,6 @@ def load_translators(
 ) -> dict[str, Translator]:
     """Each run loaded on `device` under its `model_name`; `log` gets their warnings (a line
     truncated to the model's maximum length, ...)."""
-    from nmt.inference import Translator
-
     names = [model_name(run) for run in runs]
     for name in names:
         if names.count(name) > 1:
@@ -236,19 +232,6 @@ def create_app(
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
-    async def bad_request(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, BadRequest)
-        return error_response(exc.status, exc.message, exc.close)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        # The traceback goes to the server's log (Starlette re-raises it); the client learns
-        # only that the fault is ours.
-        return error_response(500, "internal server error; the server log has the details")
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         batcher.start()
@@ -314,6 +297,22 @@ async def translate_document(batcher: Batcher, req: TranslateRequest) -> dict[st
                 sentence.pop("attention", None)
     return {"document": result.text, "format": req.format, "blocks": result.units,
             "skipped": result.skipped, "translations": rows}  # fmt: skip
+
+
+async def bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BadRequest)
+    return error_response(exc.status, exc.message, exc.close)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the server's log (Starlette re-raises it); the client learns only
+    # that the fault is ours.
+    return error_response(500, "internal server error; the server log has the details")
 
 
 def describe(name: str, translator: Translator, is_default: bool) -> dict[str, Any]:
