@@ -8,27 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny import tiny_config
 from typer.testing import CliRunner
 
 from nmt.checkpoint import load_checkpoint, load_for_inference
 from nmt.cli import app
+from nmt.config import dump_yaml
 
-TINY_YAML = """
-model:
-  arch: transformer
-  transformer: {d_model: 32, heads: 2, enc_layers: 1, dec_layers: 1, ffn_dim: 64, dropout: 0.1}
-train:
-  max_steps: 4
-  batch_tokens: 400
-  lr: 3.0e-3
-  warmup_steps: 2
-  log_every: 2
-  valid_every: 2
-  save_every: 2
-  valid_metric: loss
-  deterministic: true
-  num_threads: 1
-"""
+# tests/tiny.py's FAST run, 4 updates with validation and checkpoints every 2.
+TINY_YAML = dump_yaml(
+    tiny_config("model.transformer.attn_dropout=0.1", "train.max_steps=4", "train.warmup_steps=2",
+                "train.valid_every=2", "train.keep_last=5")
+)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

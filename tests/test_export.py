@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from export_support import export_and_compare
+from tiny import random_model
 from torch import nn
 from typer.testing import CliRunner
 
 from nmt.cli import app
-from nmt.config import EOS_ID, ModelConfig, TransformerConfig, from_dict
-from nmt.models import build_model
+from nmt.config import EOS_ID, TransformerConfig, from_dict
 from nmt.models.ctranslate2 import transformer_spec
 
 ctranslate2 = pytest.importorskip("ctranslate2")
@@ -25,11 +25,8 @@ PIECES = ["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(20)]
 def random_transformer(**settings: object) -> tuple[nn.Module, TransformerConfig]:
     """A tiny Transformer whose every weight is random, LayerNorms and biases included, so that
     a sublayer mapped to the wrong place cannot go unnoticed."""
-    shape = {"d_model": 16, "heads": 2, "enc_layers": 2, "dec_layers": 2, "ffn_dim": 24,
-             "max_positions": 40, **settings}  # fmt: skip
-    cfg = from_dict(ModelConfig, {"arch": "transformer", "transformer": shape}, "model")
-    torch.manual_seed(0)
-    model = build_model(cfg, len(PIECES), len(PIECES), True).eval()
+    model = random_model("transformer", len(PIECES), ffn_dim=24, max_positions=40, **settings)
+    cfg = model.cfg
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.LayerNorm):

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tiny import random_model
 from torch import nn
 
-from nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig, RNNConfig, TransformerConfig
+from nmt.config import BOS_ID, EOS_ID, PAD_ID
 from nmt.data.batching import make_src_batch
 
 
@@ -118,30 +119,10 @@ class TableModel(nn.Module):
 
 
 def tiny_model(arch: str, vocab: int = 8, seed: int = 0, **rnn: object) -> nn.Module:
-    """A randomly initialised model of the given family, small enough for exhaustive checks."""
-    from nmt.models import build_model
-
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        arch=arch,  # type: ignore[arg-type]
-        rnn=RNNConfig(emb_dim=8, hidden_size=16, attn_dim=8, dropout=0.0, **rnn),  # type: ignore[arg-type]
-        transformer=TransformerConfig(
-            d_model=16,
-            heads=2,
-            enc_layers=2,
-            dec_layers=2,
-            ffn_dim=32,
-            dropout=0.0,
-            attn_dropout=0.0,
-            max_positions=64,
-        ),  # fmt: skip
-    )
-    model = build_model(cfg, vocab, vocab, shared_vocab=True)
-    # Sharper distributions than at initialisation, so that hypotheses are well separated.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
-    return model.eval()
+    """tests/tiny.py's small model of the family, with sharper distributions than at
+    initialisation (weights x 3) so that hypotheses are well separated; `rnn` changes the RNN's
+    settings (`attention="hard"`)."""
+    return random_model(arch, vocab, seed, sharpen=3.0, **(rnn if arch == "rnn" else {}))
 
 
 def teacher_forced(

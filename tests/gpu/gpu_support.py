@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 import torch
+from tiny import tiny_config, tiny_yaml
 from typer.testing import CliRunner
 
 from nmt.cli import app
-from nmt.config import RunConfig, dump_yaml, from_dict, merge, parse_overrides
+from nmt.config import RunConfig
 from nmt.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,28 +26,19 @@ CUDA = pytest.param("cuda", id="cuda", marks=ON_CUDA)
 # A test parametrized over DEVICES runs on the CPU in the normal suite and on the GPU under -m gpu.
 DEVICES = [pytest.param("cpu", id="cpu"), CUDA]
 
-# A Transformer of ~25k parameters with dropout on (so RNG state matters), deterministic kernels.
-TINY: dict[str, Any] = {
-    "model": {
-        "arch": "transformer",
-        "transformer": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 1,
-                        "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.0},
-    },
-    "train": {"max_steps": 8, "batch_tokens": 400, "lr": 3e-3, "warmup_steps": 5,
-              "log_every": 1, "valid_every": 1000, "save_every": 1000, "valid_metric": "loss",
-              "deterministic": True, "num_threads": 1},
-}  # fmt: skip
+# tests/tiny.py's FAST config with one log line per update, no validation and no periodic
+# checkpoint unless a test asks, on `device`.
+RUN_SETTINGS = ("train.log_every=1", "train.valid_every=1000", "train.save_every=1000",
+                "train.keep_last=5")  # fmt: skip
 
 
-def tiny_config(device: str, *overrides: str) -> RunConfig:
+def gpu_config(device: str, *overrides: str) -> RunConfig:
     """The tiny config on `device` with `--set`-style overrides."""
-    settings = parse_overrides([f"train.device={device}", *overrides])
-    return from_dict(RunConfig, merge(TINY, settings))
+    return tiny_config(f"train.device={device}", *RUN_SETTINGS, *overrides)
 
 
-def tiny_yaml(path: Path, device: str, *overrides: str) -> Path:
-    path.write_text(dump_yaml(tiny_config(device, *overrides)), encoding="utf-8")
-    return path
+def gpu_yaml(path: Path, device: str, *overrides: str) -> Path:
+    return tiny_yaml(path, f"train.device={device}", *RUN_SETTINGS, *overrides)
 
 
 def rows(run_dir: Path, kind: str) -> list[dict[str, Any]]:

@@ -14,10 +14,10 @@ import torch
 from gpu_support import (
     DEVICES,
     ROOT,
+    gpu_config,
+    gpu_yaml,
     rows,
     source_lines,
-    tiny_config,
-    tiny_yaml,
     translate,
     translate_without_cuda,
 )
@@ -44,7 +44,7 @@ def test_precisions_give_finite_losses_close_to_float32(
     losses, overflows = {}, {}
     for precision in PRECISIONS[device]:
         run = tmp_path / precision
-        cfg = tiny_config(device, f"train.precision={precision}", "train.max_steps=4")
+        cfg = gpu_config(device, f"train.precision={precision}", "train.max_steps=4")
         summary = train(cfg, tiny_prepared, run)
         assert summary["step"] == 4 and summary["nan_steps"] == 0, summary
         losses[precision] = [r["loss"] for r in rows(run, "train")]
@@ -105,7 +105,7 @@ def test_a_checkpoint_trained_on_the_device_translates_on_a_cpu_only_machine(
     device: str, tiny_prepared: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    train(tiny_config(device, "train.max_steps=4"), tiny_prepared, run)
+    train(gpu_config(device, "train.max_steps=4"), tiny_prepared, run)
     src = source_lines(tiny_prepared)
     on_cpu = translate_without_cuda(run, src, tmp_path / "cpu.txt", "--beam", "2")
     on_device = translate(run, src, tmp_path / "device.txt", device, "--beam", "2")
@@ -154,10 +154,10 @@ def test_resume_after_kill_9_on_the_device_equals_the_uninterrupted_run(
     # crosses into epoch 1. Dropout is on, so the device's RNG state must come back too.
     overrides = ("train.max_steps=12", "train.batch_tokens=800", "train.save_every=4")
     straight = tmp_path / "straight"
-    train(tiny_config(device, *overrides), tiny_prepared, straight)
+    train(gpu_config(device, *overrides), tiny_prepared, straight)
 
     killed = tmp_path / "killed"
-    config = tiny_yaml(tmp_path / "tiny.yaml", device, *overrides)
+    config = gpu_yaml(tmp_path / "tiny.yaml", device, *overrides)
     kill_in_update(config, tiny_prepared, killed, 7)
     assert ckpt.load_checkpoint(killed / "last.pt")["step"] == 4
 

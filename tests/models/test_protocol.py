@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import model_config
 
-from nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig, RNNConfig, TransformerConfig
+from nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
 from nmt.models import build_model
 
 V = 17  # 4 special ids + 13 ordinary tokens
@@ -18,32 +19,14 @@ TGT_LENS = [6, 3, 5, 1]  # real target-input lengths (BOS included)
 
 
 def rnn_config(**kw: object) -> ModelConfig:
-    base = dict(
-        emb_dim=8,
-        hidden_size=12,
-        attn_dim=10,
-        enc_layers=2,
-        dec_layers=2,
-        local_window=2,
-        dropout=0.0,
-    )
-    base.update(kw)
-    return ModelConfig(arch="rnn", rnn=RNNConfig(**base))  # type: ignore[arg-type]
+    """tests/tiny.py's small RNN, two layers each side and narrower, with a local window of 2."""
+    shape = {"hidden_size": 12, "attn_dim": 10, "enc_layers": 2, "dec_layers": 2, "local_window": 2}
+    return model_config("rnn", **{**shape, **kw})
 
 
 def transformer_config(**kw: object) -> ModelConfig:
-    base = dict(
-        d_model=16,
-        heads=4,
-        enc_layers=2,
-        dec_layers=2,
-        ffn_dim=24,
-        dropout=0.0,
-        attn_dropout=0.0,
-        max_positions=64,
-    )
-    base.update(kw)
-    return ModelConfig(arch="transformer", transformer=TransformerConfig(**base))  # type: ignore[arg-type]
+    """tests/tiny.py's small Transformer with 4 heads and a narrower feed-forward layer."""
+    return model_config("transformer", **{"heads": 4, "ffn_dim": 24, **kw})
 
 
 CONFIGS = {

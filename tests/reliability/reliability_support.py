@@ -14,29 +14,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tiny import tiny_yaml
 from typer.testing import CliRunner
 
 from nmt.cli import app
-from nmt.config import RunConfig, dump_yaml, from_dict
 
-# A Transformer of ~25k parameters on one thread: a few ms per update.
-TINY_RUN: dict[str, Any] = {
-    "model": {
-        "arch": "transformer",
-        "transformer": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 1,
-                        "ffn_dim": 64, "dropout": 0.1, "attn_dropout": 0.0},
-    },
-    "train": {"max_steps": 4, "batch_tokens": 400, "lr": 3e-3, "warmup_steps": 5, "log_every": 1,
-              "valid_every": 1000, "save_every": 1000, "keep_last": 3, "valid_metric": "loss",
-              "deterministic": True, "num_threads": 1, "device": "cpu"},
-}  # fmt: skip
+# The reliability tests' runs: tests/tiny.py's FAST config, 4 updates on the CPU, one log line
+# per update and no validation or periodic checkpoint unless a test asks.
+RUN_SETTINGS = ("train.max_steps=4", "train.log_every=1", "train.valid_every=1000",
+                "train.save_every=1000", "train.device=cpu")  # fmt: skip
 
 
 def tiny_run_yaml(path: Path, **train: Any) -> Path:
-    """TINY_RUN with some `train` settings changed, written as a config file."""
-    tree = {**TINY_RUN, "train": {**TINY_RUN["train"], **train}}
-    path.write_text(dump_yaml(from_dict(RunConfig, tree)), encoding="utf-8")
-    return path
+    """The reliability run config with some `train` settings changed, written as a file."""
+    return tiny_yaml(path, *RUN_SETTINGS, *(f"train.{k}={v}" for k, v in train.items()))
 
 
 def tiny_prepare(tmp_path: Path) -> Callable[[], Any]:

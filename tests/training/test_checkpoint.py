@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_support import tiny_config, weights
+from tiny import tiny_config
+from training_support import weights
 
 from nmt import checkpoint as ckpt
 from nmt.errors import CheckpointError

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_support import tiny_config, tiny_yaml, weights
+from tiny import tiny_config, tiny_yaml
+from training_support import weights
 
 from nmt.data.batching import TokenBatchSampler
 from nmt.data.store import load_prepared

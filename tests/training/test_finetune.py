@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from training_support import TINY, assert_bitwise_equal, kill_when_stalled, tiny_yaml, weights
+from tiny import FAST, tiny_yaml
+from training_support import assert_bitwise_equal, kill_when_stalled, weights
 from typer.testing import CliRunner
 
 from nmt import checkpoint as ckpt
@@ -111,9 +112,9 @@ def test_without_config_everything_comes_from_the_init_run(
                     "--set", "model.transformer.dropout=0.3", *QUICK)  # fmt: skip
     assert code == 0, out
     stored = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())
-    assert stored["model"]["transformer"]["ffn_dim"] == TINY["model"]["transformer"]["ffn_dim"]
+    assert stored["model"]["transformer"]["ffn_dim"] == FAST["model"]["transformer"]["ffn_dim"]
     assert stored["model"]["transformer"]["dropout"] == 0.3  # regularisation may differ
-    assert stored["train"]["batch_tokens"] == TINY["train"]["batch_tokens"]
+    assert stored["train"]["batch_tokens"] == FAST["train"]["batch_tokens"]
 
 
 def test_a_model_section_that_differs_is_a_one_line_error(
@@ -131,7 +132,7 @@ def test_a_model_section_that_differs_is_a_one_line_error(
     assert "dropout" not in line.split("requested")[-2]  # listed: only the two shape fields
     assert not (tmp_path / "ft").exists()
     # A config without a model section takes the checkpoint's.
-    (tmp_path / "no-model.yaml").write_text(yaml.safe_dump({"train": TINY["train"]}))
+    (tmp_path / "no-model.yaml").write_text(yaml.safe_dump({"train": FAST["train"]}))
     code, out = run("train", tmp_path / "no-model.yaml", "--init", init_run, "--data",
                     tiny_prepared, "--out", tmp_path / "ft2", "--set", "train.max_steps=1",
                     *QUICK)  # fmt: skip

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from corpus_support import write_reverse_corpus
+from tiny import train_run, trained
 
 from nmt.config import RunConfig, from_dict
 from nmt.data.batching import collate
@@ -82,26 +83,12 @@ def test_training_without_alignments_in_the_data_is_refused(
 ) -> None:
     from nmt.training.loop import train
 
-    cfg = from_dict(RunConfig, {**_tiny(4), "train": {**_tiny(4)["train"], "guided_alignment": 1}})
+    cfg = trained(4, "transformer", "train.guided_alignment=1", "decode.beam_size=2")
     with pytest.raises(DataError, match="alignments=eflomal"):
         train(cfg, tiny_prepared, tmp_path / "run")
 
 
 # ---- a real run ------------------------------------------------------------------------------
-
-
-def _tiny(steps: int, guided: float = 0.0) -> dict:
-    return {
-        "model": {
-            "arch": "transformer",
-            "transformer": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 2,
-                            "ffn_dim": 64, "dropout": 0.0, "max_positions": 32},
-        },
-        "train": {"max_steps": steps, "batch_tokens": 600, "lr": 3e-3, "warmup_steps": 5,
-                  "valid_every": steps, "save_every": steps, "valid_metric": "loss",
-                  "num_threads": 1, "device": "cpu", "guided_alignment": guided},
-        "decode": {"beam_size": 2, "max_len_a": 1.2, "max_len_b": 4},
-    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +100,6 @@ def aligned_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[f
 
     from nmt.config import PrepareConfig
     from nmt.pipeline.prepare import prepare
-    from nmt.training.loop import train
 
     root = tmp_path_factory.mktemp("aligned")
     write_reverse_corpus(root, "train", 400, seed=1)
@@ -123,12 +109,10 @@ def aligned_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[f
     )
     data = root / "prepared"
     prepare(cfg, str(root / "train"), str(root / "valid"), {}, data, False, Console(quiet=True))
-    threads = torch.get_num_threads()
     runs = {}
     for guided in (0.0, 1.0):
-        runs[guided] = root / f"run-{guided}"
-        train(from_dict(RunConfig, _tiny(120, guided)), data, runs[guided])
-    torch.set_num_threads(threads)
+        cfg = trained(120, "transformer", f"train.guided_alignment={guided}", "decode.beam_size=2")
+        runs[guided] = train_run(cfg, data, root / f"run-{guided}")
     return data, runs
 
 

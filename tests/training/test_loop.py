@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_support import (
-    assert_bitwise_equal,
-    kill_when_stalled,
-    poison_losses,
-    tiny_config,
-    tiny_yaml,
-    weights,
-)
+from tiny import tiny_config, tiny_yaml
+from training_support import assert_bitwise_equal, kill_when_stalled, poison_losses, weights
 from typer.testing import CliRunner
 
 from nmt import checkpoint as ckpt

@@ -1,4 +1,5 @@
-"""Small configs and helpers shared by the training tests."""
+"""Helpers shared by the training tests: weights, bitwise comparison, a run killed mid-update,
+losses made non-finite (the tiny configs are in tests/tiny.py)."""
 
 from __future__ import annotations
 
@@ -12,50 +13,7 @@ import torch
 from process_support import kill_when_it_says
 
 from nmt.checkpoint import load_checkpoint
-from nmt.config import RunConfig, from_dict, merge, parse_overrides
 from nmt.training import loop
-
-# A Transformer of ~25k parameters: a few ms per update on one CPU thread.
-TINY: dict[str, Any] = {
-    "model": {
-        "arch": "transformer",
-        "transformer": {
-            "d_model": 32,
-            "heads": 2,
-            "enc_layers": 1,
-            "dec_layers": 1,
-            "ffn_dim": 64,
-            "dropout": 0.1,
-            "attn_dropout": 0.0,
-        },
-        "rnn": {"emb_dim": 32, "hidden_size": 32, "attn_dim": 32, "dropout": 0.1},
-    },
-    "train": {
-        "max_steps": 8,
-        "batch_tokens": 400,
-        "lr": 3e-3,
-        "warmup_steps": 5,
-        "log_every": 2,
-        "valid_every": 4,
-        "save_every": 2,
-        "keep_last": 3,
-        "valid_metric": "loss",
-        "deterministic": True,
-        "num_threads": 1,
-    },
-}
-
-
-def tiny_config(*overrides: str) -> RunConfig:
-    """The tiny config with `--set`-style overrides, e.g. `tiny_config("train.max_steps=4")`."""
-    return from_dict(RunConfig, merge(TINY, parse_overrides(list(overrides))))
-
-
-def tiny_yaml(path: Path, *overrides: str) -> Path:
-    from nmt.config import dump_yaml
-
-    path.write_text(dump_yaml(tiny_config(*overrides)), encoding="utf-8")
-    return path
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
