@@ -20,11 +20,13 @@ directory with a manifest is always complete. The cache key hashes what determin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,11 +428,7 @@ def write_split(
     features = split_features()
     # Worker processes pay off only when each gets a large share.
     workers = num_proc if num_proc > 1 and len(text) >= 50_000 * num_proc else None
-    show = len(text) >= PROGRESS_BAR_PAIRS
-    was_enabled = datasets.is_progress_bar_enabled()
-    if not show:
-        datasets.disable_progress_bars()
-    try:
+    with progress_bars(len(text) >= PROGRESS_BAR_PAIRS):
         encoded = text.map(
             _encode_batch,
             batched=True,
@@ -442,10 +440,23 @@ def write_split(
         )
         target = root / SPLITS_DIR / name
         encoded.save_to_disk(str(target))
+    return datasets.load_from_disk(str(target))
+
+
+@contextlib.contextmanager
+def progress_bars(show: bool) -> Iterator[None]:
+    """datasets' progress bars inside the block only when `show` and standard error is a
+    terminal: redirected to a file, their redraws would fill the log."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    if not (show and sys.stderr.isatty()):
+        datasets.disable_progress_bars()
+    try:
+        yield
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
-    return datasets.load_from_disk(str(target))
 
 
 def add_alignments(
@@ -464,7 +475,8 @@ def add_alignments(
     list_of = getattr(datasets, "List", None) or datasets.Sequence
     aligned = split.add_column(ALIGN_COLUMN, links, feature=list_of(datasets.Value("int32")))
     final, staged = root / SPLITS_DIR / name, root / SPLITS_DIR / f"{name}.aligned"
-    aligned.save_to_disk(str(staged))
+    with progress_bars(len(aligned) >= PROGRESS_BAR_PAIRS):
+        aligned.save_to_disk(str(staged))
     shutil.rmtree(final)
     os.replace(staged, final)
     return datasets.load_from_disk(str(final))

@@ -117,12 +117,15 @@ def make_console(dist: DistContext) -> Any:
 
 
 class Progress:
-    """A rich progress bar: updates, loss, target tokens/s, learning rate, ETA (rank 0 only)."""
+    """What rank 0 shows while training: a live rich progress bar (updates, loss, target
+    tokens/s, learning rate, ETA) on a terminal; on a file or pipe, plain log lines instead, so
+    that a redirected log holds no bar."""
 
     def __init__(self, enabled: bool, total: int, done: int, console: Any) -> None:
         from rich import progress as rp
 
         self.enabled = enabled
+        self.live = enabled and console.is_terminal
         self.console = console
         self.bar = rp.Progress(
             rp.TextColumn("[bold]train"),
@@ -133,7 +136,7 @@ class Progress:
             rp.TextColumn("lr {task.fields[lr]}"),
             rp.TextColumn("ETA {task.fields[eta]}"),
             console=console,
-            disable=not enabled,
+            disable=not self.live,
         )
         self.task = self.bar.add_task(
             "train", total=total, completed=done, loss="-", speed="-", lr="-", eta="-"
@@ -144,7 +147,7 @@ class Progress:
     def update(
         self, step: int, loss: float, lr: float, window: Window, run_start: float, tc: TrainConfig
     ) -> None:
-        if not self.enabled:
+        if not self.live:
             return
         elapsed = time.monotonic() - self.start_time
         per_update = elapsed / max(step - self.start_step, 1)
@@ -167,7 +170,7 @@ class Progress:
 
     def log_line(self, row: dict[str, Any]) -> None:
         """A train log line, printed only when no live bar is shown (output to a file or pipe)."""
-        if self.enabled and not self.console.is_terminal:
+        if self.enabled and not self.live:
             align = f", align {row['align_loss']:.3f}" if "align_loss" in row else ""
             self.console.print(
                 f"update {row['step']}: loss {row['loss']:.3f}{align}, ppl {row['ppl']:.1f}, "
@@ -186,9 +189,10 @@ def announce(run: Run, state: TrainState, resume: bool, notes: list[str]) -> Non
     if not run.dist.is_main:
         return
     valid = run.valid
+    parameters = count_parameters(run.raw_model, trainable_only=False)  # frozen ones included
     run.console.print(
-        f"nmt {__version__}: {run.cfg.model.arch} with {count_parameters(run.raw_model):,} "
-        f"parameters on {run.device} ({run.precision}, {torch.get_num_threads()} threads"
+        f"nmt {__version__}: {run.cfg.model.arch} with {parameters:,} parameters on {run.device} "
+        f"({run.precision}, {torch.get_num_threads()} threads"
         f"{', compiled' if tc.compile else ''}), world size {run.dist.world_size}; "
         f"{len(run.feed):,} training pairs, {len(valid) if valid else 0:,} validation pairs"
         + (f"; resuming at update {state.step}" if resume else "")
