@@ -56,12 +56,12 @@ def build_model(
     raise ValueError(f"unknown architecture {cfg.arch!r}")  # config validation rules this out
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters, counting tied (shared) tensors once."""
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Parameters (by default the trainable ones), counting tied (shared) tensors once."""
     seen: set[int] = set()
     total = 0
     for param in model.parameters():
-        if param.requires_grad and id(param) not in seen:
+        if (param.requires_grad or not trainable_only) and id(param) not in seen:
             seen.add(id(param))
             total += param.numel()
     return total

@@ -205,6 +205,11 @@ def test_frozen_parts_stay_bit_identical(
     assert code == 0, out
     assert "frozen: encoder, embeddings" in out
     before, after = weights(init_run / "best.pt"), weights(tuned / "last.pt")
+    # The start line counts every parameter, the frozen ones too, and a tied tensor once (the
+    # joint vocabulary ties the source embeddings and the output layer to tgt_embed).
+    tied = ("src_embed.weight", "output.weight")
+    every = sum(t.numel() for k, t in before.items() if k not in tied)
+    assert f"with {every:,} parameters" in out
     fixed = [k for k in before if k.startswith(("encoder", "src_embed", "tgt_embed", "output.w"))]
     assert "tgt_embed.weight" in fixed and "encoder_layers.0.ffn.fc1.weight" in fixed
     assert_bitwise_equal({k: before[k] for k in fixed}, {k: after[k] for k in fixed})
