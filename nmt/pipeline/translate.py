@@ -157,6 +157,16 @@ def translate(
             "seconds": seconds}  # fmt: skip
 
 
+def note_guided_alignment(translator: Translator, log: Callable[[str], None]) -> None:
+    """Say where the hard alignments of a run trained with guided alignment come from: its taught
+    head, whatever decode.attention_layer / attention_head choose for the exported attention."""
+    if translator.aligned_head is not None:
+        layer, head = translator.aligned_head
+        log(f"note: trained with guided alignment, so the hard alignments come from decoder layer "
+            f"{layer}, head {head} (the head taught to align); decode.attention_layer and "
+            "attention_head choose only the exported attention")  # fmt: skip
+
+
 def check_outputs(
     checkpoints: list[Path],
     output_format: str,
@@ -271,16 +281,6 @@ def jsonl_requests(
         else:
             per_line.append(glossary.extended(pairs, line_where))
     return texts, None if all(g is None for g in per_line) else per_line
-
-
-def note_guided_alignment(translator: Translator, log: Callable[[str], None]) -> None:
-    """Say where the hard alignments of a run trained with guided alignment come from: its taught
-    head, whatever decode.attention_layer / attention_head choose for the exported attention."""
-    if translator.aligned_head is not None:
-        layer, head = translator.aligned_head
-        log(f"note: trained with guided alignment, so the hard alignments come from decoder layer "
-            f"{layer}, head {head} (the head taught to align); decode.attention_layer and "
-            "attention_head choose only the exported attention")  # fmt: skip
 
 
 def translate_document(

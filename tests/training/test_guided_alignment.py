@@ -163,6 +163,7 @@ def test_translate_takes_alignments_from_the_supervised_head(
             "--set", "decode.attention_head=all"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "hard alignments come from decoder layer -2, head 0" in result.output
     written = (tmp_path / "out.align").read_text(encoding="utf-8").splitlines()
     _, records = read_attention(tmp_path / "attn.npz")
     averaged = 0  # lines where averaging every layer and head would have linked otherwise
