@@ -135,6 +135,29 @@ def averaged_payload(
     return payload
 
 
+def imported_payload(
+    cfg: RunConfig,
+    vocab: dict[str, Any],
+    spm: dict[str, Any],
+    cleaning: PrepareConfig,
+    model: dict[str, torch.Tensor],
+    imported: dict[str, str],
+) -> dict[str, Any]:
+    """The best.pt that `nmt import` writes: a weights checkpoint at step 0 that also says where
+    the model came from (`imported`: source and weights file)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "nmt_version": __version__,
+        "config": to_dict(cfg),
+        "vocab": vocab,
+        "spm": spm,
+        "cleaning": to_dict(cleaning),
+        "step": 0,
+        "model": model,
+        "imported": imported,
+    }
+
+
 # ---- reading ------------------------------------------------------------------------------------
 
 

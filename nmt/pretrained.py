@@ -233,18 +233,16 @@ def import_model(
             tmp / ckpt.JOINT_SPM, pieces, files.src_spm, files.tgt_spm, origin
         )
         spm_entry = {"file": ckpt.JOINT_SPM, "sha256": tok.sha256}
-        payload = {
-            "format_version": ckpt.FORMAT_VERSION,
-            "nmt_version": __version__,
-            "config": to_dict(run_cfg),
-            "vocab": {"src_vocab_size": len(pieces), "tgt_vocab_size": len(pieces),
-                      "shared_vocab": True, "src_lang": langs[0], "tgt_lang": langs[1]},
-            "spm": {"src": spm_entry, "tgt": dict(spm_entry)},
-            "cleaning": to_dict(cleaning),
-            "step": 0,
-            "model": model.state_dict(),
-            "imported": {"source": origin, "weights": weights.name},
-        }  # fmt: skip
+        vocab = {"src_vocab_size": len(pieces), "tgt_vocab_size": len(pieces),
+                 "shared_vocab": True, "src_lang": langs[0], "tgt_lang": langs[1]}  # fmt: skip
+        payload = ckpt.imported_payload(
+            run_cfg,
+            vocab,
+            {"src": spm_entry, "tgt": dict(spm_entry)},
+            cleaning,
+            model.state_dict(),
+            {"source": origin, "weights": weights.name},
+        )
         with open(tmp / ckpt.BEST, "wb") as handle:  # the folder is renamed into place whole
             torch.save(payload, handle)
         write_text(tmp / ckpt.CONFIG_FILE, dump_yaml(run_cfg))
@@ -569,29 +567,8 @@ def convert_weights(
         taken.add(name)
         return tensor.float()
 
-    d, f, size = t.d_model, t.ffn_dim, len(order) - 1
-    state: dict[str, torch.Tensor] = {}
-    shared = _shared_embeddings(marian, take, (size, d))
-    ids = torch.tensor(order[1:])
-    embeddings = torch.cat([torch.zeros(1, d), shared[ids]])  # (V + 1, D)
-    bias = torch.zeros(size)  # what transformers starts from when a file has none
-    if "final_logits_bias" in marian:
-        bias = take("final_logits_bias", (1, size))[0]
-    logits_bias = torch.cat([torch.tensor([NO_PROBABILITY]), bias[ids]])
-    if renormalize:
-        logits_bias[BOS_ID] = NO_PROBABILITY
-    for name in ("src_embed.weight", "tgt_embed.weight", "output.weight"):
-        state[name] = embeddings
-    state["logits_bias"] = logits_bias
-    table = sinusoidal_positions(t.max_positions, d)
-    for stack in ("encoder", "decoder"):
-        name = f"model.{stack}.embed_positions.weight"
-        if name in marian:
-            stored = take(name, (t.max_positions, d))
-            if (stored - table).abs().max() > POSITION_TOLERANCE:
-                raise CheckpointError(
-                    f"weights: {name} is not the sinusoidal table Marian and nmt compute"
-                )
+    d, f = t.d_model, t.ffn_dim
+    state = _embedding_state(marian, take, order, cfg, renormalize)
 
     def linear(ours: str, theirs: str, rows: int, cols: int) -> None:
         state[f"{ours}.weight"] = take(f"{theirs}.weight", (rows, cols))
@@ -632,6 +609,41 @@ def convert_weights(
             f"weights: {unexpected[0]} is not part of a MarianMTModel nmt imports"
             + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
         )
+    return state
+
+
+def _embedding_state(
+    marian: dict[str, torch.Tensor],
+    take: Callable[[str, tuple[int, ...]], torch.Tensor],
+    order: list[int],
+    cfg: ModelConfig,
+    renormalize: bool,
+) -> dict[str, torch.Tensor]:
+    """The embeddings (one table: source, target and output layer) and the fixed logits bias of
+    our state dict, in our vocabulary's order; the stored positions, when a file has them, must
+    be the sinusoidal table both compute."""
+    t = cfg.transformer
+    d, size = t.d_model, len(order) - 1
+    shared = _shared_embeddings(marian, take, (size, d))
+    ids = torch.tensor(order[1:])
+    embeddings = torch.cat([torch.zeros(1, d), shared[ids]])  # (V + 1, D)
+    bias = torch.zeros(size)  # what transformers starts from when a file has none
+    if "final_logits_bias" in marian:
+        bias = take("final_logits_bias", (1, size))[0]
+    logits_bias = torch.cat([torch.tensor([NO_PROBABILITY]), bias[ids]])
+    if renormalize:
+        logits_bias[BOS_ID] = NO_PROBABILITY
+    state = {name: embeddings for name in ("src_embed.weight", "tgt_embed.weight", "output.weight")}
+    state["logits_bias"] = logits_bias
+    table = sinusoidal_positions(t.max_positions, d)
+    for stack in ("encoder", "decoder"):
+        name = f"model.{stack}.embed_positions.weight"
+        if name in marian:
+            stored = take(name, (t.max_positions, d))
+            if (stored - table).abs().max() > POSITION_TOLERANCE:
+                raise CheckpointError(
+                    f"weights: {name} is not the sinusoidal table Marian and nmt compute"
+                )
     return state
 
 
