@@ -125,7 +125,8 @@ def _train(
                 stop_reason = f"stopped by {stop.name}" if stop.signum else "stopped by a signal"
                 break
             if ranks_out_of_time > 0:
-                stop_reason = f"train.max_minutes={tc.max_minutes:g} ran out"
+                used = (update_start - run.wall_start) / 60  # across resumes, validations too
+                stop_reason = f"train.max_minutes={tc.max_minutes:g} ran out ({used:.1f} used)"
                 break
 
             # Learning rate for this update, from the schedule (warmup, decay, plateau cuts).
