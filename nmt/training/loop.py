@@ -107,9 +107,8 @@ def _train(
                 break
             update_start = time.monotonic()
             # The budget is the run's, across resumes, as max_steps counts every update.
-            out_of_time = (
-                tc.max_minutes > 0 and update_start - run.wall_start >= tc.max_minutes * 60
-            )
+            minutes = (update_start - run.wall_start) / 60
+            out_of_time = tc.max_minutes > 0 and minutes >= tc.max_minutes
 
             # This rank's micro-batches of the next update. The data position is committed only
             # after the update, so a checkpoint never points into the middle of one.
@@ -117,16 +116,13 @@ def _train(
             # One collective per update: the target tokens of all ranks (for the loss
             # normalisation), whether any rank's clock has run out (clocks differ) and whether any
             # rank got SIGINT / SIGTERM (so that all stop after the same update).
-            update_tokens, ranks_out_of_time, ranks_stopping = agree(
-                run, batches, out_of_time, stop
-            )
+            update_tokens, ranks_late, ranks_stopping = agree(run, batches, out_of_time, stop)
             if ranks_stopping > 0:
                 stopped = True
                 stop_reason = f"stopped by {stop.name}" if stop.signum else "stopped by a signal"
                 break
-            if ranks_out_of_time > 0:
-                used = (update_start - run.wall_start) / 60  # across resumes, validations too
-                stop_reason = f"train.max_minutes={tc.max_minutes:g} ran out ({used:.1f} used)"
+            if ranks_late > 0:
+                stop_reason = f"train.max_minutes={tc.max_minutes:g} ran out ({minutes:.1f} used)"
                 break
 
             # Learning rate for this update, from the schedule (warmup, decay, plateau cuts).
@@ -135,14 +131,9 @@ def _train(
             sums = forward_backward(run, batches, update_tokens)
 
             # Clip (after unscaling fp16 gradients), then step unless something is not finite.
-            run.scaler.unscale_(run.optimizer)
-            max_norm = tc.clip_norm if tc.clip_norm > 0 else float("inf")
-            grad_norm = float(nn.utils.clip_grad_norm_(run.raw_model.parameters(), max_norm))
-            finite = math.isfinite(sums.loss) and (
-                run.scaler.is_enabled() or math.isfinite(grad_norm)
-            )
+            grad_norm = clip_gradients(run)
             state.batches_done, state.epoch = next_position
-            if not finite:
+            if not is_finite(run, sums.loss, grad_norm):
                 skip_update(run, state, lr, last_save_step)
                 continue
             if not step_optimizer(run):
@@ -169,16 +160,8 @@ def _train(
                 save_training_checkpoint(run, state)
                 last_save_step = state.step
 
-        # -- the end: save, validate, save again (unless just done) -------------------------------
-        # Saving first means a failure in the final validation (a decoding bug, memory running
-        # out) cannot lose the training since the last periodic save; the second save records
-        # the validation's outcome (best score, patience) in last.pt.
-        if last_save_step != state.step:
-            save_training_checkpoint(run, state)
-        # A stopped run skips it: the user asked to stop, and a resume repeats the unbroken run.
-        if state.step > 0 and last_valid_step != state.step and not stopped:
-            validate_or_save(run, state)
-            save_training_checkpoint(run, state)
+        # The end: save, validate, save again (unless just done).
+        save_and_validate(run, state, last_save_step, last_valid_step, stopped)
     finally:
         run.progress.stop()
         run.logger.close()
@@ -341,6 +324,21 @@ def forward_backward(run: Run, batches: list[Batch], update_tokens: float) -> Up
     return UpdateSums(loss_sum, nll_sum, align_sum, tgt_tokens, src_tokens)
 
 
+def clip_gradients(run: Run) -> float:
+    """Unscale fp16 gradients and clip their norm to train.clip_norm (0: no clipping); returns
+    the norm before clipping."""
+    run.scaler.unscale_(run.optimizer)
+    tc = run.cfg.train
+    max_norm = tc.clip_norm if tc.clip_norm > 0 else float("inf")
+    return float(nn.utils.clip_grad_norm_(run.raw_model.parameters(), max_norm))
+
+
+def is_finite(run: Run, loss: float, grad_norm: float) -> bool:
+    """Whether the update may step: a finite loss and finite gradients (with fp16 the grad
+    scaler checks the gradients itself and skips the step on an overflow)."""
+    return math.isfinite(loss) and (run.scaler.is_enabled() or math.isfinite(grad_norm))
+
+
 def skip_update(run: Run, state: TrainState, lr: float, last_save_step: int) -> None:
     """An update whose loss or gradients are not finite is dropped; too many in a row stop the
     run with TrainingError."""
@@ -388,6 +386,21 @@ def nan_stop_message(state: TrainState, run_dir: Path, last_save_step: int) -> s
 
 
 # ---- the end ------------------------------------------------------------------------------------
+
+
+def save_and_validate(
+    run: Run, state: TrainState, last_save_step: int, last_valid_step: int, stopped: bool
+) -> None:
+    """Save, validate, save again, each unless just done. Saving first means a failure in the
+    final validation (a decoding bug, memory running out) cannot lose the training since the last
+    periodic save; the second save records the validation's outcome (best score, patience) in
+    last.pt. A stopped run skips the validation: the user asked to stop, and a resume repeats
+    the unbroken run."""
+    if last_save_step != state.step:
+        save_training_checkpoint(run, state)
+    if state.step > 0 and last_valid_step != state.step and not stopped:
+        validate_or_save(run, state)
+        save_training_checkpoint(run, state)
 
 
 def finish(
