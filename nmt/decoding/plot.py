@@ -100,6 +100,11 @@ def plot_attention(
     import matplotlib.pyplot as plt
 
     matrices, titles, src, tgt = panels_of(record, layer, words)
+    if src and not tgt and words:  # translated as an empty line: only its </s> attended
+        raise ConfigError(
+            f"sentence {record.index} was translated as an empty line: no words to draw; "
+            "--subwords draws the attention of its </s>"
+        )
     if not src or not tgt or matrices[0].size == 0:
         raise ConfigError(f"sentence {record.index} is empty: nothing to plot")
     rows_n, cols_n = len(tgt), len(src)

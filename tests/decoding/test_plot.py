@@ -51,3 +51,13 @@ def test_plot_grid_of_heads(tmp_path: Path) -> None:
     empty = make_record(1, [], [], None, "-1", "mean")
     with pytest.raises(ConfigError, match="empty"):
         plot_attention(empty, tmp_path / "y.png")
+
+
+def test_an_empty_translation_is_drawn_with_subwords_only(tmp_path: Path) -> None:
+    """A line translated as nothing but </s> has no target words; its one subword row (the
+    attention of </s> over the source pieces and the source </s>) can still be drawn."""
+    attn = torch.softmax(torch.rand(1, 4), dim=-1)  # (T=1: the </s> step, S = 3 pieces + </s>)
+    record = make_record(2, sentence(3), [], attn, "-1", "mean")
+    with pytest.raises(ConfigError, match="sentence 2 was translated as an empty line.*--subwords"):
+        plot_attention(record, tmp_path / "words.png")
+    png_size(plot_attention(record, tmp_path / "pieces.png", words=False))
