@@ -147,90 +147,13 @@ def create_app(
     if not translators:
         raise ConfigError("nmt serve: give at least one run directory")
     cfg.validate()
-    say = log or (lambda message: None)
-    names = list(translators)
     state = ServerState()
-    first = translators[names[0]]
+    first = next(iter(translators.values()))
     max_tokens = cfg.max_batch_tokens or first.cfg.batch_tokens
     batcher = Batcher(translators, max_tokens, cfg.max_wait_ms / 1000, cfg.max_queue)
     metrics = Metrics(lambda: batcher.queued_sentences, lambda: state.in_flight)
     batcher.metrics = metrics
-    default_beam = {name: t.cfg.beam_size for name, t in translators.items()}
-    models = [describe(name, t, n == 0) for n, (name, t) in enumerate(translators.items())]
-    body_limit = 8 * cfg.max_chars + 65536  # JSON escapes can take 6 bytes per character
-
-    def gone(request: Request, stage: str, detail: str) -> Response:
-        client = request.client
-        who = f"{client.host}:{client.port}" if client else "a client"
-        say(f"{who} left {detail}")
-        metrics.client_gone("/translate", stage)
-        return NoAnswer()
-
-    async def translate(request: Request) -> Response:
-        started = time.perf_counter()
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind != "application/json":
-            raise BadRequest(415, f"send the body as Content-Type: application/json, not {kind!r}")
-        try:
-            body = await read_body(request, body_limit, cfg.body_timeout)
-        except ClientGone as exc:
-            return gone(request, "sending", f"while sending its request ({exc.received:,} bytes)")
-        req = parse_translate(body, names, default_beam, cfg)
-        if req.document is not None:
-            return await translate_document_request(req, started)
-        try:
-            job = batcher.submit(req.model, req.lines, req.options, req.glossary)
-        except QueueFull as exc:
-            return error_response(503, f"server busy: {exc}")
-        except DecoderStopped as exc:
-            return error_response(503, f"the decoder has stopped ({exc}); restart the server")
-        watcher = asyncio.ensure_future(wait_for_disconnect(request))
-        waiting: set[asyncio.Future[Any]] = {job.future, watcher}
-        try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            if not job.future.done():  # the client left, or the drain's deadline came
-                batcher.cancel(job)
-        if job.future.cancelled():
-            return gone(request, "waiting", f"before its {len(req.lines)} sentence(s) were decoded")
-        try:
-            results = job.future.result()
-        except DecoderStopped as exc:
-            return error_response(503, f"the decoder has stopped ({exc}); restart the server")
-        except NmtError as exc:  # e.g. a line longer than the model takes, with too_long=error
-            return error_response(422, str(exc))
-        elapsed = (time.perf_counter() - started) * 1000
-        return json_response(
-            {"translations": results, "model": req.model, "time_ms": round(elapsed, 2)}
-        )
-
-    async def translate_document_request(req: TranslateRequest, started: float) -> Response:
-        try:
-            answer = await translate_document(batcher, req)
-        except QueueFull as exc:
-            return error_response(503, f"server busy: {exc}")
-        except DecoderStopped as exc:
-            return error_response(503, f"the decoder has stopped ({exc}); restart the server")
-        except NmtError as exc:
-            return error_response(422, str(exc))
-        elapsed = (time.perf_counter() - started) * 1000
-        return json_response({**answer, "model": req.model, "time_ms": round(elapsed, 2)})
-
-    async def health(request: Request) -> Response:
-        decoder = batcher.state
-        status = "ok" if decoder == "running" else "error"
-        payload = {"status": status, "models": names, "decoder": decoder}
-        return json_response(payload, 200 if status == "ok" else 503)
-
-    async def list_models(request: Request) -> Response:
-        return json_response({"models": models})
-
-    async def show_metrics(request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    async def page(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+    endpoints = Endpoints(translators, cfg, batcher, metrics, log or (lambda message: None))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -243,11 +166,11 @@ def create_app(
 
     app = Starlette(
         routes=[
-            Route("/", page, methods=["GET"]),
-            Route("/translate", translate, methods=["POST"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/models", list_models, methods=["GET"]),
-            Route("/metrics", show_metrics, methods=["GET"]),
+            Route("/", endpoints.page, methods=["GET"]),
+            Route("/translate", endpoints.translate, methods=["POST"]),
+            Route("/health", endpoints.health, methods=["GET"]),
+            Route("/models", endpoints.list_models, methods=["GET"]),
+            Route("/metrics", endpoints.show_metrics, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={
@@ -263,6 +186,106 @@ def create_app(
                                allow_methods=["GET", "POST"],
                                allow_headers=["content-type", "authorization"])  # fmt: skip
     return Guard(inner, state, metrics, AccessPolicy(cfg, api_key))
+
+
+class Endpoints:
+    """The app's request handlers, around the batcher and the settings they share."""
+
+    def __init__(
+        self,
+        translators: dict[str, Translator],
+        cfg: ServeConfig,
+        batcher: Batcher,
+        metrics: Metrics,
+        say: Callable[[str], None],
+    ) -> None:
+        self.cfg = cfg
+        self.batcher = batcher
+        self.metrics = metrics
+        self.say = say
+        self.names = list(translators)
+        self.default_beam = {name: t.cfg.beam_size for name, t in translators.items()}
+        self.models = [describe(name, t, n == 0) for n, (name, t) in enumerate(translators.items())]
+        self.body_limit = 8 * cfg.max_chars + 65536  # JSON escapes can take 6 bytes per character
+
+    def gone(self, request: Request, stage: str, detail: str) -> Response:
+        client = request.client
+        who = f"{client.host}:{client.port}" if client else "a client"
+        self.say(f"{who} left {detail}")
+        self.metrics.client_gone("/translate", stage)
+        return NoAnswer()
+
+    async def translate(self, request: Request) -> Response:
+        started = time.perf_counter()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise BadRequest(415, f"send the body as Content-Type: application/json, not {kind!r}")
+        try:
+            body = await read_body(request, self.body_limit, self.cfg.body_timeout)
+        except ClientGone as exc:
+            return self.gone(
+                request, "sending", f"while sending its request ({exc.received:,} bytes)"
+            )
+        req = parse_translate(body, self.names, self.default_beam, self.cfg)
+        if req.document is not None:
+            return await self.translate_document_request(req, started)
+        try:
+            job = self.batcher.submit(req.model, req.lines, req.options, req.glossary)
+        except QueueFull as exc:
+            return error_response(503, f"server busy: {exc}")
+        except DecoderStopped as exc:
+            return error_response(503, f"the decoder has stopped ({exc}); restart the server")
+        watcher = asyncio.ensure_future(wait_for_disconnect(request))
+        waiting: set[asyncio.Future[Any]] = {job.future, watcher}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not job.future.done():  # the client left, or the drain's deadline came
+                self.batcher.cancel(job)
+        if job.future.cancelled():
+            return self.gone(
+                request, "waiting", f"before its {len(req.lines)} sentence(s) were decoded"
+            )
+        try:
+            results = job.future.result()
+        except DecoderStopped as exc:
+            return error_response(503, f"the decoder has stopped ({exc}); restart the server")
+        except NmtError as exc:  # e.g. a line longer than the model takes, with too_long=error
+            return error_response(422, str(exc))
+        elapsed = (time.perf_counter() - started) * 1000
+        return json_response(
+            {"translations": results, "model": req.model, "time_ms": round(elapsed, 2)}
+        )
+
+    async def translate_document_request(self, req: TranslateRequest, started: float) -> Response:
+        try:
+            answer = await translate_document(self.batcher, req)
+        except QueueFull as exc:
+            return error_response(503, f"server busy: {exc}")
+        except DecoderStopped as exc:
+            return error_response(503, f"the decoder has stopped ({exc}); restart the server")
+        except NmtError as exc:
+            return error_response(422, str(exc))
+        elapsed = (time.perf_counter() - started) * 1000
+        return json_response({**answer, "model": req.model, "time_ms": round(elapsed, 2)})
+
+    async def health(self, request: Request) -> Response:
+        decoder = self.batcher.state
+        status = "ok" if decoder == "running" else "error"
+        payload = {"status": status, "models": self.names, "decoder": decoder}
+        return json_response(payload, 200 if status == "ok" else 503)
+
+    async def list_models(self, request: Request) -> Response:
+        return json_response({"models": self.models})
+
+    async def show_metrics(self, request: Request) -> Response:
+        return Response(
+            self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def page(self, request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
 
 async def translate_document(batcher: Batcher, req: TranslateRequest) -> dict[str, Any]:
