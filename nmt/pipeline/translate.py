@@ -17,7 +17,13 @@ from nmt.data import textio
 from nmt.data.corpus import open_input, read_text
 from nmt.data.glossary import Glossary
 from nmt.errors import ConfigError, DataError
-from nmt.inference import TranslateOptions, Translator, decode_overrides, set_threads
+from nmt.inference import (
+    TranslateOptions,
+    TranslationResult,
+    Translator,
+    decode_overrides,
+    set_threads,
+)
 from nmt.io import Input, Output, atomic_open, write_text
 from nmt.markup.document import document_format
 from nmt.markup.document import translate_document as translate_markup
@@ -60,30 +66,18 @@ def translate(
     threads: int = 0,
 ) -> dict[str, Any]:
     """`nmt translate`: lines from `input_path` (or stdin) to translations in `output_path` (or
-    stdout), in input order. Empty lines stay empty. With `force_path` (a file with one
-    translation per input line) nothing is searched: the model reads those translations (forced
-    decoding) and every output describes them.
-
-    Text output: one translation per line; with nbest > 1, nbest lines `LINE ||| translation |||
-    score` per input line (Moses n-best format, LINE counted from 0). JSONL output: one object
-    per line (`TranslationResult.to_dict`: translation, score, tokens, token_scores, alignment;
-    nbest when nbest > 1; the word attention with `with_attention`). Attention of the best
-    hypothesis goes to `attention_out` (.npz/.jsonl), hard word alignments to `alignments_out`
-    (Pharaoh), heatmaps to `plot_dir/attention_<LINE>.png`. With `glossary_path` (a glossary
-    file, nmt/data/glossary.py) the target term of every source term found in a line must appear
-    in its translation; JSONL rows then say where each term went ("terms"). `input_format`
-    "jsonl" reads one {"text": ..., "glossary": {source term: target term}} object per line
-    (nmt/data/textio.py): the line's terms join the glossary file's for that line.
-
-    Each line is split into sentences unless decode.split is false (`--no-split`); the
-    translations are joined with the line's spacing, one output line per input line.
-    Attention files hold one record per sentence, Pharaoh alignments one line per input line
-    (the words of its sentences counted in turn). A Markdown or HTML document (`doc_format`, or
-    the input's extension: nmt/markup/document.py) goes to `translate_document` instead.
-
-    A file is checked whole (UTF-8, gzip) before the model loads and then read in chunks; stdin
-    (a pipe or a terminal) is answered in micro-batches as lines arrive, flushed after each.
-    `threads` > 0 sets torch's CPU threads. Returns {"lines", "sentences", "tokens", "seconds"}.
+    stdout), one per input line, in input order; each line split into sentences unless
+    decode.split is false, their translations joined with the line's spacing. Text output (with
+    nbest > 1 Moses n-best lines `LINE ||| translation ||| score`) or JSONL
+    (`TranslationResult.to_dict`; `with_attention` adds the word attention); the attention to
+    `attention_out` (.npz/.jsonl, one record per sentence), hard word links to `alignments_out`
+    (Pharaoh, one line per input line), heatmaps to `plot_dir`. `force_path`: one given
+    translation per line, read instead of searched (forced decoding). `glossary_path`: terms
+    whose translation is fixed (nmt/data/glossary.py); `input_format` jsonl reads
+    {"text", "glossary"} objects. A Markdown or HTML document (`doc_format`, or the input's
+    extension) goes to `translate_document`. A file is checked whole before the model loads;
+    a pipe is answered in micro-batches as lines arrive. `threads` > 0 sets torch's CPU threads.
+    Returns {"lines", "sentences", "tokens", "seconds"}.
     """
     log = log or log_stderr
     check_outputs(checkpoints, output_format, input_format, with_attention, input_path,
@@ -93,12 +87,7 @@ def translate(
     if fmt != "text":
         exports = {"--attention-out": attention_out, "--alignments-out": alignments_out,
                    "--plot-dir": plot_dir, "--force": force_path}  # fmt: skip
-        refused = [flag for flag, value in exports.items() if value is not None]
-        if input_format != "text":
-            refused.append(f"--input-format {input_format}")
-        if refused or output_format != "text" or with_attention:
-            what = refused[0] if refused else "--output-format jsonl / --attention"
-            raise ConfigError(f"{what}: works on plain text; a {fmt} document is written whole")
+        check_document_flags(fmt, exports, input_format, output_format, with_attention)
         glossary = Glossary.from_file(glossary_path) if glossary_path is not None else None
         return translate_document(checkpoints, input_path, output_path, fmt, overrides, flags,
                                   device, log, threads, glossary)  # fmt: skip
@@ -108,14 +97,9 @@ def translate(
     check_forced(force_path, input_path, glossary_path, settings)
     glossary = Glossary.from_file(glossary_path) if glossary_path is not None else None
     batches, forced, where, sources = open_inputs(input_path, force_path, input_format)
-    set_threads(threads)
-    translator = Translator.load(checkpoints, device, log=log, glossary=glossary, **settings)
-    if forced is not None and (translator.cfg.nbest > 1 or translator.cfg.sample):
-        raise ConfigError(FORCE_ONE_TRANSLATION)  # the run's own decode settings ask for them
-    if forced is not None:
-        log(f"forced decoding: no search; the translations are read from {force_path}")
-    if alignments_out or output_format == "jsonl":
-        note_guided_alignment(translator, log)
+    writes_links = bool(alignments_out) or output_format == "jsonl"
+    translator = load_translator(checkpoints, device, log, glossary, settings, threads,
+                                 force_path, writes_links)  # fmt: skip
     writer = TranslationWriter(translator, output_format, with_attention, output_path)
     need_attention = bool(attention_out or alignments_out or plot_dir or output_format == "jsonl")
     if input_path is None and sys.stdin is not None and sys.stdin.isatty():
@@ -129,21 +113,8 @@ def translate(
         )
         advance = stack.enter_context(progress_bar(total, "translating"))
         for lines in batches:
-            line_glossaries = None
-            if input_format == "jsonl":
-                lines, line_glossaries = jsonl_requests(lines, where, writer.count, glossary)
-            if forced is not None:
-                results = translator.score(lines, next(forced), attention=need_attention,
-                                           first_index=writer.count, where=where,
-                                           target_where=str(force_path))  # fmt: skip
-            else:
-                results = translator.translate_full(
-                    lines,
-                    TranslateOptions(attention=need_attention),
-                    first_index=writer.count,
-                    where=where,
-                    glossary=line_glossaries,
-                )
+            results = translate_batch(translator, lines, forced, where, force_path, input_format,
+                                      glossary, need_attention, writer.count)  # fmt: skip
             writer.write(out, results)
             sinks.write(results)
             writer.flush(out)
@@ -165,6 +136,74 @@ def note_guided_alignment(translator: Translator, log: Callable[[str], None]) ->
         log(f"note: trained with guided alignment, so the hard alignments come from decoder layer "
             f"{layer}, head {head} (the head taught to align); decode.attention_layer and "
             "attention_head choose only the exported attention")  # fmt: skip
+
+
+def load_translator(
+    checkpoints: list[Path],
+    device: str,
+    log: Callable[[str], None],
+    glossary: Glossary | None,
+    settings: dict[str, Any],
+    threads: int,
+    force_path: Path | None,
+    writes_links: bool,
+) -> Translator:
+    """The models and decode settings, loaded once every input is checked; with --force the
+    run's own settings may not ask for an n-best list or sampling either."""
+    set_threads(threads)
+    translator = Translator.load(checkpoints, device, log=log, glossary=glossary, **settings)
+    if force_path is not None and (translator.cfg.nbest > 1 or translator.cfg.sample):
+        raise ConfigError(FORCE_ONE_TRANSLATION)  # the run's own decode settings ask for them
+    if force_path is not None:
+        log(f"forced decoding: no search; the translations are read from {force_path}")
+    if writes_links:
+        note_guided_alignment(translator, log)
+    return translator
+
+
+def translate_batch(
+    translator: Translator,
+    lines: list[str],
+    forced: Iterator[list[str]] | None,
+    where: str,
+    force_path: Path | None,
+    input_format: str,
+    glossary: Glossary | None,
+    need_attention: bool,
+    first_index: int,
+) -> list[TranslationResult]:
+    """One batch of input lines translated (or, with --force, its given translations read),
+    each JSONL line with its own glossary terms."""
+    if forced is not None:
+        return translator.score(lines, next(forced), attention=need_attention,
+                                first_index=first_index, where=where,
+                                target_where=str(force_path))  # fmt: skip
+    line_glossaries = None
+    if input_format == "jsonl":
+        lines, line_glossaries = jsonl_requests(lines, where, first_index, glossary)
+    return translator.translate_full(
+        lines,
+        TranslateOptions(attention=need_attention),
+        first_index=first_index,
+        where=where,
+        glossary=line_glossaries,
+    )
+
+
+def check_document_flags(
+    fmt: str,
+    exports: dict[str, Path | None],
+    input_format: str,
+    output_format: str,
+    with_attention: bool,
+) -> None:
+    """A Markdown or HTML document is written whole: the flags of plain text are refused."""
+    refused = [flag for flag, value in exports.items() if value is not None]
+    if input_format != "text":
+        refused.append(f"--input-format {input_format}")
+    if refused or output_format != "text" or with_attention:
+        what = refused[0] if refused else "--output-format jsonl / --attention"
+        raise ConfigError(f"{what}: works on plain text; a {fmt} document is written whole")
 
 
 def check_outputs(
