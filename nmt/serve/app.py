@@ -29,8 +29,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from nmt.config import ServeConfig
+from nmt.decoding.alignment import parse_pharaoh
 from nmt.errors import ConfigError, NmtError
 from nmt.inference import Translator
+from nmt.markup.document import translate_document as translate_markup
+from nmt.markup.inline import Aligned
 from nmt.serve.access import AccessPolicy
 from nmt.serve.batcher import Batcher, DecoderStopped, QueueFull
 from nmt.serve.metrics import Metrics
@@ -293,10 +296,6 @@ async def translate_document(batcher: Batcher, req: TranslateRequest) -> dict[st
     blocks go through the batcher like any lines. Answers {"document", "format", "blocks",
     "skipped", "translations"} (a row per block, their attention only when asked for; skipped:
     Markdown blocks left untranslated because their markup could not be followed)."""
-    from nmt.decoding.alignment import parse_pharaoh
-    from nmt.markup.document import translate_document as translate_markup
-    from nmt.markup.inline import Aligned
-
     loop = asyncio.get_running_loop()
     # The words come with the attention; it is dropped again unless the client asked for it.
     options = dataclasses.replace(req.options, attention=True, attention_detail=False)

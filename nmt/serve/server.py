@@ -22,6 +22,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from nmt.config import ServeConfig
 from nmt.errors import ConfigError
+from nmt.inference import set_threads
 from nmt.serve.access import read_api_key
 from nmt.serve.app import ServerState, create_app, load_translators
 from nmt.serve.metrics import Metrics
@@ -215,8 +216,6 @@ def serve(
             f"warning: listening on {cfg.host} without an API key: anyone who reaches this port "
             "can use the models (see --api-key-file)"
         )
-    from nmt.inference import set_threads
-
     set_threads(cfg.threads)
     translators = load_translators(list(runs), cfg.device, say)
     for name, translator in translators.items():
