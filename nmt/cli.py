@@ -145,7 +145,7 @@ def prepare(
     """
     from nmt import pipeline
     from nmt.config import PrepareConfig, from_dict, load_yaml, merge, parse_overrides
-    from nmt.data.corpus import default_split_name
+    from nmt.data.corpus import split_test_option
 
     def flat(data: dict[str, Any]) -> dict[str, Any]:
         # Accept a `prepare:` section as well as top-level keys.
@@ -158,9 +158,7 @@ def prepare(
     cfg = from_dict(PrepareConfig, settings)
     tests: dict[str, str] = {}
     for item in test:
-        name, sep, spec = item.partition("=")
-        if not sep or not spec or "/" in name or "," in name or name.startswith("hf:"):
-            name, spec = default_split_name(item), item
+        name, spec = split_test_option(item, cfg.src_lang)
         if name in tests:
             raise ConfigError(f"--test {item}: a test set named {name!r} was given twice")
         tests[name] = spec

@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from nmt.errors import ConfigError
+from nmt.io import check_file
 
 # Special token ids. `nmt prepare` trains SentencePiece with exactly these ids, so models, batching
 # and decoding can rely on them without carrying a vocabulary object around.
@@ -649,8 +650,7 @@ def show(value: Any) -> str:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict (an empty file is an empty dict)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    check_file(path, ConfigError, "config file not found")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -17,6 +17,7 @@ order. Nothing here imports the training package.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,18 @@ def set_threads(threads: int) -> None:
         raise ConfigError(f"--threads {threads}: expected a count >= 1, or 0 for torch's default")
     if threads:
         torch.set_num_threads(threads)
+
+
+class NonFiniteScores(CheckpointError):
+    """The model scored a hypothesis NaN or infinite: its weights are damaged, or the sums
+    overflow at its precision. Nothing it translated then can be trusted."""
+
+    def __init__(self, where: str, precision: str) -> None:
+        self.reason = (
+            f"the model's scores are NaN or infinite ({precision}); its weights are damaged or "
+            "overflow at this precision"
+        )
+        super().__init__(f"{where}: {self.reason}")
 
 
 @dataclass
@@ -469,7 +482,9 @@ class Translator:
         done: dict[int, dict[int, TranslationResult]] = {}
         for unit, nbest_list in searches:
             n, k = plan.owners[unit]
-            sentence = self.result(first_index + n, plan.src_ids[unit], nbest_list, cfg, attention)
+            sentence = self.result(
+                first_index + n, plan.src_ids[unit], nbest_list, cfg, attention, where
+            )
             if sentence.record is not None:
                 sentence.record.sentence = k
             if terms is not None and terms[0][unit] is not None:
@@ -658,7 +673,7 @@ class Translator:
                 )
         hyps = force_corpus(self.models, src_ids, tgt_ids, self.cfg, self.device, attention)
         return [
-            self.result(first_index + n, src_ids[n], [hyp], self.cfg, attention)
+            self.result(first_index + n, src_ids[n], [hyp], self.cfg, attention, where)
             for n, hyp in enumerate(hyps)
         ]
 
@@ -794,7 +809,12 @@ class Translator:
         hyps: list[Hypothesis],
         cfg: DecodeConfig,
         attention: bool,
+        where: str = "<input>",
     ) -> TranslationResult:
+        if not hyps or not all(math.isfinite(h.score) and math.isfinite(h.log_prob) for h in hyps):
+            # A model whose weights are finite can still overflow (fp16), and a NaN score would
+            # end up in JSON as NaN, which no JSON reader takes.
+            raise NonFiniteScores(f"{where}:{index + 1}", cfg.precision)
         best = hyps[0]
         pieces = self.tgt_tok.pieces(best.tokens)
         nbest = [Candidate(self.tgt_tok.decode(h.tokens), h.score) for h in hyps]

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,8 @@ from nmt.io import (
     Output,
     atomic_dir,
     atomic_open,
+    check_file,
+    is_stream,
     output_problem,
     remove_stale_temps,
     write_text,
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 # Heavy libraries (datasets, torch) are imported inside the functions that need them, so that
 # `nmt --help` and the commands that do not use them start fast.
 
-SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PADDING_REPORT_TOKENS = 4096  # batch size at which stats.json reports the sampler's padding
 PREPARE_KIND = "prepare"  # the command a prepared directory's output marker names
 
@@ -69,14 +69,10 @@ def prepare(
     cfg.validate()
     out = Path(out)
     for name in tests:
-        if not SPLIT_NAME.match(name) or name in ("train", "valid"):
-            raise ConfigError(
-                f"--test {name}=...: a test name uses letters, digits, _ . - and is not "
-                "'train' or 'valid'"
-            )
+        corpus.check_test_name(name, f"{name}=...", ("train", "valid"))
     for model in (cfg.spm_model, cfg.spm_tgt_model):
-        if model and not Path(model).is_file():
-            raise DataError(f"{model}: SentencePiece model to reuse not found")
+        if model:
+            check_file(model, DataError, "SentencePiece model to reuse not found")
     roles = {"train": train, "valid": valid, **tests}
     specs = {
         role: corpus.parse_spec(text, cfg.src_lang, cfg.tgt_lang) for role, text in roles.items()
@@ -579,12 +575,12 @@ def translate(
     forced: Iterator[list[str]] | None = None
     sources = 0  # lines of a regular input file, for the progress bar
     for flag, path in _given(("-i", input_path), ("--force", force_path)):
-        if force_path is not None and textio.is_stream(path):
+        if force_path is not None and is_stream(path):
             raise ConfigError(
                 f"{flag} {path}: is a pipe or device, read once; --force reads both files "
                 "twice (counted, then paired): give regular files"
             )
-    if input_path is not None and textio.is_stream(Path(input_path)):
+    if input_path is not None and is_stream(Path(input_path)):
         # A pipe, FIFO or <(process substitution) can be read only once: answered as it comes.
         batches = textio.micro_batches(open_binary(Path(input_path)), str(input_path))
         where = str(input_path)
@@ -922,8 +918,11 @@ def parse_test_sets(
     """The test sets of one `nmt evaluate` call: name -> {"src", "refs", "hyp"} (paths).
 
     `--src/--ref` (or `--hyp/--ref`) give one set named after the source (or hypothesis) file;
-    each `--test NAME=SRC,REF[,REF2...]` adds one more.
+    each `--test NAME=SRC,REF[,REF2...]` adds one more (NAME: `check_test_name`, for it names
+    the file NAME.hyp in a --hyp-out folder).
     """
+    from nmt.data.corpus import check_test_name
+
     sets: dict[str, dict[str, Any]] = {}
     if src is not None or hyp is not None or refs:
         if not refs:
@@ -942,6 +941,7 @@ def parse_test_sets(
         parts = [p for p in files.split(",") if p]
         if not sep or not name or len(parts) < 2:
             raise ConfigError(f"--test {item!r}: expected NAME=SRC,REF[,REF2...]")
+        check_test_name(name, repr(item))
         if name in sets:
             raise ConfigError(f"--test {item!r}: a test set named {name!r} was given twice")
         sets[name] = {"src": Path(parts[0]), "refs": [Path(p) for p in parts[1:]], "hyp": None}
@@ -1223,11 +1223,14 @@ BUILTIN_CORPORA = ("bible",)
 
 
 def export_corpus(name: str, out: Path) -> dict[str, int]:
-    """Write a corpus that ships with a Python package as plain text pairs under `out`."""
+    """Write a corpus that ships with a Python package as plain text pairs under `out` (never
+    inside a run or prepared data folder: `guard_outputs`)."""
+    from nmt.checkpoint import guard_outputs
     from nmt.data.bible import export_bible
 
     if name != "bible":
         raise ConfigError(
             f"unknown corpus {name!r}; built-in corpora: {', '.join(BUILTIN_CORPORA)}"
         )
+    guard_outputs([Output("--out", Path(out), "folder")], [], ConfigError)
     return export_bible(out)
