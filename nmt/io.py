@@ -179,26 +179,27 @@ def not_a_file(path: str | os.PathLike, missing: str = "file not found") -> str 
     """Why `path` cannot be read as a regular file (`missing` when there is nothing there, a
     folder, a pipe or device: commands that read their input whole before using it take files
     only), or None."""
-    info = _stat(Path(path))
-    if info is None:
-        return missing
-    if stat.S_ISDIR(info.st_mode):
-        return "is a folder, not a file"
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file (a pipe or device); save it to a file first"
-    return None
+    return _not_a(Path(path), False, missing)
 
 
 def not_a_folder(path: str | os.PathLike, missing: str = "no such folder") -> str | None:
     """Why `path` is not a folder (`missing` when there is nothing there), or None."""
-    info = _stat(Path(path))
+    return _not_a(Path(path), True, missing)
+
+
+def _not_a(path: Path, folder: bool, missing: str) -> str | None:
+    info = _stat(path)
     if info is None:
         return missing
+    if (stat.S_ISDIR if folder else stat.S_ISREG)(info.st_mode):
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder, not a file"
     if stat.S_ISREG(info.st_mode):
         return "is a file, not a folder"
-    if not stat.S_ISDIR(info.st_mode):
+    if folder:
         return "not a folder (a pipe or device)"
-    return None
+    return "not a regular file (a pipe or device); save it to a file first"
 
 
 def check_file(
