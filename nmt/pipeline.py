@@ -549,6 +549,8 @@ def translate(
         outputs.append(Output("--plot-dir", Path(plot_dir), "files", "attention_*.png"))
     given = _given(("-i", input_path), ("--force", force_path), ("--glossary", glossary_path))
     inputs = [Input(path, flag) for flag, path in given]
+    if input_path is None:  # a file redirected to stdin (`< x`) is an input as well
+        inputs.append(Input(Path("/dev/stdin"), "the standard input"))
     guard_outputs(outputs, inputs + model_inputs(checkpoints), ConfigError)
     fmt = document_format(input_path, doc_format)
     if fmt != "text":

@@ -303,6 +303,8 @@ def open_binary(path: Path) -> IO[bytes]:
         return open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
 

@@ -198,6 +198,20 @@ def test_outputs_onto_our_redirected_stdout_and_stderr_are_written_through(
         "in.de", "mystdout", "stderr.txt", "stdout.txt"]  # fmt: skip
 
 
+def test_an_output_that_is_the_file_on_stdin_is_refused(
+    tiny_transformer_run: Path, tmp_path: Path, src: Path
+) -> None:
+    """`nmt translate RUN -o x < x`: stdin is the input, and the output may not replace it."""
+    before = src.read_bytes()
+    cmd = [sys.executable, "-m", "nmt.cli", "translate", str(tiny_transformer_run), "-o", str(src)]
+    with open(src, "rb") as stdin:
+        done = subprocess.run(cmd, stdin=stdin, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"error: -o {src}: is /dev/stdin (the standard input) through a link; "
+                           "write the output to another file\n")  # fmt: skip
+    assert src.read_bytes() == before and sorted(tmp_path.iterdir()) == [src]
+
+
 @pytest.mark.parametrize("command", ["evaluate", "align-eval"])
 def test_a_report_through_an_open_descriptor_keeps_the_link(tmp_path: Path, command: str) -> None:
     """--report LINK, LINK -> /proc/self/fd/N of a file this process holds open for appending:
