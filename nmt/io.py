@@ -216,8 +216,16 @@ def check_output_file(path: str | os.PathLike) -> None:
     `path` is a folder, the nearest existing folder above it is a file, or it is not writable.
     (A full disk shows only on the write itself; `atomic_open` names the file then.)"""
     path = Path(path)
-    if is_written_through(path):
-        return  # written in place: no folder is needed
+    if is_written_through(path):  # written in place: no folder is needed, but a descriptor
+        fd = _own_descriptor(path)
+        if fd is not None:
+            try:
+                writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+            except OSError as exc:  # not open in this process
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            if not writable:
+                raise PermissionError(errno.EBADF, "open for reading only", str(path))
+        return
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     for parent in path.parents:  # nearest first

@@ -236,3 +236,17 @@ def test_a_report_through_an_open_descriptor_keeps_the_link(tmp_path: Path, comm
     assert os.readlink(link) == f"/proc/self/fd/{fd}"
     text = target.read_text(encoding="utf-8")
     assert text.startswith("earlier\n{") and ('"bleu"' in text or '"aer"' in text), text
+
+
+def test_an_output_through_a_descriptor_open_for_reading_is_refused_first(
+    tiny_transformer_run: Path, tmp_path: Path, src: Path
+) -> None:
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        link = tmp_path / "out.txt"
+        link.symlink_to(f"/proc/self/fd/{fd}")
+        line = refuse(tmp_path, [tiny_transformer_run, "-i", src, "-o", link], 2,
+                      f"-o {link}: cannot be written ({link}: open for reading only)")  # fmt: skip
+    finally:
+        os.close(fd)
+    assert "loaded" not in line
