@@ -245,8 +245,7 @@ def test_an_output_through_a_descriptor_open_for_reading_is_refused_first(
     try:
         link = tmp_path / "out.txt"
         link.symlink_to(f"/proc/self/fd/{fd}")
-        line = refuse(tmp_path, [tiny_transformer_run, "-i", src, "-o", link], 2,
-                      f"-o {link}: cannot be written ({link}: open for reading only)")  # fmt: skip
+        refuse(tmp_path, [tiny_transformer_run, "-i", src, "-o", link], 2,
+               f"-o {link}: cannot be written ({link}: open for reading only)")  # fmt: skip
     finally:
         os.close(fd)
-    assert "loaded" not in line
