@@ -74,6 +74,10 @@ LOCK_FILE = "train.lock"  # held by the `nmt train` that writes the run (trainin
 IMPORT_FILE = "import.json"  # where an imported run came from (nmt/pretrained.py)
 PERIODIC_FILES = "checkpoint_*.pt"
 _PERIODIC = re.compile(r"^checkpoint_(\d+)\.pt$")
+SPM_MISSING = (
+    "SentencePiece model missing; a checkpoint needs the tokenizer file(s) of its run directory "
+    "beside it"
+)
 
 # format_version -> function turning a payload of that version into one of version + 1.
 # A future layout change adds an entry here (and a tiny old checkpoint under tests/data/).
@@ -125,8 +129,11 @@ def read_torch_file(path: Path, what: str) -> Any:
 
 def _starts_like_pickle(path: Path) -> bool:
     """Whether the file begins as a pickle of protocol 2 or later does (the PROTO opcode)."""
-    with open(path, "rb") as handle:
-        return handle.read(1) == b"\x80"
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1) == b"\x80"
+    except OSError:
+        return False
 
 
 def upgrade_payload(payload: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:
@@ -273,10 +280,7 @@ def load_tokenizers(payload: dict[str, Any], folder: str | Path) -> tuple[Tokeni
     for side in ("src", "tgt"):
         entry = payload["spm"][side]
         path = folder / entry["file"]
-        missing = (
-            "SentencePiece model missing; a checkpoint needs the tokenizer file(s) of its run "
-        )
-        check_file(path, CheckpointError, missing + "directory beside it")
+        check_file(path, CheckpointError, SPM_MISSING)
         actual = sha256_file(path)
         if actual != entry["sha256"]:
             raise CheckpointError(
