@@ -579,14 +579,17 @@ def test_weights_that_are_not_finite_are_refused(
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"max_length": 2}, "'max_length' = 2: leaves no room for a word: generate counts the "
-         "start token and </s> in it"),
-        ({"max_length": -5}, "'max_length' = -5: leaves no room for a word"),
-        ({"max_new_tokens": 1}, "'max_new_tokens' = 1: leaves no room for a word: generate counts "
-         "</s> in it"),
-        ({"max_new_tokens": 0}, "'max_new_tokens' = 0: leaves no room"),
-        ({"min_length": 1000}, f"'min_length' = 1000: asks for more tokens than the "
+        ({"max_length": 2}, "field 'max_length' = 2: leaves no room for a word: generate counts "
+         "the start token and </s> in it"),
+        ({"max_length": -5}, "field 'max_length' = -5: leaves no room for a word"),
+        ({"max_new_tokens": 1}, "field 'max_new_tokens' = 1: leaves no room for a word: generate "
+         "counts </s> in it"),
+        ({"max_new_tokens": 0}, "field 'max_new_tokens' = 0: leaves no room"),
+        ({"min_length": 1000}, f"field 'min_length' = 1000: asks for more tokens than the "
          f"{MAX_LENGTH - 2} at most that max_length and the model allow"),
+        # Scores beyond float32 would be ranked as infinities (and written as such).
+        ({"length_penalty": -1e308}, "settings: decode.len_penalty must be in [-10, 10], got "
+         "-1e+308"),
     ],
 )  # fmt: skip
 def test_impossible_generation_limits_are_refused(
@@ -595,7 +598,7 @@ def test_impossible_generation_limits_are_refused(
     copy = edited_copy(marian[0], tmp_path, "generation_config.json", change)
     result = invoke("import", copy, "--out", tmp_path / "run")
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"error: generation field {message}")
+    assert result.stderr.startswith(f"error: generation {message}")
     assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
