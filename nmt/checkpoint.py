@@ -13,6 +13,8 @@ A run directory (`nmt train --out RUN_DIR`):
     best.pt                 the weights with the best validation score (what translate reads)
     checkpoint_<step>.pt    the `train.keep_last` most recent periodic checkpoints (`nmt average`)
     metrics.jsonl           every logged value, one JSON object per line
+    import.json, .nmt-output.json   (`nmt import` only) where the model came from; the marker
+                            that lets a later import replace the folder
 
 A checkpoint is a dict of tensors and plain Python values only, so `torch.load(weights_only=True)`
 reads it and no pickled code ever runs:
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +56,7 @@ from nmt.config import PrepareConfig, RunConfig, from_dict, load_yaml, to_dict
 from nmt.data.spm import Tokenizer
 from nmt.data.store import prepared_folder_around
 from nmt.errors import CheckpointError, NmtError
-from nmt.io import Input, Output, check_outputs, read_json, sha256_file
+from nmt.io import OUTPUT_MARKER, Input, Output, check_file, check_outputs, read_json, sha256_file
 from nmt.models import build_model
 
 if TYPE_CHECKING:
@@ -72,7 +75,13 @@ JOINT_SPM = "spm.model"
 SRC_SPM = "spm.src.model"
 TGT_SPM = "spm.tgt.model"
 LOCK_FILE = "train.lock"  # held by the `nmt train` that writes the run (training/run_folder.py)
+IMPORT_FILE = "import.json"  # where an imported run came from (nmt/pretrained.py)
+PERIODIC_FILES = "checkpoint_*.pt"
 _PERIODIC = re.compile(r"^checkpoint_(\d+)\.pt$")
+SPM_MISSING = (
+    "SentencePiece model missing; a checkpoint needs the tokenizer file(s) of its run directory "
+    "beside it"
+)
 
 # format_version -> function turning a payload of that version into one of version + 1.
 # A future layout change adds an entry here (and a tiny old checkpoint under tests/data/).
@@ -168,8 +177,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     newer format than this version of nmt understands.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+    check_file(path, CheckpointError, "checkpoint not found")
     payload = read_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or "format_version" not in payload or "model" not in payload:
         raise CheckpointError(f"{path}: not an nmt checkpoint (no format_version / model inside)")
@@ -180,17 +188,30 @@ def read_torch_file(path: Path, what: str) -> Any:
     """`torch.load(path, weights_only=True)` onto the CPU: tensors and plain values only, so no
     pickled code runs. CheckpointError "PATH: not a readable WHAT (why)" when it fails."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. on the pickle protocol of a file refused below
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated zip, a pickle with code in it, a non-torch file ...
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
+        if not zipfile.is_zipfile(path) and not _starts_like_pickle(path):
+            # torch.save writes a zip archive (once, a bare pickle); anything else (text, random
+            # bytes) fails deep inside the unpickler with a message that says nothing.
+            first_line = "not a file written by torch.save"
+        elif "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
             # torch's text suggests loading with weights_only=False, which could run code.
             first_line = "it holds Python objects other than tensors and plain values"
         elif not zipfile.is_zipfile(path):
-            # torch.save writes a zip archive; anything else (text, an old pickle) fails deep
-            # inside the unpickler with a bare KeyError or EOFError that says nothing.
             first_line = "not a file written by torch.save"
         raise CheckpointError(f"{path}: not a readable {what} ({first_line})") from None
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    """Whether the file begins as a pickle of protocol 2 or later does (the PROTO opcode)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1) == b"\x80"
+    except OSError:
+        return False
 
 
 def upgrade_payload(payload: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:
@@ -229,19 +250,21 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 def run_inputs(path: str | Path, skip: tuple[str, ...] = ()) -> list[Input]:
     """The files of the run folder that holds `path` (a run folder, or a checkpoint in one) that
-    nmt reads now or may read later, present or not (best.pt appears after the first validation),
-    plus every .pt file there: what no output of a command that reads the run may replace.
-    `skip` leaves names out (`nmt average` writes averaged.pt)."""
+    nmt reads now or may read later, present or not (best.pt appears after the first validation,
+    checkpoint_<step>.pt for any step), plus every .pt file there: what no output of a command
+    that reads the run may replace. `skip` leaves names out (`nmt average` writes averaged.pt)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     names = [BEST, LAST, AVERAGED, JOINT_SPM, SRC_SPM, TGT_SPM, CONFIG_FILE, DATA_FILE,
-             METRICS_FILE, LOCK_FILE]  # fmt: skip
+             METRICS_FILE, LOCK_FILE, IMPORT_FILE, OUTPUT_MARKER]  # fmt: skip
     files = [folder / name for name in names] + sorted(folder.glob("*.pt"))
     if not path.is_dir():
         files.insert(0, path)
     what = f"a file of the run folder {folder}"
     unique = {str(file): file for file in files if file.name not in skip}
-    return [Input(file, what) for file in unique.values()]
+    periodic = Input(folder, f"the periodic checkpoints of the run folder {folder}",
+                     pattern=PERIODIC_FILES)  # fmt: skip
+    return [Input(file, what) for file in unique.values()] + [periodic]
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -258,13 +281,16 @@ def guard_outputs(
     skip: tuple[str, ...] = (),
 ) -> None:
     """`nmt.io.check_outputs` with, besides the command's own `inputs`, the files of any run
-    folder an output file would be written into (`run_inputs`, less `skip`) and any prepared data
-    folder around it: nmt reads those later, whichever command writes now."""
+    folder an output file would be written into (`run_inputs`, less `skip`), the marker of any
+    other folder an nmt command wrote (`OUTPUT_MARKER`) and any prepared data folder around it:
+    nmt reads those later, whichever command writes now."""
     guarded = list(inputs)
     for out in outputs:
         folder = out.path if out.kind == "files" else out.path.parent  # where it writes
         if out.kind != "folder" and is_run_folder(folder):
             guarded += run_inputs(folder, skip)
+        elif out.kind != "folder" and (folder / OUTPUT_MARKER).is_file():
+            guarded.append(Input(folder / OUTPUT_MARKER, f"the record of the nmt output {folder}"))
         prepared = prepared_folder_around(folder)
         if prepared is not None:
             guarded.append(Input(prepared, "a prepared data folder", tree=True))
@@ -332,11 +358,7 @@ def load_tokenizers(payload: dict[str, Any], folder: str | Path) -> tuple[Tokeni
     for side in ("src", "tgt"):
         entry = payload["spm"][side]
         path = folder / entry["file"]
-        if not path.is_file():
-            raise CheckpointError(
-                f"{path}: SentencePiece model missing; a checkpoint needs the tokenizer file(s) of "
-                "its run directory beside it"
-            )
+        check_file(path, CheckpointError, SPM_MISSING)
         actual = sha256_file(path)
         if actual != entry["sha256"]:
             raise CheckpointError(
@@ -366,7 +388,7 @@ def build_model_from_payload(
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """`model.load_state_dict(state)` with a CheckpointError naming the mismatch instead of a
-    RuntimeError wall of text."""
+    RuntimeError wall of text (or `check_finite`'s)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -388,7 +410,18 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str
         raise CheckpointError(
             f"{path}: weights do not fit the model its config describes: {'; '.join(parts)}"
         )
+    check_finite(state, path)
     model.load_state_dict(state)
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """CheckpointError naming the first tensor of `state` that holds NaN or infinity: such a
+    model scores hypotheses NaN, and nothing it translates means anything."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{path}: {name} holds NaN or infinite values; the model is damaged"
+            )
 
 
 @dataclass

@@ -145,7 +145,7 @@ def prepare(
         --set joint_vocab=false --out data/wmt14-de-en
     """
     from nmt.config import PrepareConfig, from_dict, load_yaml, merge, parse_overrides
-    from nmt.data.corpus import default_split_name
+    from nmt.data.corpus import split_test_option
     from nmt.pipeline import prepare as command
 
     def flat(data: dict[str, Any]) -> dict[str, Any]:
@@ -159,9 +159,7 @@ def prepare(
     cfg = from_dict(PrepareConfig, settings)
     tests: dict[str, str] = {}
     for item in test:
-        name, sep, spec = item.partition("=")
-        if not sep or not spec or "/" in name or "," in name or name.startswith("hf:"):
-            name, spec = default_split_name(item), item
+        name, spec = split_test_option(item, cfg.src_lang)
         if name in tests:
             raise ConfigError(f"--test {item}: a test set named {name!r} was given twice")
         tests[name] = spec

@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from nmt.errors import ConfigError
+from nmt.io import check_file
 
 # Special token ids. `nmt prepare` trains SentencePiece with exactly these ids, so models, batching
 # and decoding can rely on them without carrying a vocabulary object around.
@@ -38,6 +39,9 @@ MAX_WIDTH = 1 << 17  # d_model, ffn_dim, RNN sizes: far above any published mode
 MAX_LAYERS = 1000
 MAX_POSITIONS = 1 << 20
 MAX_BEAM = 10_000  # hypotheses per sentence: the (K, V) score matrices must fit in memory
+# |len_penalty| and coverage_penalty at most: beyond, the normalised scores of long outputs leave
+# float32 (1,024 ** 10 is 1e30) and a search would rank infinities.
+PENALTY_LIMIT = 10.0
 # A language code names files (PREFIX.de) and columns: letters, digits, - and _, no path parts.
 LANG_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
@@ -397,8 +401,16 @@ class DecodeConfig:
             raise ConfigError(
                 "need decode.temperature > 0, 0 < decode.top_p <= 1, decode.top_k >= 0"
             )
-        if self.coverage_penalty < 0:
-            raise ConfigError(f"decode.coverage_penalty must be >= 0, got {self.coverage_penalty}")
+        if not -PENALTY_LIMIT <= self.len_penalty <= PENALTY_LIMIT:
+            raise ConfigError(
+                f"decode.len_penalty must be in [-{PENALTY_LIMIT:g}, {PENALTY_LIMIT:g}], got "
+                f"{self.len_penalty:g}"
+            )
+        if not 0 <= self.coverage_penalty <= PENALTY_LIMIT:
+            raise ConfigError(
+                f"decode.coverage_penalty must be in [0, {PENALTY_LIMIT:g}], got "
+                f"{self.coverage_penalty:g}"
+            )
         if self.max_len_a < 0 or self.max_len_b < 0 or self.min_len < 0:
             raise ConfigError("decode.max_len_a, max_len_b and min_len must be >= 0")
         if self.max_len_a > MAX_POSITIONS or max(self.max_len_b, self.min_len) > MAX_POSITIONS:
@@ -649,8 +661,7 @@ def show(value: Any) -> str:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict (an empty file is an empty dict)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    check_file(path, ConfigError, "config file not found")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -17,7 +17,7 @@ import numpy as np
 
 from nmt.checkpoint import METRICS_FILE
 from nmt.errors import DataError
-from nmt.io import atomic_open, not_a_file, read_jsonl
+from nmt.io import atomic_open, check_file, read_jsonl
 
 
 @dataclass
@@ -54,10 +54,7 @@ def read_all(runs: Sequence[Path], metric: str) -> list[Curves]:
 def _read_rows(run: Path) -> tuple[Path, list[dict]]:
     """The metrics file of `run` and its records."""
     path = run / METRICS_FILE if run.is_dir() else run
-    problem = not_a_file(path)
-    if problem:
-        hint = "" if path.exists() else " (a run folder holds metrics.jsonl)"
-        raise DataError(f"{path}: {problem}{hint}")
+    check_file(path, DataError, "file not found (a run folder holds metrics.jsonl)")
     try:
         rows = read_jsonl(path)
     except (ValueError, UnicodeDecodeError) as exc:

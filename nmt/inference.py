@@ -18,6 +18,7 @@ order. Nothing here imports the training package.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,18 @@ class TranslateOptions:
 
 
 DEFAULT_OPTIONS = TranslateOptions()
+
+
+class NonFiniteScores(CheckpointError):
+    """The model scored a hypothesis NaN or infinite: its weights are damaged, or the sums
+    overflow at its precision. Nothing it translated then can be trusted."""
+
+    def __init__(self, where: str, precision: str) -> None:
+        self.reason = (
+            f"the model's scores are NaN or infinite ({precision}); its weights are damaged or "
+            "overflow at this precision"
+        )
+        super().__init__(f"{where}: {self.reason}")
 
 
 @dataclass
@@ -485,7 +498,9 @@ class Translator:
         done: dict[int, dict[int, TranslationResult]] = {}
         for unit, nbest_list in searches:
             n, k = plan.owners[unit]
-            sentence = self.result(first_index + n, plan.src_ids[unit], nbest_list, cfg, options)
+            sentence = self.result(
+                first_index + n, plan.src_ids[unit], nbest_list, cfg, options, where
+            )
             if sentence.record is not None:
                 sentence.record.sentence = k
             if terms is not None and terms[0][unit] is not None:
@@ -676,7 +691,7 @@ class Translator:
         hyps = force_corpus(self.models, src_ids, tgt_ids, self.cfg, self.device, attention)
         options = TranslateOptions(attention=attention)
         return [
-            self.result(first_index + n, src_ids[n], [hyp], self.cfg, options)
+            self.result(first_index + n, src_ids[n], [hyp], self.cfg, options, where)
             for n, hyp in enumerate(hyps)
         ]
 
@@ -812,7 +827,12 @@ class Translator:
         hyps: list[Hypothesis],
         cfg: DecodeConfig,
         options: TranslateOptions,
+        where: str = "<input>",
     ) -> TranslationResult:
+        if not hyps or not all(math.isfinite(h.score) and math.isfinite(h.log_prob) for h in hyps):
+            # A model whose weights are finite can still overflow (fp16), and a NaN score would
+            # end up in JSON as NaN, which no JSON reader takes.
+            raise NonFiniteScores(f"{where}:{index + 1}", cfg.precision)
         best = hyps[0]
         pieces = self.tgt_tok.pieces(best.tokens)
         nbest = [Candidate(self.tgt_tok.decode(h.tokens), h.score) for h in hyps]

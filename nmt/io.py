@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -79,13 +80,75 @@ def process_start() -> float:
         return time.time()
 
 
-def _is_special(path: Path) -> bool:
-    """A device, FIFO or socket (/dev/stdout, /dev/null): written in place, never replaced."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+def is_stream(path: str | os.PathLike) -> bool:
+    """Whether `path` is something other than a regular file or folder (a pipe, FIFO, device or
+    socket, through links: /dev/stdin, `<(cmd)`): read once, written in place, never replaced."""
+    info = _stat(Path(path))
+    return info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode))
+
+
+# The folder of a process's open files: /proc/PID/fd (/dev/fd and /dev/std* lead there).
+_FD_FOLDER = re.compile(r"/proc/(self|thread-self|\d+)(?:/task/\d+)?/fd")
+_MAX_LINKS = 40  # as the kernel's own limit on links followed in one path
+
+
+def _fd_entry(path: Path) -> tuple[int, int] | None:
+    """(pid, descriptor) when `path`, followed link by link, reaches an entry of a /proc/PID/fd
+    folder (/dev/stdout, /dev/fd/3, /proc/self/fd/1, or a symlink to one): an open file of a
+    process, not a name in a folder that a temp file could be renamed over."""
+    current = os.path.abspath(path)
+    for _ in range(_MAX_LINKS):
+        parent, name = os.path.split(current)
+        parent = os.path.realpath(parent)
+        match = _FD_FOLDER.fullmatch(parent)
+        if match:
+            pid = match.group(1)
+            return (int(pid) if pid.isdigit() else os.getpid()), int(name) if name.isdigit() else -1
+        current = os.path.join(parent, name)
+        if not os.path.islink(current):
+            return None
+        current = os.path.join(parent, os.readlink(current))  # an absolute target replaces it
+    return None
+
+
+def _own_descriptor(path: Path) -> int | None:
+    """The descriptor of this process that `path` names: through /proc/self/fd (/dev/stdout, a
+    link to /proc/self/fd/1), or the very file our stdout or stderr is redirected to."""
+    entry = _fd_entry(path)
+    if entry is not None:
+        return entry[1] if entry[0] == os.getpid() and entry[1] >= 0 else None
+    own = _identity(path)
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            info = os.fstat(fd)
+            if own is not None and own == (info.st_dev, info.st_ino):
+                return fd
+    return None
+
+
+def is_written_through(path: str | os.PathLike) -> bool:
+    """Whether an output `path` is a stream that is written in place, never replaced: a device,
+    FIFO or socket, an open file of a process (/dev/stdout, /proc/self/fd/1, links to them), or
+    the file our own stdout or stderr goes to. Renaming a temp file over such a path would put a
+    regular file in place of /dev/stdout or of the link, and the redirected file stay empty."""
+    path = Path(path)
+    return is_stream(path) or _fd_entry(path) is not None or _own_descriptor(path) is not None
+
+
+@contextlib.contextmanager
+def _open_through(path: Path, mode: str, encoding: str | None) -> Iterator[IO]:
+    """`path` opened for writing in place: our own descriptor duplicated (so that a redirected
+    stdout keeps its position and is not truncated), anything else opened by name."""
+    fd = _own_descriptor(path)
+    if fd in (1, 2):
+        with contextlib.suppress(Exception):  # what this process printed goes first
+            (sys.stdout if fd == 1 else sys.stderr).flush()
+    with (
+        os.fdopen(os.dup(fd), mode, encoding=encoding)
+        if fd is not None
+        else open(path, mode, encoding=encoding)
+    ) as handle:
+        yield handle
 
 
 @contextlib.contextmanager
@@ -95,15 +158,15 @@ def atomic_open(
     """Open a temp file beside `path`; on success fsync it and rename it over `path`.
 
     On an exception the temp file is removed and `path` is left untouched. An OSError without a
-    file name (a full disk) is given `path` as its file name. A device or FIFO (/dev/stdout) is
-    written directly: renaming over it would replace the device with a file. The temp file is
+    file name (a full disk) is given `path` as its file name. A stream (`is_written_through`:
+    /dev/stdout, a link to /proc/self/fd/1, a FIFO) is written in place. The temp file is
     locked while open, so that `remove_stale_temps` of another process leaves it alone.
     """
     path = Path(path)
     binary = "b" in mode
     try:
-        if _is_special(path):
-            with open(path, mode, encoding=None if binary else encoding) as handle:
+        if is_written_through(path):
+            with _open_through(path, mode, None if binary else encoding) as handle:
                 yield handle
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,17 +192,40 @@ def atomic_open(
         raise
 
 
-def not_a_file(path: str | os.PathLike) -> str | None:
-    """Why `path` cannot be read as a regular file ("file not found", a folder, a pipe or device:
-    commands that read their input whole before using it take files only), or None."""
-    info = _stat(Path(path))
+def not_a_file(path: str | os.PathLike, missing: str = "file not found") -> str | None:
+    """Why `path` cannot be read as a regular file (`missing` when there is nothing there, a
+    folder, a pipe or device: commands that read their input whole before using it take files
+    only), or None."""
+    return _not_a(Path(path), False, missing)
+
+
+def not_a_folder(path: str | os.PathLike, missing: str = "no such folder") -> str | None:
+    """Why `path` is not a folder (`missing` when there is nothing there), or None."""
+    return _not_a(Path(path), True, missing)
+
+
+def _not_a(path: Path, folder: bool, missing: str) -> str | None:
+    info = _stat(path)
     if info is None:
-        return "file not found"
+        return missing
+    if (stat.S_ISDIR if folder else stat.S_ISREG)(info.st_mode):
+        return None
     if stat.S_ISDIR(info.st_mode):
         return "is a folder, not a file"
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file (a pipe or device); save it to a file first"
-    return None
+    if stat.S_ISREG(info.st_mode):
+        return "is a file, not a folder"
+    if folder:
+        return "not a folder (a pipe or device)"
+    return "not a regular file (a pipe or device); save it to a file first"
+
+
+def check_file(
+    path: str | os.PathLike, refused: type[Exception], missing: str = "file not found"
+) -> None:
+    """Raise `refused("PATH: why")` (an NmtError kind) when `not_a_file` finds a reason."""
+    problem = not_a_file(path, missing)
+    if problem:
+        raise refused(f"{path}: {problem}")
 
 
 def check_output_file(path: str | os.PathLike) -> None:
@@ -147,6 +233,16 @@ def check_output_file(path: str | os.PathLike) -> None:
     `path` is a folder, the nearest existing folder above it is a file, or it is not writable.
     (A full disk shows only on the write itself; `atomic_open` names the file then.)"""
     path = Path(path)
+    if is_written_through(path):  # written in place: no folder is needed, but a descriptor
+        fd = _own_descriptor(path)
+        if fd is not None:
+            try:
+                writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+            except OSError as exc:  # not open in this process
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            if not writable:
+                raise PermissionError(errno.EBADF, "open for reading only", str(path))
+        return
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     for parent in path.parents:  # nearest first
@@ -167,9 +263,10 @@ def _temp_pattern(name: str) -> re.Pattern[str]:
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     """Remove the temp files and folders that an earlier, killed write of `path` left beside it.
 
-    Conservative: only names `atomic_open` / `atomic_dir` give for this very `path`, last changed
-    before this process started, and not locked by a live writer; symlinks are never followed.
-    Returns what was removed.
+    Conservative: only names exactly as `atomic_open` / `atomic_dir` give them for this very
+    `path`, last changed before this process started, not locked by a live writer, and never an
+    input of this process's command (nor a folder holding one; see `output_conflict`): a user's
+    file may be named like a temp file. Symlinks are never followed. Returns what was removed.
     """
     path = Path(path)
     return _remove_stale(path.parent, _temp_pattern(re.escape(path.name)))
@@ -191,7 +288,11 @@ def _remove_stale(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
         with contextlib.suppress(OSError):
             info = entry.stat(follow_symlinks=False)
             # A temp file last changed before this process started cannot be one of its own.
-            if stat.S_ISLNK(info.st_mode) or info.st_mtime >= process_start():
+            if (
+                stat.S_ISLNK(info.st_mode)
+                or info.st_mtime >= process_start()
+                or _is_read(entry, info)
+            ):
                 continue
             fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
             try:
@@ -204,6 +305,28 @@ def _remove_stale(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
             finally:
                 os.close(fd)
     return removed
+
+
+# What this process's command reads, as `output_conflict` saw its inputs: (device, inode) and the
+# real paths. `remove_stale_temps` leaves these alone, whatever their names.
+_READ_IDS: set[tuple[int, int]] = set()
+_READ_PATHS: set[Path] = set()
+
+
+def _remember_inputs(inputs: Iterable[Input]) -> None:
+    for source in inputs:
+        identity = _identity(source.path)
+        if identity is not None:
+            _READ_IDS.add(identity)
+        _READ_PATHS.add(_real(source.path))
+
+
+def _is_read(entry: os.DirEntry[str], info: os.stat_result) -> bool:
+    """Whether the directory entry `entry` is, or (a folder) holds, an input of this process."""
+    if (info.st_dev, info.st_ino) in _READ_IDS:
+        return True
+    real = _real(Path(entry.path))
+    return any(_is_within(path, real) for path in _READ_PATHS)
 
 
 @contextlib.contextmanager
@@ -228,9 +351,34 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         handle.write("\n")
 
 
+class JSONLimitError(json.JSONDecodeError):
+    """JSON that is well formed but beyond what Python reads: nested deeper than its recursion
+    limit allows (about 1,000 levels) or a number of more digits than it converts (4,300)."""
+
+    def __init__(self, msg: str, doc: str) -> None:
+        super().__init__(msg, doc, 0)
+        self.args = (msg,)  # no position: the whole text is at fault
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads(text)` for text from outside (files, requests). Every way it can fail is a
+    json.JSONDecodeError (a ValueError): the two that `json.loads` raises otherwise, a
+    RecursionError for deep nesting and a ValueError for a huge integer, become a
+    `JSONLimitError` whose `msg` says which."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise JSONLimitError("nested too deeply", text) from None
+    except ValueError:  # int() refuses to convert so many digits
+        limit = sys.get_int_max_str_digits()
+        raise JSONLimitError(f"a number of more than {limit:,} digits", text) from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        return parse_json(handle.read())
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
@@ -256,7 +404,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append(parse_json(line))
         except json.JSONDecodeError as exc:
             if number == len(lines):  # no newline after it: torn
                 break
@@ -296,11 +444,14 @@ class Output:
 @dataclass(frozen=True)
 class Input:
     """Something a command reads (or may read later), described for the message (`what`, e.g.
-    "-i" or "a file of the run RUN"); `tree`: a folder read whole (a prepared data folder)."""
+    "-i" or "a file of the run RUN"); `tree`: a folder read whole (a prepared data folder), with
+    whatever its links lead to; `pattern`: every file in the folder `path` whose name matches
+    this glob, present or not yet (the checkpoint_*.pt files of a run)."""
 
     path: Path
     what: str
     tree: bool = False
+    pattern: str | None = None
 
 
 def _stat(path: Path) -> os.stat_result | None:
@@ -308,12 +459,6 @@ def _stat(path: Path) -> os.stat_result | None:
         return os.stat(path)
     except (OSError, ValueError):
         return None
-
-
-def _is_stream(path: Path) -> bool:
-    """A device, FIFO or socket (through links): read or written as a stream, never replaced."""
-    info = _stat(path)
-    return info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode))
 
 
 def _real(path: Path) -> Path:
@@ -329,7 +474,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def _same_file(a: Path, b: Path) -> bool:
     """The same file: one inode (a hard or symbolic link) or, for a path that does not exist
     yet, the same place once links are resolved."""
-    if _is_stream(a) or _is_stream(b):
+    if is_stream(a) or is_stream(b):
         return False
     ids = _identity(a), _identity(b)
     if ids[0] is not None and ids[1] is not None:
@@ -351,6 +496,15 @@ def _file_ids(folder: Path, pattern: str = "*", recursive: bool = True) -> set[t
 
 
 def _conflict_with_input(out: Output, source: Input) -> str | None:
+    if source.pattern is not None:
+        return _conflict_with_names(out, source, source.pattern)
+    problem = _conflict_with_path(out, source)
+    if problem is None and source.tree:
+        problem = _conflict_with_tree(out, source)
+    return problem
+
+
+def _conflict_with_path(out: Output, source: Input) -> str | None:
     where = f"{out.flag} {out.path}".lstrip()
     if source.tree and _is_within(_real(out.path), _real(source.path)):
         verb = "is" if _real(out.path) == _real(source.path) else "lies inside"
@@ -387,6 +541,57 @@ def _conflict_with_input(out: Output, source: Input) -> str | None:
     return None
 
 
+def _conflict_with_names(out: Output, source: Input, pattern: str) -> str | None:
+    """An output file named like the files `pattern` of the folder `source.path` stands for."""
+    if out.kind != "file":
+        return None  # a folder output is checked against the run's own files
+    real = _real(out.path)
+    named = real.parent == _real(source.path) and fnmatch.fnmatch(real.name, pattern)
+    if named or _identity(out.path) in _file_ids(source.path, pattern, recursive=False):
+        return (
+            f"{out.flag} {out.path}: {source.path / pattern} are {source.what}, present or not "
+            "yet; write the output to another file"
+        ).lstrip()
+    return None
+
+
+def _conflict_with_tree(out: Output, source: Input) -> str | None:
+    """An output that a link inside the folder `source.path` leads to (or into), or one that
+    holds a hard link of a file in it: writing it would change what the folder holds."""
+    where = f"{out.flag} {out.path}".lstrip()
+    target = _real(out.path)
+    for link, leads_to in _tree_links(source.path):
+        if out.kind == "file":
+            hit = _is_within(target, leads_to)
+        elif out.kind == "folder":
+            hit = _is_within(leads_to, target) or _is_within(target, leads_to)
+        else:
+            named = leads_to.parent == target and fnmatch.fnmatch(leads_to.name, out.pattern)
+            hit = named or _is_within(target, leads_to)
+        if hit:
+            return (
+                f"{where}: {link} ({source.what}) is a link that leads there; write the output "
+                "elsewhere"
+            )
+    if out.kind != "file" and _file_ids(source.path) & _file_ids(
+        out.path, out.pattern, recursive=out.kind == "folder"
+    ):
+        return (
+            f"{where}: holds a hard link of a file in {source.path} ({source.what}); write the "
+            "output elsewhere"
+        )
+    return None
+
+
+def _tree_links(folder: Path) -> Iterator[tuple[Path, Path]]:
+    """(link, where it leads) for every symlink under `folder` (not followed further)."""
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = Path(root) / name
+            if path.is_symlink():
+                yield path, _real(path)
+
+
 def _conflict_between(out: Output, other: Output) -> str | None:
     where = f"{out.flag} {out.path}".lstrip()
     if out.kind == "file" and other.kind == "file" and _same_file(out.path, other.path):
@@ -402,8 +607,10 @@ def output_conflict(outputs: Iterable[Output], inputs: Iterable[Input]) -> str |
     """The first reason why one of `outputs` may not be written, or None: it is (or, for a
     folder, holds; for a file, lies inside a `tree` of) one of `inputs`, or it is another output
     of the same call. Paths are compared after resolving symlinks, and existing files by inode,
-    so neither a link nor a hard link hides an input. The caller raises its NmtError kind."""
+    so neither a link nor a hard link hides an input. The caller raises its NmtError kind.
+    The inputs are remembered: no stale-temp cleanup of this process removes one."""
     outputs, inputs = list(outputs), list(inputs)
+    _remember_inputs(inputs)
     for n, out in enumerate(outputs):
         for source in inputs:
             problem = _conflict_with_input(out, source)

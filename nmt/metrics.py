@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nmt.errors import ConfigError, DataError
-from nmt.io import not_a_file, open_binary
+from nmt.io import check_file, open_binary
 
 
 def corpus_scores(
@@ -91,9 +91,7 @@ def read_lines(path: str | Path) -> list[str]:
     """Lines of a UTF-8 text file (.gz allowed) with trailing whitespace stripped, as sacrebleu's
     command line reads hypotheses and references. Raises DataError naming the file."""
     path = Path(path)
-    problem = not_a_file(path)
-    if problem:
-        raise DataError(f"{path}: {problem}")
+    check_file(path, DataError)
     try:
         with open_binary(path) as handle:
             text = handle.read().decode("utf-8")

@@ -58,14 +58,24 @@ from nmt.config import (
     from_dict,
     to_dict,
 )
-from nmt.data.spm import SPECIAL_PIECES, write_mapped_vocabulary
+from nmt.data.spm import SPECIAL_PIECES, check_spm_model, write_mapped_vocabulary
 from nmt.errors import CheckpointError, ConfigError, DataError, NmtError
-from nmt.io import Input, Output, atomic_dir, output_problem, write_json, write_text
+from nmt.io import (
+    Input,
+    Output,
+    atomic_dir,
+    check_file,
+    not_a_folder,
+    output_problem,
+    parse_json,
+    write_json,
+    write_text,
+)
 from nmt.models import build_model
 from nmt.models.attention import sinusoidal_positions
 
 IMPORT_KIND = "import"  # the command named in the output folder's marker
-IMPORT_FILE = "import.json"  # where the run came from, written beside best.pt
+IMPORT_FILE = ckpt.IMPORT_FILE  # where the run came from, written beside best.pt
 HUB_PREFIX = "hf:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json")
@@ -204,9 +214,10 @@ def import_model(
         origin = source if "@" in source else f"{source}@{revision}"
     else:
         folder, origin = Path(source), source
-        if not folder.is_dir():
+        problem = not_a_folder(folder)
+        if problem:
             raise DataError(
-                f"{source}: no such folder; give a folder written by save_pretrained, or "
+                f"{source}: {problem}; give a folder written by save_pretrained, or "
                 "hf:OWNER/NAME to download one"
             )
     source_input = Input(folder, "the model folder to import", tree=True)
@@ -259,17 +270,12 @@ def read_marian_folder(folder: Path) -> MarianFiles:
     """The small files of a MarianMT folder (all but the weights), checked for presence and
     form."""
     for name in ("config.json", *TOKENIZER_FILES):
-        if not (folder / name).is_file():
-            raise DataError(f"{folder / name}: missing; a MarianMT folder needs {name}")
+        check_file(folder / name, DataError, f"missing; a MarianMT folder needs {name}")
     config = _read_json_object(folder / "config.json")
-    generation_path = folder / "generation_config.json"
-    if generation_path.is_file():
-        generation = _read_json_object(generation_path)
-    else:  # older models keep their generation defaults in config.json
+    generation = _read_optional(folder / "generation_config.json")
+    if generation is None:  # older models keep their generation defaults in config.json
         generation = {k: v for k, v in config.items() if k in _GENERATION_KEYS}
-    tokenizer_config = {}
-    if (folder / "tokenizer_config.json").is_file():
-        tokenizer_config = _read_json_object(folder / "tokenizer_config.json")
+    tokenizer_config = _read_optional(folder / "tokenizer_config.json") or {}
     if tokenizer_config.get("separate_vocabs"):
         raise ConfigError(
             f"{folder / 'tokenizer_config.json'}: separate_vocabs true (a source and a target "
@@ -278,20 +284,33 @@ def read_marian_folder(folder: Path) -> MarianFiles:
     vocab = _read_json_object(folder / "vocab.json")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in vocab.values()):
         raise DataError(f"{folder / 'vocab.json'}: expected a mapping of pieces to integer ids")
+    spm_files = [folder / "source.spm", folder / "target.spm"]
+    for path in spm_files:
+        check_spm_model(path.read_bytes(), path)
     return MarianFiles(
         folder=folder,
         config=config,
         generation=generation,
         vocab=vocab,
-        src_spm=(folder / "source.spm").read_bytes(),
-        tgt_spm=(folder / "target.spm").read_bytes(),
+        src_spm=spm_files[0].read_bytes(),
+        tgt_spm=spm_files[1].read_bytes(),
         tokenizer_config=tokenizer_config,
     )
 
 
+def _read_optional(path: Path) -> dict[str, Any] | None:
+    """An optional JSON file of the folder, or None when there is nothing by that name (a
+    folder or pipe by that name is refused, not taken for an absent file)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    check_file(path, DataError)
+    return _read_json_object(path)
+
+
 def find_weights(folder: Path) -> Path:
     for name in WEIGHT_FILES:
-        if (folder / name).is_file():
+        if (folder / name).exists() or (folder / name).is_symlink():
+            check_file(folder / name, DataError)
             return folder / name
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).is_file():
@@ -301,7 +320,7 @@ def find_weights(folder: Path) -> Path:
 
 def _read_json_object(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({str(exc)[:100]})") from None
     if not isinstance(data, dict):
@@ -426,20 +445,32 @@ def decode_config(
     # `generate` counts the start token in max_length and min_length; nmt counts output tokens,
     # EOS left out, and always ends a hypothesis at its maximum length with EOS.
     if generation.get("max_new_tokens") is not None:
+        longest = "max_new_tokens"
         most = _int(generation, "max_new_tokens") - 1
     else:
+        longest = "max_length"
         most = _int(generation, "max_length", HF_DEFAULT_MAX_LENGTH) - 2
+    if most < 1:  # every translation would be empty
+        counted = "the start token and </s>" if longest == "max_length" else "</s>"
+        why = f"leaves no room for a word: generate counts {counted} in it"
+        raise _refused(longest, generation.get(longest), why, "generation")
+    most = min(most, model.max_positions - 1)
     if generation.get("min_new_tokens") is not None:
+        shortest = "min_new_tokens"
         least = _int(generation, "min_new_tokens")
     else:
+        shortest = "min_length"
         least = max(0, _int(generation, "min_length", 0) - 1)
+    if least > most:
+        why = f"asks for more tokens than the {most} at most that {longest} and the model allow"
+        raise _refused(shortest, generation.get(shortest), why, "generation")
     settings = {
         "beam_size": beam,
         "nbest": _int(generation, "num_return_sequences", 1),
         "length_norm": "power",
         "len_penalty": generation.get("length_penalty", 1.0),
         "max_len_a": 0.0,
-        "max_len_b": max(0, min(most, model.max_positions - 1)),
+        "max_len_b": most,
         "min_len": least,
         "no_repeat_ngram": _int(generation, "no_repeat_ngram_size", 0),
     }
@@ -519,7 +550,8 @@ def vocabulary(vocab: dict[str, int], config: dict[str, Any]) -> tuple[list[int]
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of model.safetensors (safetensors) or pytorch_model.bin (torch.load with
-    weights_only=True: plain tensors only, no pickled code runs)."""
+    weights_only=True: plain tensors only, no pickled code runs). A tensor holding NaN or
+    infinity is a CheckpointError naming it (`check_finite`)."""
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -529,14 +561,18 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
                 "pip install 'nmt[import]'"
             ) from None
         try:
-            return dict(load_file(str(path), device="cpu"))
+            state = dict(load_file(str(path), device="cpu"))
         except Exception as exc:  # the library's own error types, for a damaged file
             raise CheckpointError(
                 f"{path}: not a readable safetensors file ({_first(exc)})"
             ) from None
-    state = ckpt.read_torch_file(path, "weights file")
-    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise CheckpointError(f"{path}: expected a mapping of names to tensors")
+    else:
+        state = ckpt.read_torch_file(path, "weights file")
+        if not isinstance(state, dict) or not all(
+            isinstance(t, torch.Tensor) for t in state.values()
+        ):
+            raise CheckpointError(f"{path}: expected a mapping of names to tensors")
+    ckpt.check_finite(state, path)
     return dict(state)
 
 

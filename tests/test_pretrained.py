@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -505,3 +506,156 @@ def test_import_never_writes_into_the_model_it_reads(
     assert result.stderr == f"error: --out {out}: {verb} {copy} (the model folder to import); " \
         "write the output elsewhere\n"  # fmt: skip
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+# ---- the second hostile round: links into --out, damaged and impossible files, their names ------
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_a_source_file_that_leads_into_out_is_refused(
+    marian: tuple[Path, Any, Any], tmp_path: Path, link: str
+) -> None:
+    """Re-importing into an earlier import's folder, a source file that is a link to a file
+    there (import.json) would be replaced by the import it feeds: refused before any work."""
+    out = tmp_path / "run"
+    assert invoke("import", marian[0], "--out", out).exit_code == 0
+    copy = tmp_path / "source"
+    shutil.copytree(marian[0], copy)
+    (copy / "generation_config.json").unlink()
+    if link == "symlink":
+        (copy / "generation_config.json").symlink_to(out / "import.json")
+        needle = f"{copy / 'generation_config.json'} (the model folder to import) is a link"
+    else:
+        (copy / "generation_config.json").hardlink_to(out / "import.json")
+        needle = f"holds a hard link of a file in {copy} (the model folder to import)"
+    before = files_of(out)
+    result = invoke("import", copy, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and f"--out {out}: " in result.stderr, result.stderr
+    assert needle in result.stderr
+    assert files_of(out) == before
+
+
+@pytest.mark.parametrize("name", ["import.json", ".nmt-output.json"])
+def test_the_records_of_an_imported_run_are_kept(imported: Path, tmp_path: Path, name: str) -> None:
+    src = tmp_path / "in.de"
+    src.write_text("ba ce\n", encoding="utf-8")
+    before = files_of(imported)
+    result = invoke("translate", imported, "-i", src, "-o", imported / name)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: -o {imported / name}: is also a file of the run folder "
+                             f"{imported}; write the output to another file\n")  # fmt: skip
+    assert files_of(imported) == before
+
+
+def edited_weights(folder: Path, into: Path, change: Any) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    copy = into / "source"
+    shutil.copytree(folder, copy)
+    state = load_file(str(copy / "model.safetensors"))
+    change(state)
+    save_file(state, str(copy / "model.safetensors"))
+    return copy
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_that_are_not_finite_are_refused(
+    marian: tuple[Path, Any, Any], tmp_path: Path, value: float
+) -> None:
+    copy = edited_weights(marian[0], tmp_path, lambda s: s["model.shared.weight"].__setitem__(
+        (3, 4), value))  # fmt: skip
+    result = invoke("import", copy, "--out", tmp_path / "run")
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (f"error: {copy / 'model.safetensors'}: model.shared.weight holds NaN "
+                             "or infinite values; the model is damaged\n")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"max_length": 2}, "field 'max_length' = 2: leaves no room for a word: generate counts "
+         "the start token and </s> in it"),
+        ({"max_length": -5}, "field 'max_length' = -5: leaves no room for a word"),
+        ({"max_new_tokens": 1}, "field 'max_new_tokens' = 1: leaves no room for a word: generate "
+         "counts </s> in it"),
+        ({"max_new_tokens": 0}, "field 'max_new_tokens' = 0: leaves no room"),
+        ({"min_length": 1000}, f"field 'min_length' = 1000: asks for more tokens than the "
+         f"{MAX_LENGTH - 2} at most that max_length and the model allow"),
+        # Scores beyond float32 would be ranked as infinities (and written as such).
+        ({"length_penalty": -1e308}, "settings: decode.len_penalty must be in [-10, 10], got "
+         "-1e+308"),
+    ],
+)  # fmt: skip
+def test_impossible_generation_limits_are_refused(
+    marian: tuple[Path, Any, Any], tmp_path: Path, change: dict, message: str
+) -> None:
+    copy = edited_copy(marian[0], tmp_path, "generation_config.json", change)
+    result = invoke("import", copy, "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: generation {message}")
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_two_word_limit_is_still_imported(marian: tuple[Path, Any, Any], tmp_path: Path) -> None:
+    copy = edited_copy(marian[0], tmp_path, "generation_config.json", {"max_length": 3})
+    assert invoke("import", copy, "--out", tmp_path / "run").exit_code == 0
+    run = Translator.load(tmp_path / "run")
+    assert run.cfg.max_len_a == 0 and run.cfg.max_len_b == 1
+
+
+def damage(folder: Path, name: str, how: str) -> None:
+    path = folder / name
+    if path.exists():
+        path.unlink()
+    if how == "folder":
+        path.mkdir()
+    elif how == "fifo":
+        os.mkfifo(path)
+    elif how == "deep":
+        path.write_text("[" * 100_000, encoding="utf-8")
+    else:  # random bytes
+        path.write_bytes(random.Random(0).randbytes(4096))
+
+
+@pytest.mark.parametrize(
+    "name,how,code,message",
+    [
+        ("config.json", "folder", 1, "config.json: is a folder, not a file"),
+        ("vocab.json", "fifo", 1, "vocab.json: not a regular file (a pipe or device); save it"),
+        ("source.spm", "folder", 1, "source.spm: is a folder, not a file"),
+        ("generation_config.json", "folder", 1, "generation_config.json: is a folder, not a file"),
+        ("model.safetensors", "folder", 1, "model.safetensors: is a folder, not a file"),
+        ("vocab.json", "deep", 1, "vocab.json: not valid JSON (nested too deeply)"),
+        ("config.json", "deep", 1, "config.json: not valid JSON (nested too deeply)"),
+        ("target.spm", "bytes", 1, "target.spm: not a SentencePiece model (it does not parse as "
+         "one)"),
+        ("pytorch_model.bin", "bytes", 1, "pytorch_model.bin: not a readable weights file (not a "
+         "file written by torch.save)"),
+    ],
+)  # fmt: skip
+def test_damaged_or_misplaced_files_are_named_as_they_are(
+    marian: tuple[Path, Any, Any], tmp_path: Path, name: str, how: str, code: int, message: str
+) -> None:
+    copy = tmp_path / "source"
+    shutil.copytree(marian[0], copy)
+    if name == "pytorch_model.bin":
+        (copy / "model.safetensors").unlink()
+    damage(copy, name, how)
+    result = invoke("import", copy, "--out", tmp_path / "run")
+    assert result.exit_code == code, result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {copy}/{message}"), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_given_as_the_model_folder_is_named_a_file(tmp_path: Path) -> None:
+    (tmp_path / "in.de").write_text("ba\n", encoding="utf-8")
+    result = invoke("import", tmp_path / "in.de", "--out", tmp_path / "run")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {tmp_path / 'in.de'}: is a file, not a folder; ")

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from nmt.config import PrepareConfig
-from nmt.errors import DataError
-from nmt.io import open_binary
+from nmt.errors import ConfigError, DataError
+from nmt.io import check_file, open_binary, parse_json
 
 Kind = Literal["files", "table", "disk", "hf"]
 
@@ -124,8 +124,7 @@ def parse_spec(text: str, src_lang: str, tgt_lang: str) -> CorpusSpec:
             raise DataError(f"{spec}: expected two files SRC_FILE,TGT_FILE")
         paths = tuple(Path(p).expanduser() for p in parts)
         for path in paths:
-            if not path.is_file():
-                raise DataError(f"{path}: file not found")
+            check_file(path, DataError)
         return CorpusSpec(spec, "files", paths)
 
     path, split = Path(spec).expanduser(), None
@@ -148,8 +147,8 @@ def parse_spec(text: str, src_lang: str, tgt_lang: str) -> CorpusSpec:
                 f"or .parquet, a prefix of {path.name}.{src_lang} + .{tgt_lang}, or SRC,TGT files"
             )
         return CorpusSpec(spec, "table", (path,), fmt=fmt)
-    if fmt is not None:
-        raise DataError(f"{path}: file not found")
+    if fmt is not None or path.exists():  # a table that is not there, a pipe or a device
+        check_file(path, DataError)
     return CorpusSpec(spec, "files", (_find_side(path, src_lang), _find_side(path, tgt_lang)))
 
 
@@ -166,12 +165,44 @@ def _find_side(prefix: Path, lang: str) -> Path:
     plain = prefix.with_name(f"{prefix.name}.{lang}")
     packed = prefix.with_name(f"{prefix.name}.{lang}.gz")
     for candidate in (plain, packed):
-        if candidate.is_file():
+        if candidate.exists():
+            check_file(candidate, DataError)  # a folder, pipe or device by that name
             return candidate
     raise DataError(
         f"{plain}: file not found (nor {packed.name}); a SPEC is a prefix, SRC,TGT files, "
         ".tsv/.csv/.jsonl/.parquet, a save_to_disk folder or hf:NAME"
     )
+
+
+# A test set's name names files (NAME.hyp in evaluate's --hyp-out folder, the prepared split):
+# no folder separators, no leading dot.
+TEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_test_name(name: str, given: str, reserved: Sequence[str] = ()) -> None:
+    """ConfigError when `name` (of the `--test` value `given`) is not a TEST_NAME or is one of
+    `reserved`."""
+    if not TEST_NAME.fullmatch(name) or name in reserved:
+        besides = f" and is none of {', '.join(reserved)}" if reserved else ""
+        raise ConfigError(
+            f"--test {given}: a test name is letters, digits, _ . - (the first a letter or "
+            f"digit){besides}"
+        )
+
+
+def split_test_option(text: str, src_lang: str) -> tuple[str, str]:
+    """(name, SPEC) of a `--test [NAME=]SPEC` value: the text before "=" names the test set,
+    unless the value is a hf: SPEC or names files as a whole (a path may hold "=")."""
+    name, sep, spec = text.partition("=")
+    if not sep or not spec or name.startswith("hf:") or _names_files(text, src_lang):
+        return default_split_name(text), text
+    return name, spec
+
+
+def _names_files(spec: str, src_lang: str) -> bool:
+    first = Path(spec.split(",")[0]).expanduser()
+    sides = [first.with_name(f"{first.name}.{src_lang}{gz}") for gz in ("", ".gz")]
+    return any(path.exists() for path in (first, *sides))
 
 
 def default_split_name(text: str) -> str:
@@ -269,6 +300,8 @@ def open_input(path: Path) -> IO[bytes]:
         return open_binary(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
 
@@ -422,7 +455,7 @@ def _read_jsonl(path: Path, cfg: PrepareConfig) -> tuple[list[str], list[str]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):

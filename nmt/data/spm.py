@@ -29,7 +29,7 @@ import sentencepiece as sp
 
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, PrepareConfig
 from nmt.errors import DataError
-from nmt.io import atomic_open
+from nmt.io import atomic_open, check_file, parse_json
 
 SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
 _DROPPED_ON_DECODE = frozenset({PAD_ID, BOS_ID, EOS_ID})
@@ -61,11 +61,8 @@ class Tokenizer:
         """The tokenizer in file `path`: a SentencePiece model, or a mapped vocabulary, whose
         `side` ("src" or "tgt") it then is."""
         path = Path(path)
-        try:
-            model = path.read_bytes()
-        except FileNotFoundError:
-            raise DataError(f"{path}: SentencePiece model not found") from None
-        return cls.from_bytes(model, path, side)
+        check_file(path, DataError, "SentencePiece model not found")
+        return cls.from_bytes(path.read_bytes(), path, side)
 
     @staticmethod
     def from_bytes(model: bytes, path: Path | None = None, side: str = "src") -> Tokenizer:
@@ -150,7 +147,7 @@ class MappedTokenizer(Tokenizer):
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
         where = path or "mapped vocabulary"
         try:
-            data = json.loads(model.decode("utf-8"))
+            data = parse_json(model.decode("utf-8"))
             if not isinstance(data, dict) or data.get("kind") != MAPPED_KIND:
                 raise ValueError(f'no "kind": "{MAPPED_KIND}"')
             spm_model = base64.b64decode(data[f"{side}_spm"], validate=True)
@@ -217,6 +214,14 @@ class MappedTokenizer(Tokenizer):
 
     def __repr__(self) -> str:
         return f"MappedTokenizer({self.path or '<memory>'}, {self.side}, {self.vocab_size} pieces)"
+
+
+def check_spm_model(model: bytes, path: Path) -> None:
+    """DataError naming `path` when `model` is not a SentencePiece model the library loads."""
+    try:
+        sp.SentencePieceProcessor(model_proto=model)
+    except RuntimeError:  # the library's parse error, which names only its own source line
+        raise DataError(f"{path}: not a SentencePiece model (it does not parse as one)") from None
 
 
 def write_mapped_vocabulary(

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -23,21 +21,12 @@ from typing import IO, TextIO
 
 from nmt.data.corpus import binary_lines, bounded_lines, decode_line
 from nmt.errors import DataError
+from nmt.io import parse_json
 
 CHUNK_LINES = 1000  # lines per batch at most: enough to sort by length, small enough to stream
 WAIT_SECONDS = 0.005  # how long a micro-batch waits for more lines once it has one
 _END = None  # queue marker: the stream is finished
 HINT = "fix the input"  # what to do about invalid UTF-8 (translate has no --errors replace)
-
-
-def is_stream(path: Path) -> bool:
-    """Whether `path` is something other than a regular file or folder (a pipe, FIFO, device or
-    socket, through links: /dev/stdin, `<(cmd)`), which can be read only once."""
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def check_text_file(path: Path, jsonl: bool = False) -> int:
@@ -56,7 +45,7 @@ def parse_jsonl_line(line: str, where: str) -> tuple[str, list[tuple[str, str]] 
     """One line of JSONL input, {"text": "...", "glossary": {"source term": "target term", ...}}
     ("glossary" optional) -> (text, term pairs or None). A DataError names `where` (file:line)."""
     try:
-        data = json.loads(line)
+        data = parse_json(line)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("text"), str):

@@ -33,7 +33,7 @@ import torch
 from nmt.config import GUIDED_ALIGNMENT_HEAD, RunConfig
 from nmt.data.spm import WORD_START, word_groups
 from nmt.errors import ConfigError, DataError
-from nmt.io import atomic_open, not_a_file
+from nmt.io import atomic_open, check_file, parse_json
 
 Link = tuple[int, int]  # (source word, target word)
 
@@ -160,9 +160,7 @@ def parse_pharaoh(line: str, where: str = "<line>") -> tuple[set[Link], set[Link
 def read_pharaoh(path: str | Path) -> list[tuple[set[Link], set[Link]]]:
     """(sure, possible) links per line of a Pharaoh file; an empty line has no links."""
     path = Path(path)
-    problem = not_a_file(path)
-    if problem:
-        raise DataError(f"{path}: {problem}")
+    check_file(path, DataError)
     try:
         lines = path.read_bytes().decode("utf-8").split("\n")
     except UnicodeDecodeError as exc:
@@ -391,15 +389,17 @@ def _rounded(matrix: np.ndarray) -> Any:
 def read_attention(path: str | Path) -> tuple[dict[str, Any], Iterator[AttentionRecord]]:
     """(meta, records) of a file written by `AttentionWriter`. Raises DataError if it is not one."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: attention file not found")
+    check_file(path, DataError, "attention file not found")
     if path.suffix.lower() == ".npz":
+        if not zipfile.is_zipfile(path):  # else numpy takes it for a pickle and advises loading it
+            raise DataError(f"{path}: not an attention file written by nmt translate (not .npz)")
         try:
             data = np.load(path, allow_pickle=False)
-            meta = json.loads(str(data["meta"]))
+            meta = parse_json(str(data["meta"]))
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            why = "it holds Python objects" if "allow_pickle" in str(exc) else str(exc)
             raise DataError(
-                f"{path}: not an attention file written by nmt translate ({exc})"
+                f"{path}: not an attention file written by nmt translate ({why})"
             ) from None
         if not isinstance(meta, dict) or not isinstance(meta.get("sentences"), int):
             raise DataError(f"{path}: not an attention file written by nmt translate (no count)")
@@ -413,7 +413,7 @@ def read_attention(path: str | Path) -> tuple[dict[str, Any], Iterator[Attention
         for n, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(parse_json(line))
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}:{n}: not JSON ({exc.msg})") from None
         meta = {k: v for k, v in (rows[0] if rows else {}).items() if k in _META_KEYS}

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from nmt.checkpoint import guard_outputs
 from nmt.config import to_dict
+from nmt.data.corpus import check_test_name
 from nmt.data.glossary import Glossary
 from nmt.decoding.alignment import alignment_error_rate, read_pharaoh
 from nmt.errors import ConfigError, DataError
@@ -28,7 +29,8 @@ def parse_test_sets(
     """The test sets of one `nmt evaluate` call: name -> {"src", "refs", "hyp"} (paths).
 
     `--src/--ref` (or `--hyp/--ref`) give one set named after the source (or hypothesis) file;
-    each `--test NAME=SRC,REF[,REF2...]` adds one more.
+    each `--test NAME=SRC,REF[,REF2...]` adds one more (NAME: `check_test_name`, for it names
+    the file NAME.hyp in a --hyp-out folder).
     """
     sets: dict[str, dict[str, Any]] = {}
     if src is not None or hyp is not None or refs:
@@ -48,6 +50,7 @@ def parse_test_sets(
         parts = [p for p in files.split(",") if p]
         if not sep or not name or len(parts) < 2:
             raise ConfigError(f"--test {item!r}: expected NAME=SRC,REF[,REF2...]")
+        check_test_name(name, repr(item))
         if name in sets:
             raise ConfigError(f"--test {item!r}: a test set named {name!r} was given twice")
         sets[name] = {"src": Path(parts[0]), "refs": [Path(p) for p in parts[1:]], "hyp": None}

@@ -4,7 +4,6 @@ nmt/data/store.py), reused as it is when the inputs and settings have not change
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 import time
 from pathlib import Path
@@ -19,10 +18,17 @@ from nmt.data import corpus, store
 from nmt.data.batching import TokenBatchSampler
 from nmt.data.spm import make_tokenizers
 from nmt.data.store import PreparedData
-from nmt.errors import ConfigError, DataError
-from nmt.io import Input, Output, atomic_dir, output_problem, remove_stale_temps, write_text
+from nmt.errors import DataError
+from nmt.io import (
+    Input,
+    Output,
+    atomic_dir,
+    check_file,
+    output_problem,
+    remove_stale_temps,
+    write_text,
+)
 
-SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PADDING_REPORT_TOKENS = 4096  # batch size at which stats.json reports the sampler's padding
 PREPARE_KIND = "prepare"  # the command a prepared directory's output marker names
 
@@ -87,14 +93,10 @@ def _parse_specs(
 ) -> dict[str, corpus.CorpusSpec]:
     """Role -> corpus SPEC, after checking the test names and the SentencePiece models to reuse."""
     for name in tests:
-        if not SPLIT_NAME.match(name) or name in ("train", "valid"):
-            raise ConfigError(
-                f"--test {name}=...: a test name uses letters, digits, _ . - and is not "
-                "'train' or 'valid'"
-            )
+        corpus.check_test_name(name, f"{name}=...", ("train", "valid"))
     for model in (cfg.spm_model, cfg.spm_tgt_model):
-        if model and not Path(model).is_file():
-            raise DataError(f"{model}: SentencePiece model to reuse not found")
+        if model:
+            check_file(model, DataError, "SentencePiece model to reuse not found")
     roles = {"train": train, "valid": valid, **tests}
     return {
         role: corpus.parse_spec(text, cfg.src_lang, cfg.tgt_lang) for role, text in roles.items()

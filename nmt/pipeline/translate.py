@@ -24,7 +24,7 @@ from nmt.inference import (
     decode_overrides,
     set_threads,
 )
-from nmt.io import Input, Output, atomic_open, write_text
+from nmt.io import Input, Output, atomic_open, is_stream, write_text
 from nmt.markup.document import document_format
 from nmt.markup.document import translate_document as translate_markup
 from nmt.outputs import (
@@ -243,6 +243,8 @@ def check_outputs(
         outputs.append(Output("--plot-dir", Path(plot_dir), "files", "attention_*.png"))
     read = given(("-i", input_path), ("--force", force_path), ("--glossary", glossary_path))
     inputs = [Input(path, flag) for flag, path in read]
+    if input_path is None:  # a file redirected to stdin (`< x`) is an input as well
+        inputs.append(Input(Path("/dev/stdin"), "the standard input"))
     guard_outputs(outputs, inputs + model_inputs(checkpoints), ConfigError)
 
 
@@ -263,7 +265,7 @@ def check_forced(
     if (settings.get("nbest") or 1) > 1 or settings.get("sample") in (True, "true", "True"):
         raise ConfigError(FORCE_ONE_TRANSLATION)
     for flag, path in given(("-i", input_path), ("--force", force_path)):
-        if textio.is_stream(path):
+        if is_stream(path):
             raise ConfigError(
                 f"{flag} {path}: is a pipe or device, read once; --force reads both files "
                 "twice (counted, then paired): give regular files"
@@ -279,7 +281,7 @@ def open_inputs(
     if input_path is None:
         return textio.micro_batches(textio.stdin_binary(sys.stdin)), None, "<stdin>", 0
     where = str(input_path)
-    if textio.is_stream(Path(input_path)):
+    if is_stream(Path(input_path)):
         # A pipe, FIFO or <(process substitution) can be read only once: answered as it comes.
         return textio.micro_batches(open_input(Path(input_path)), where), None, where, 0
     sources = textio.check_text_file(Path(input_path), jsonl=input_format == "jsonl")

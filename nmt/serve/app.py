@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from nmt.config import ServeConfig
 from nmt.decoding.alignment import parse_pharaoh
 from nmt.errors import ConfigError, NmtError
-from nmt.inference import Translator
+from nmt.inference import NonFiniteScores, Translator
 from nmt.markup.document import translate_document as translate_markup
 from nmt.markup.inline import Aligned
 from nmt.serve.access import AccessPolicy
@@ -48,6 +48,7 @@ class ServerState:
     in_flight: int = 0
     aborting: bool = False  # the drain's deadline passed: requests still open are cut short
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # the requests in flight
+    batcher: Batcher | None = None  # the decoding thread's owner
 
     def abort(self) -> None:
         """Answer every request still in flight with 503 now (`Guard` catches the cancel)."""
@@ -154,6 +155,7 @@ def create_app(
     first = next(iter(translators.values()))
     max_tokens = cfg.max_batch_tokens or first.cfg.batch_tokens
     batcher = Batcher(translators, max_tokens, cfg.max_wait_ms / 1000, cfg.max_queue)
+    state.batcher = batcher
     metrics = Metrics(lambda: batcher.queued_sentences, lambda: state.in_flight)
     batcher.metrics = metrics
     endpoints = Endpoints(translators, cfg, batcher, metrics, log or (lambda message: None))
@@ -254,6 +256,8 @@ class Endpoints:
             results = job.future.result()
         except DecoderStopped as exc:
             return error_response(503, f"the decoder has stopped ({exc}); restart the server")
+        except NonFiniteScores as exc:  # the model's own fault: said, not logged as a bug
+            return error_response(500, f"model {req.model}: {exc.reason}")
         except NmtError as exc:  # e.g. a line longer than the model takes, with too_long=error
             return error_response(422, str(exc))
         elapsed = (time.perf_counter() - started) * 1000
@@ -268,6 +272,8 @@ class Endpoints:
             return error_response(503, f"server busy: {exc}")
         except DecoderStopped as exc:
             return error_response(503, f"the decoder has stopped ({exc}); restart the server")
+        except NonFiniteScores as exc:
+            return error_response(500, f"model {req.model}: {exc.reason}")
         except NmtError as exc:
             return error_response(422, str(exc))
         elapsed = (time.perf_counter() - started) * 1000

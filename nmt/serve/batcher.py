@@ -83,8 +83,9 @@ class Batcher:
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish what is queued, then end the worker thread; with `timeout`, drop what is still
-        queued and wait at most that long for the batch being decoded (the thread is a daemon:
-        the process can end without it)."""
+        queued and wait at most that long for the batch being decoded. The thread may then still
+        be inside torch (`is_decoding`), and the interpreter must not shut down under it: see
+        server.serve."""
         with self._wake:
             self._stopping = True
             if timeout is not None:
@@ -94,6 +95,11 @@ class Batcher:
                 self._queued = 0
             self._wake.notify()
         self._thread.join(timeout)
+
+    @property
+    def is_decoding(self) -> bool:
+        """Whether the worker thread is still alive (after `stop`: inside a batch)."""
+        return self._thread.is_alive()
 
     @property
     def state(self) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from nmt.config import ServeConfig
 from nmt.inference import TranslateOptions
+from nmt.io import JSONLimitError, parse_json
 
 FIELDS = ("text", "model", "beam", "nbest", "attention", "attention_detail", "glossary", "split",
           "format")  # fmt: skip
@@ -84,15 +85,13 @@ def _json_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise BadRequest(400, f"the request body is not UTF-8 (byte {exc.start})") from None
     try:
-        data = json.loads(text)
+        data = parse_json(text)
+    except JSONLimitError as exc:
+        raise BadRequest(400, f"malformed JSON: {exc.msg}") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(
             400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
-    except RecursionError:
-        raise BadRequest(400, "malformed JSON: nested too deeply") from None
-    except ValueError:  # an integer of more digits than Python converts (4,300 by default)
-        raise BadRequest(400, "malformed JSON: a number with too many digits") from None
     if not isinstance(data, dict):
         raise BadRequest(
             400, f'expected a JSON object such as {{"text": "..."}}, got {_kind(data)}'

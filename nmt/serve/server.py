@@ -7,10 +7,13 @@ later, answering the requests still open with 503; a second signal ends the drai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
+import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -234,3 +237,19 @@ def serve(
     )
     DrainingServer(config, app.state, cfg.drain_seconds, say).run(sockets=sockets)
     say("stopped")
+    if app.state.batcher is not None and app.state.batcher.is_decoding:
+        exit_now()
+
+
+def exit_now() -> None:
+    """End the process at once with status 0, without the interpreter's shutdown.
+
+    The drain's deadline can pass while the decoding thread is inside a torch call, which runs
+    without the GIL. When that call returns during the interpreter's shutdown, Python ends the
+    thread with pthread_exit, whose stack unwinding meets torch's C++ frames and aborts the
+    process ("terminate called without an active exception", SIGABRT). The server has closed
+    its sockets and answered every request by then; only the output streams need flushing."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)

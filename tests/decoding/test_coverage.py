@@ -174,4 +174,7 @@ def test_translate_command_takes_the_penalty(tiny_transformer_run) -> None:
     plain_scores = [float(line.split(" ||| ")[2]) for line in plain.stdout.splitlines()]
     assert max(scores) <= max(plain_scores)  # the penalty is never positive
     bad = translate("--set", "decode.coverage_penalty=-1")
-    assert bad.exit_code == 2 and "error: decode.coverage_penalty must be >= 0" in bad.stderr
+    assert (
+        bad.exit_code == 2
+        and "error: decode.coverage_penalty must be in [0, 10], got -1" in bad.stderr
+    )

@@ -28,6 +28,9 @@ BAD_TRAIN_SETTINGS = [
     (["train.plateau_factor=0"], "train.plateau_factor must be in (0, 1]"),
     (["decode.beam_size=99999999999"], "decode.beam_size and decode.nbest must be <= 10,000"),
     (["decode.max_len_a=1e308"], "decode.max_len_a, max_len_b and min_len must be <="),
+    # Scores that leave float32 would be ranked as infinities and written as such.
+    (["decode.len_penalty=-1e308"], "decode.len_penalty must be in [-10, 10], got -1e+308"),
+    (["decode.coverage_penalty=1e308"], "decode.coverage_penalty must be in [0, 10], got 1e+308"),
 ]
 
 

@@ -187,3 +187,125 @@ def test_a_device_where_a_file_is_read_whole_is_named(tmp_path: Path, command: s
             "plot-metrics": ["/dev/zero", "--out", tmp_path / "c.png"]}[command]  # fmt: skip
     assert_refused(nmt(command, *args), 1, "/dev/zero: not a regular file (a pipe or device)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.en"]
+
+
+# ---- 7. JSON nested deeper than Python reads: one line wherever JSON is read ---------------------
+
+DEEP = "[" * 100_000
+
+
+@pytest.mark.parametrize("command", ["prepare", "translate", "plot"])
+def test_deeply_nested_json_is_one_line(
+    tiny_transformer_run: Path, tmp_path: Path, command: str
+) -> None:
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"de": "ba", "en": "BA"}\n' + DEEP + "\n", encoding="utf-8")
+    args = {
+        "prepare": ["prepare", "--src-lang", "de", "--tgt-lang", "en", "--train", deep,
+                    "--valid", deep, "--out", tmp_path / "prep"],
+        "translate": ["translate", tiny_transformer_run, "-i", deep, "--input-format", "jsonl"],
+        "plot": ["plot", deep, "--out", tmp_path / "a.png"],
+    }[command]  # fmt: skip
+    needle = {"prepare": "deep.jsonl:2: not valid JSON (nested too deeply)",
+              "translate": "deep.jsonl:1: expected an object with a string",
+              "plot": "deep.jsonl:2: not JSON (nested too deeply)"}[command]  # fmt: skip
+    if command == "translate":
+        deep.write_text(DEEP + "\n", encoding="utf-8")
+        needle = "deep.jsonl:1: not JSON (nested too deeply"
+    assert_refused(nmt(*args), 1, needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.jsonl"]
+
+
+# ---- 8. a model whose scores are not finite: one line, never NaN in JSON -------------------------
+
+
+@pytest.fixture(scope="module")
+def overflowing_run(tiny_transformer_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run with finite but huge output weights: its logits overflow to infinity, and
+    every score is NaN (as fp16 overflow would make them)."""
+    import shutil
+
+    import torch
+
+    run = tmp_path_factory.mktemp("overflow") / "run"
+    shutil.copytree(tiny_transformer_run, run)
+    payload = torch.load(run / "best.pt", weights_only=True)
+    payload["model"]["output.weight"] = payload["model"]["output.weight"] * 1e37
+    torch.save(payload, run / "best.pt")
+    return run
+
+
+@pytest.mark.parametrize("how", ["text, beam 3", "jsonl, greedy"])
+def test_non_finite_scores_are_one_line(overflowing_run: Path, tmp_path: Path, how: str) -> None:
+    src = tmp_path / "in.de"
+    src.write_text("ba ce do\nfo ge\n", encoding="utf-8")
+    extra = ["--output-format", "jsonl", "--beam", "1"] if how.startswith("jsonl") else []
+    result = nmt("translate", overflowing_run, "-i", src, "-o", tmp_path / "out", *extra)
+    assert_refused(result, 1, f"{src}:1: the model's scores are NaN or infinite (fp32); its "
+                   "weights are damaged or overflow at this precision")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.de"]
+
+
+def test_weights_that_are_nan_are_refused_at_load(
+    tiny_transformer_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_transformer_run, run)
+    payload = torch.load(run / "best.pt", weights_only=True)
+    payload["model"]["encoder_layers.0.ffn.fc1.weight"][0, 0] = float("nan")
+    torch.save(payload, run / "best.pt")
+    result = nmt("translate", run, input="ba ce\n")
+    needle = "encoder_layers.0.ffn.fc1.weight holds NaN or infinite values; the model is damaged"
+    assert_refused(result, 1, f"{run / 'best.pt'}: {needle}")
+
+
+# ---- 10. a path that is not a regular file is named for what it is -------------------------------
+
+
+@pytest.mark.parametrize(
+    "case", ["files spec on a device", "files spec on a folder", "prefix on a FIFO",
+             "config from a pipe", "config on a device", "plot of a folder", "text named .npz",
+             "test name with a slash"],
+)  # fmt: skip
+def test_what_is_not_a_file_is_named(tiny_prepared: Path, tmp_path: Path, case: str) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for side, text in (("de", "ba ce\n"), ("en", "CE BA\n")):
+        (raw / f"train.{side}").write_text(text * 5, encoding="utf-8")
+    prepare = ["prepare", "--src-lang", "de", "--tgt-lang", "en", "--valid", raw / "train",
+               "--out", tmp_path / "prep", "--train"]  # fmt: skip
+    if case == "prefix on a FIFO":
+        os.mkfifo(tmp_path / "fifo")
+    if case == "text named .npz":
+        (tmp_path / "attn.npz").write_text("ba ce\n", encoding="utf-8")
+    args, code, needle = {
+        "files spec on a device": (prepare + [f"/dev/zero,{raw / 'train.en'}"], 1,
+                                   "/dev/zero: not a regular file (a pipe or device)"),
+        "files spec on a folder": (prepare + [f"{raw},{raw / 'train.en'}"], 1,
+                                   f"{raw}: is a folder, not a file"),
+        "prefix on a FIFO": (prepare + [tmp_path / "fifo"], 1,
+                             f"{tmp_path / 'fifo'}: not a regular file (a pipe or device)"),
+        "config from a pipe": (["train", "/dev/stdin", "--data", tiny_prepared, "--out",
+                                tmp_path / "run"], 2, "/dev/stdin: not a regular file"),
+        "config on a device": (["train", "/dev/zero", "--data", tiny_prepared, "--out",
+                                tmp_path / "run"], 2, "/dev/zero: not a regular file"),
+        "plot of a folder": (["plot", raw, "--out", tmp_path / "a.png"], 1,
+                             f"{raw}: is a folder, not a file"),
+        "text named .npz": (["plot", tmp_path / "attn.npz", "--out", tmp_path / "a.png"], 1,
+                            "attn.npz: not an attention file written by nmt translate (not .npz)"),
+        "test name with a slash": (prepare + [raw / "train", "--test", f"a/b={raw / 'train'}"], 2,
+                                   "--test a/b=...: a test name is letters, digits, _ . -"),
+    }[case]  # fmt: skip
+    before = snapshot(tmp_path)
+    stdin = subprocess.PIPE if case == "config from a pipe" else None
+    if stdin is None:
+        line = assert_refused(nmt(*args), code, needle)
+    else:  # /dev/stdin must be a real pipe: a child process
+        done = run_nmt([str(a) for a in args], stdin="model: {}\n")
+        assert done.returncode == code and needle in done.stderr, done.stderr
+        line = done.stderr.strip()
+    assert "not found" not in line and snapshot(tmp_path) == before

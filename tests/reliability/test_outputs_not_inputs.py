@@ -234,3 +234,68 @@ def test_no_advice_to_remove_a_folder_that_is_not_ours(tiny_prepared: Path) -> N
     line = refused_untouched(lambda: nmt("corpus", "bible", "--out", tiny_prepared), 2,
                              [tiny_prepared], f"{tiny_prepared}: exists and holds no")  # fmt: skip
     assert "remove" not in line
+
+
+# ---- a run's files that do not exist yet, and the records of nmt's own output folders ------------
+
+
+@pytest.mark.parametrize("how", ["named", "through a dangling link"])
+def test_a_periodic_checkpoint_name_is_kept_free(
+    tiny_transformer_run: Path, tmp_path: Path, texts: dict[str, Path], how: str
+) -> None:
+    """checkpoint_<N>.pt for any N, present or not: `nmt average` and a resume read them."""
+    run = tiny_transformer_run
+    out = run / "checkpoint_999.pt"
+    if how != "named":
+        out = tmp_path / "future.txt"
+        out.symlink_to(run / "checkpoint_7.pt")
+    refused_untouched(lambda: nmt("translate", run, "-i", texts["src"], "-o", out), 2,
+                      [run, tmp_path], f"-o {out}: {run}/checkpoint_*.pt are the periodic "
+                      f"checkpoints of the run folder {run}, present or not yet")  # fmt: skip
+    assert not (run / "checkpoint_999.pt").exists() and not (run / "checkpoint_7.pt").exists()
+
+
+def test_the_record_of_an_nmt_output_folder_is_kept(tmp_path: Path, texts: dict[str, Path]) -> None:
+    """A folder an nmt command built holds its .nmt-output.json: what lets that command replace
+    it later. No other command's output may take its place."""
+    from nmt.io import OUTPUT_MARKER, atomic_dir
+
+    with atomic_dir(tmp_path / "made", "corpus") as folder:
+        (folder / "train.de").write_text("ba\n", encoding="utf-8")
+    out = tmp_path / "made" / OUTPUT_MARKER
+    refused_untouched(
+        lambda: nmt("align-eval", "--gold", texts["gold"], "--hyp", texts["hyp"], "--report", out),
+        2, [tmp_path], f"--report {out}: is also the record of the nmt output {tmp_path / 'made'}",
+    )  # fmt: skip
+
+
+# ---- 5. corpus --out: never inside a prepared folder ---------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["inside", "through a linked folder"])
+def test_corpus_out_inside_a_prepared_folder(tiny_prepared: Path, tmp_path: Path, how: str) -> None:
+    parent = tiny_prepared
+    if how != "inside":
+        parent = tmp_path / "alias"
+        parent.symlink_to(tiny_prepared, target_is_directory=True)
+    refused_untouched(lambda: nmt("corpus", "bible", "--out", parent / "raw"), 2,
+                      [tiny_prepared, tmp_path], f"--out {parent / 'raw'}: lies inside",
+                      "(a prepared data folder); write the output elsewhere")  # fmt: skip
+    assert not (tiny_prepared / "raw").exists()
+
+
+# ---- 11. evaluate: a test name never leads --hyp-out out of its folder ---------------------------
+
+
+@pytest.mark.parametrize("name", ["an absolute path", "../up", ".hidden", "a/b"])
+def test_evaluate_test_names_stay_inside_hyp_out(
+    tiny_transformer_run: Path, tmp_path: Path, texts: dict[str, Path], name: str
+) -> None:
+    name = str(tmp_path / "abs") if name == "an absolute path" else name
+    pair = f"{texts['src']},{texts['ref']}"
+    refused_untouched(
+        lambda: nmt("evaluate", tiny_transformer_run, "--test", f"{name}={pair}", "--test",
+                    f"b={pair}", "--hyp-out", tmp_path / "hyps"), 2, [tmp_path],
+        f"--test '{name}={pair}': a test name is letters, digits, _ . -",
+    )  # fmt: skip
+    assert not (tmp_path / "hyps").exists()

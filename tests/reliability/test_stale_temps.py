@@ -80,3 +80,32 @@ def test_a_file_write_removes_the_stale_temps_of_that_file(tmp_path: Path) -> No
     assert not any(p.exists() for p in stale)
     assert all(p.exists() or p.is_symlink() for p in keep)
     assert (tmp_path / "scores.json").is_file()
+
+
+def test_an_input_named_like_a_stale_temp_is_never_removed(tmp_path: Path) -> None:
+    """A day-old file named exactly as a temp of the report would be, given as the input: the
+    command reads it and keeps it; a true leftover beside it still goes."""
+    hyp = make_temp(tmp_path / ".scores.json.abcdefgh.tmp", folder=False)
+    hyp.write_text("A B\n", encoding="utf-8")
+    os.utime(hyp, (A_DAY_AGO, A_DAY_AGO))
+    (tmp_path / "ref.en").write_text("A B\n", encoding="utf-8")
+    stale = make_temp(tmp_path / ".scores.json.zyxwvuts.tmp", folder=False)
+    result = nmt("evaluate", "--hyp", hyp, "--ref", tmp_path / "ref.en",
+                 "--report", tmp_path / "scores.json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert hyp.read_text(encoding="utf-8") == "A B\n" and not stale.exists()
+    assert (tmp_path / "scores.json").is_file()
+
+
+def test_a_folder_named_like_a_stale_temp_that_holds_an_input_is_kept(tmp_path: Path) -> None:
+    """prepare --out prep, its corpus inside a day-old folder named `.prep.abcdefgh.tmp`."""
+    raw = tmp_path / ".prep.abcdefgh.tmp"
+    raw.mkdir()
+    for side, text in (("de", "ba ce\nce do\ndo fe\n"), ("en", "CE BA\nDO CE\nFE DO\n")):
+        (raw / f"train.{side}").write_text(text * 5, encoding="utf-8")
+    os.utime(raw, (A_DAY_AGO, A_DAY_AGO))
+    result = nmt("prepare", "--src-lang", "de", "--tgt-lang", "en", "--train", raw / "train",
+                 "--valid", raw / "train", "--vocab-size", 40, "--set", "hard_vocab_limit=false",
+                 "--out", tmp_path / "prep")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in raw.iterdir()) == ["train.de", "train.en"]

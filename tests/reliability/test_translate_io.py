@@ -169,3 +169,83 @@ def test_a_text_file_given_as_the_checkpoint(tmp_path: Path) -> None:
     fake.write_text("hello\n", encoding="utf-8")
     refuse(tmp_path, [fake], 1, "not a readable checkpoint (not a file written by torch.save)",
            stdin="ba\n")  # fmt: skip
+
+
+# ---- an output that is a stream (our stdout or stderr, a descriptor): written through ----------
+
+
+def test_outputs_onto_our_redirected_stdout_and_stderr_are_written_through(
+    tiny_transformer_run: Path, tmp_path: Path, src: Path
+) -> None:
+    """stdout and stderr redirected to files (stdout appended to): `-o` through a link to
+    /proc/self/fd/1 and `--alignments-out /proc/self/fd/2` write into those files; the link is
+    not replaced, and no temp file is tried in /proc."""
+    out = tmp_path / "mystdout"
+    out.symlink_to("/proc/self/fd/1")
+    stdout_file, stderr_file = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    stdout_file.write_text("kept\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "nmt.cli", "translate", str(tiny_transformer_run), "-i", str(src),
+           "-o", str(out), "--alignments-out", "/proc/self/fd/2"]  # fmt: skip
+    with open(stdout_file, "a") as stdout, open(stderr_file, "w") as stderr:
+        done = subprocess.run(cmd, stdout=stdout, stderr=stderr, timeout=180)
+    log = stderr_file.read_text(encoding="utf-8").splitlines()
+    assert done.returncode == 0, log
+    translations = stdout_file.read_text(encoding="utf-8").splitlines()
+    assert translations[0] == "kept" and len(translations) == 3 and all(translations[1:])
+    assert "translated 2 lines" in log[-1] and len(log) == 4  # loaded, 2 alignment lines, done
+    assert os.readlink(out) == "/proc/self/fd/1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "in.de", "mystdout", "stderr.txt", "stdout.txt"]  # fmt: skip
+
+
+def test_an_output_that_is_the_file_on_stdin_is_refused(
+    tiny_transformer_run: Path, tmp_path: Path, src: Path
+) -> None:
+    """`nmt translate RUN -o x < x`: stdin is the input, and the output may not replace it."""
+    before = src.read_bytes()
+    cmd = [sys.executable, "-m", "nmt.cli", "translate", str(tiny_transformer_run), "-o", str(src)]
+    with open(src, "rb") as stdin:
+        done = subprocess.run(cmd, stdin=stdin, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"error: -o {src}: is /dev/stdin (the standard input) through a link; "
+                           "write the output to another file\n")  # fmt: skip
+    assert src.read_bytes() == before and sorted(tmp_path.iterdir()) == [src]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "align-eval"])
+def test_a_report_through_an_open_descriptor_keeps_the_link(tmp_path: Path, command: str) -> None:
+    """--report LINK, LINK -> /proc/self/fd/N of a file this process holds open for appending:
+    the report is appended to that file (written through the descriptor), the link stays."""
+    for name, text in (("h.en", "BA CE\n"), ("r.en", "BA CE\n"), ("g.align", "0-0 1-1\n")):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    target = tmp_path / "reports.log"
+    target.write_text("earlier\n", encoding="utf-8")
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+    try:
+        link = tmp_path / "report.json"
+        link.symlink_to(f"/proc/self/fd/{fd}")
+        args = {
+            "evaluate": ["--hyp", tmp_path / "h.en", "--ref", tmp_path / "r.en"],
+            "align-eval": ["--gold", tmp_path / "g.align", "--hyp", tmp_path / "g.align"],
+        }
+        result = CliRunner().invoke(app, [command, *map(str, args[command]), "--report",
+                                          str(link)])  # fmt: skip
+    finally:
+        os.close(fd)
+    assert result.exit_code == 0, result.output
+    assert os.readlink(link) == f"/proc/self/fd/{fd}"
+    text = target.read_text(encoding="utf-8")
+    assert text.startswith("earlier\n{") and ('"bleu"' in text or '"aer"' in text), text
+
+
+def test_an_output_through_a_descriptor_open_for_reading_is_refused_first(
+    tiny_transformer_run: Path, tmp_path: Path, src: Path
+) -> None:
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        link = tmp_path / "out.txt"
+        link.symlink_to(f"/proc/self/fd/{fd}")
+        refuse(tmp_path, [tiny_transformer_run, "-i", src, "-o", link], 2,
+               f"-o {link}: cannot be written ({link}: open for reading only)")  # fmt: skip
+    finally:
+        os.close(fd)

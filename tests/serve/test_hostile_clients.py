@@ -6,6 +6,7 @@ server goes on serving."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
@@ -109,7 +110,7 @@ def test_a_huge_json_integer_is_a_400(server: Server) -> None:
     body = b'{"text": "ba", "beam": ' + b"9" * 5000 + b"}"
     answer = post(server.url, {"Host": host_of(server.url), **JSON}, body)
     assert status_of(answer) == 400
-    assert body_of(answer) == {"error": "malformed JSON: a number with too many digits"}
+    assert body_of(answer) == {"error": "malformed JSON: a number of more than 4,300 digits"}
     body = b'{"text": "ba", "nbest": -' + b"9" * 4000 + b"}"  # parsed, out of range: not echoed
     answer = post(server.url, {"Host": host_of(server.url), **JSON}, body)
     assert status_of(answer) == 422
@@ -274,6 +275,36 @@ def test_sigterm_drain_ends_by_its_deadline(served_runs: list[Path], signals: in
         running.kill()
 
 
+def test_the_drain_deadline_during_a_long_batch_ends_the_process_cleanly(
+    served_runs: list[Path],
+) -> None:
+    """The deadline passes while the decoding thread is inside a torch call: the server exits 0
+    at once, never with SIGABRT ("terminate called without an active exception"), which is what
+    the interpreter's shutdown under a thread in torch ends in."""
+    running = Server(served_runs[:1], ["--drain-seconds", "0", "--max-sentences", "256",
+                                       "--max-chars", "100000"]).start()  # fmt: skip
+    try:
+        host = {"Host": host_of(running.url)}
+        line = " ".join(["ba ce do fe ga"] * 6)
+        body = json.dumps({"text": [line] * 256, "beam": 16, "attention_detail": True}).encode()
+        busy = connect(running.url)
+        busy.sendall(request_bytes("POST", "/translate", {**host, **JSON}, body))
+        deadline = time.monotonic() + 30
+        while metric(running.url, 'nmt_sentences_total{model="tiny-transformer"}', host) < 256:
+            assert time.monotonic() < deadline, "the batch never started"
+            time.sleep(0.02)
+        assert running.process is not None
+        started = time.monotonic()
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(30) == 0, running.log
+        assert time.monotonic() - started < 3  # the deadline (0 s) plus 2 s, and a second to spare
+        assert status_of(read_all(busy)) == 503
+        running.wait_for("stopped")
+        assert not [line for line in running.log if "terminate" in line or "Traceback" in line]
+    finally:
+        running.kill()
+
+
 # ---- 11, 14. settings checked, and the address bound, before the models load --------------------
 
 
@@ -351,3 +382,29 @@ def test_health_reports_a_dead_decoder_and_requests_do_not_hang(dead_decoder: st
     reply = call(dead_decoder + "/translate", {"text": "ba ce"})
     assert reply.status == 503 and "the decoder has stopped" in reply.data["error"]
     assert time.monotonic() - started < 5
+
+
+# ---- a model whose scores are not finite: a 500 that says so, no NaN in JSON, no traceback -------
+
+
+def test_non_finite_scores_are_a_500_that_says_so(served_runs: list[Path], tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from nmt.config import ServeConfig
+    from nmt.serve.app import create_app, load_translators
+
+    run = tmp_path / "tiny-transformer"
+    shutil.copytree(served_runs[0], run)
+    payload = torch.load(run / "best.pt", weights_only=True)
+    payload["model"]["output.weight"] = payload["model"]["output.weight"] * 1e37  # overflows
+    torch.save(payload, run / "best.pt")
+    with serve_in_thread(create_app(load_translators([run], "cpu"), ServeConfig())) as url:
+        for beam in (1, 3):
+            reply = call(url + "/translate", {"text": ["ba ce", "fo"], "beam": beam})
+            assert reply.status == 500, reply.body
+            assert reply.data == {"error": "model tiny-transformer: the model's scores are NaN "
+                                  "or infinite (fp32); its weights are damaged or overflow at "
+                                  "this precision"}  # fmt: skip
+        assert call(url + "/health").status == 200
