@@ -35,6 +35,7 @@ import numpy as np
 from nmt import __version__
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, PrepareConfig, diff, from_dict, to_dict
 from nmt.data.corpus import CorpusSpec
+from nmt.data.mapped import MappedSplit, Mappings
 from nmt.data.spm import Tokenizer
 from nmt.errors import DataError
 from nmt.io import read_json, write_json
@@ -139,6 +140,21 @@ class PreparedData:
             raise DataError(
                 f"{folder}: damaged split ({found:,} pairs, the manifest records {expected:,}); "
                 "prepare the data again with --overwrite"
+            )
+        return split
+
+    def mapped_split(self, name: str, maps: Mappings) -> MappedSplit:
+        """The split `name` read in place (nmt.data.mapped): what training uses, so that a corpus
+        larger than memory is never copied into it. DataError when it is damaged."""
+        if name not in self.manifest["splits"]:
+            raise DataError(f"{self.path}: no split {name!r}; it has {', '.join(self.split_names)}")
+        folder = self.path / SPLITS_DIR / name
+        split = MappedSplit(folder, maps)
+        expected = self.manifest["splits"][name]["pairs"]
+        if len(split) != expected:
+            raise DataError(
+                f"{folder}: damaged split ({len(split):,} pairs, the manifest records "
+                f"{expected:,}); prepare the data again with --overwrite"
             )
         return split
 

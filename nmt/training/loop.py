@@ -33,9 +33,11 @@ from torch import nn
 from nmt import __version__
 from nmt import checkpoint as ckpt
 from nmt.config import RunConfig, dump_yaml, to_dict
-from nmt.data.batching import Batch, TokenBatchSampler, collate
+from nmt.data.batching import Batch, EpochBatches, TokenBatchSampler, collate
+from nmt.data.mapped import Mappings
+from nmt.data.plan import BatchPlan, PlanSettings
 from nmt.data.spm import Tokenizer
-from nmt.data.store import ALIGN_COLUMN, PreparedData, load_prepared, split_lengths
+from nmt.data.store import ALIGN_COLUMN, PreparedData, load_prepared
 from nmt.errors import CheckpointError, ConfigError, DataError, NmtError, Stopped
 from nmt.io import append_jsonl, read_jsonl, write_json, write_jsonl, write_text
 from nmt.models import (
@@ -160,21 +162,28 @@ def _train(
     console = make_console(dist)
 
     # -- data ------------------------------------------------------------------------------------
+    # Token ids are read in place from the memory-mapped Arrow files, and the batch plan comes
+    # from the prepared directory's cache (one process per machine builds what is missing).
     data = load_prepared(data_dir)
-    train_split, too_long = keep_trainable(data.split("train"), cfg.model.max_positions)
-    train_src = IdColumn(train_split, "src_ids")
-    train_tgt = IdColumn(train_split, "tgt_ids")
+    maps = Mappings()
+    train_split = data.mapped_split("train", maps)
+    train_src, train_tgt = train_split.column("src_ids"), train_split.column("tgt_ids")
     guided = check_alignments(train_split, tc, data_dir)  # train.guided_alignment: stored links
-    train_align = IdColumn(train_split, ALIGN_COLUMN) if guided else None
-    sampler = TokenBatchSampler(
-        train_src.lengths(),
-        train_tgt.lengths(),
-        tc.batch_tokens,
-        shuffle=True,
-        seed=tc.seed,
+    train_align = train_split.column(ALIGN_COLUMN) if guided else None
+    plan = BatchPlan(
+        data,
+        "train",
+        train_src,
+        train_tgt,
+        PlanSettings(tc.batch_tokens, tc.seed, cfg.model.max_positions),
+        maps,
         rank=dist.rank,
         world_size=dist.world_size,
+        builds=dist.local_rank == 0,
+        sync=lambda: barrier(dist),
+        note=console.print,
     )
+    too_long = plan.too_long
 
     payload = ckpt.load_checkpoint(run_dir / ckpt.LAST) if resume else None
 
@@ -230,7 +239,7 @@ def _train(
             f"nmt {__version__}: {cfg.model.arch} with {count_parameters(raw_model):,} parameters "
             f"on {device} ({precision}, {torch.get_num_threads()} threads"
             f"{', compiled' if tc.compile else ''}), world size {dist.world_size}; "
-            f"{len(train_src):,} training pairs, {len(valid) if valid else 0:,} validation pairs"
+            f"{plan.kept:,} training pairs, {len(valid) if valid else 0:,} validation pairs"
             + (f"; resuming at update {state.step}" if resume else "")
         )
         note = precision_note(tc.precision, precision, device)
@@ -262,7 +271,7 @@ def _train(
                         "init_sha256": tc.init_sha256, "freeze": list(tc.freeze)})  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------------
-    epoch_batches: dict[int, list[list[int]]] = {}
+    epoch_batches: dict[int, EpochBatches] = {}
     window = Window()  # sums since the last log line
     last_valid_step = last_save_step = state.step if resume else -1
     stop_reason = ""
@@ -287,8 +296,9 @@ def _train(
 
             # This rank's micro-batches of the next update. The data position is committed only
             # after the update, so a checkpoint never points into the middle of one.
-            update, next_position = take_batches(sampler, epoch_batches, state, tc.update_freq)
+            update, next_position = take_batches(plan, epoch_batches, state, tc.update_freq)
             batches = [make_batch(train_src, train_tgt, indices, train_align) for indices in update]
+            maps.release()  # the ids are copied into the batch: let their pages go
             tgt_counts = [b.num_tgt_tokens for b in batches]  # counted on the CPU: no device sync
             src_counts = [b.num_src_tokens for b in batches]
             # One collective per update: the target tokens of all ranks (for the loss
@@ -572,29 +582,6 @@ def model_width(cfg: RunConfig) -> int:
     return cfg.model.rnn.hidden_size
 
 
-class IdColumn:
-    """A split's token-id column as one flat int32 array plus offsets.
-
-    Far more compact than a Python list of lists (which would take gigabytes for WMT-sized
-    corpora) and as fast to index: item `i` is a numpy view of sentence `i`'s ids.
-    """
-
-    def __init__(self, split: Any, column: str) -> None:
-        # The Arrow table of the split as it is seen (respecting any selection), as one chunk.
-        array = split.with_format("arrow")[:].column(column).combine_chunks()
-        self.offsets = array.offsets.to_numpy()
-        self.values = array.values.to_numpy(zero_copy_only=False)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.values[self.offsets[i] : self.offsets[i + 1]]
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-
 def make_batch(src: Any, tgt: Any, indices: list[int], links: Any = None) -> Batch:
     """The padded batch of sentences `indices` (on the CPU)."""
     pair_links = None if links is None else [links[i] for i in indices]
@@ -626,21 +613,6 @@ class ValidSet:
 
     def __len__(self) -> int:
         return len(self.src_ids)
-
-
-def keep_trainable(split: Any, max_positions: int) -> tuple[Any, int]:
-    """The training pairs whose source + EOS and BOS + target fit into `max_positions`, and how
-    many were left out. `nmt prepare` filters by words, not knowing the model; this is the
-    subword bound. The lengths come from the Arrow offsets, without reading the ids."""
-    src_lens, tgt_lens = split_lengths(split)
-    fits = (src_lens < max_positions) & (tgt_lens < max_positions)
-    too_long = int(len(fits) - fits.sum())
-    if too_long == len(fits):
-        raise DataError(
-            f"every training pair is longer than the model's {max_positions - 1} subwords "
-            f"(model.{{rnn,transformer}}.max_positions = {max_positions}); raise max_positions"
-        )
-    return (split.select(np.flatnonzero(fits)) if too_long else split), too_long
 
 
 def length_note(cfg: RunConfig, too_long: int, valid: ValidSet | None) -> str:
@@ -743,8 +715,8 @@ def drop_metrics_after(path: Path, step: int) -> None:
 
 
 def take_batches(
-    sampler: TokenBatchSampler,
-    cache: dict[int, list[list[int]]],
+    plan: BatchPlan,
+    cache: dict[int, EpochBatches],
     state: TrainState,
     count: int,
 ) -> tuple[list[list[int]], tuple[int, int]]:
@@ -755,7 +727,7 @@ def take_batches(
     while len(out) < count:
         if epoch not in cache:
             cache.clear()  # one epoch's order at a time
-            cache[epoch] = sampler.batches(epoch)
+            cache[epoch] = plan.batches(epoch)
             if not cache[epoch]:
                 raise DataError("the training split yields no batches; is it empty?")
         batches = cache[epoch]
