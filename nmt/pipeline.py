@@ -62,8 +62,7 @@ def prepare(
 
     from nmt.checkpoint import guard_outputs
     from nmt.data import corpus, store
-    from nmt.data.batching import TokenBatchSampler
-    from nmt.data.spm import make_tokenizers
+    from nmt.data.spm import make_tokenizers, sample_rows
 
     console = console or Console()
     cfg.validate()
@@ -111,40 +110,39 @@ def prepare(
         texts, tallies, wheres = _clean_to_arrow(specs, cfg, scratch, console)
         train_text = texts["train"]
         sides = "joint" if cfg.joint_vocab else "separate"
+        # A large corpus is sampled down to spm_max_sentences sentences before training.
+        sample = None if cfg.spm_model else sample_rows(len(train_text), cfg)
+        spm_pairs = len(train_text) if sample is None else len(sample)
         with console.status(
             f"training SentencePiece ({cfg.model_type}, {cfg.vocab_size:,} pieces, {sides}) "
-            f"on {len(train_text):,} training pairs"
+            f"on {spm_pairs:,} of {len(train_text):,} training pairs"
         ):
             tokenizers = make_tokenizers(
                 cfg,
-                store.iter_column(train_text, "src"),
-                store.iter_column(train_text, "tgt"),
+                store.iter_column(train_text, "src", sample),
+                store.iter_column(train_text, "tgt", sample),
                 tmp,
                 wheres["train"],
             )
         src_tok, tgt_tok = tokenizers["src"][1], tokenizers["tgt"][1]
         stats: dict[str, Any] = {}
         for role, text in texts.items():
-            # Large splits show datasets' own progress bar; a spinner would fight with it.
-            big = len(text) >= store.PROGRESS_BAR_PAIRS
-            status = f"encoding {role} ({len(text):,} pairs)"
-            with contextlib.nullcontext() if big else console.status(status):
-                split = store.write_split(tmp, role, text, src_tok, tgt_tok, cfg.num_proc)
-                stats[role] = store.split_stats(split, tallies[role].read, tallies[role].dropped)
+            # Encoded chunk by chunk: memory holds one chunk of pairs, whatever the corpus size.
+            with console.status(f"encoding {role} ({len(text):,} pairs)"):
+                tally = store.write_split(tmp, role, text, src_tok, tgt_tok, cfg.num_proc)
+                stats[role] = tally.stats(tallies[role].read, tallies[role].dropped)
+            if role == "train":
+                stats[role][f"padding_fraction_{PADDING_REPORT_TOKENS}"] = round(
+                    tally.padding_fraction(PADDING_REPORT_TOKENS), 4
+                )
             if role == "train" and cfg.alignments == "eflomal":
                 with console.status(f"word-aligning {len(text):,} training pairs (eflomal)"):
-                    split = store.add_alignments(tmp, role, split, src_tok, tgt_tok)
-            if role == "train":
-                lens = store.split_lengths(split)
-                sampler = TokenBatchSampler(*lens, PADDING_REPORT_TOKENS, seed=cfg.seed)
-                stats[role][f"padding_fraction_{PADDING_REPORT_TOKENS}"] = round(
-                    sampler.padding_fraction(0), 4
-                )
+                    store.add_alignments(tmp, role, src_tok, tgt_tok)
         del texts, train_text, text
         shutil.rmtree(scratch)
         write_text(tmp / store.CONFIG, dump_yaml(cfg))
         sizes = {role: s["pairs"] for role, s in stats.items()}
-        manifest = store.build_manifest(cfg, key, inputs, tokenizers, sizes)
+        manifest = store.build_manifest(cfg, key, inputs, tokenizers, sizes, spm_pairs)
         store.write_manifest(tmp, manifest, stats)
     data = store.load_prepared(out)
     _print_prepared(console, data, stats, time.perf_counter() - started)

@@ -149,17 +149,27 @@ def padded_tokens(
     src_lens: np.ndarray, tgt_lens: np.ndarray, batches: EpochBatches
 ) -> tuple[int, int]:
     """`(real, padded)` tokens of `batches` (EOS/BOS count as real)."""
-    if not len(batches):
+    src_cost = src_lens[batches.order] + 1
+    tgt_cost = tgt_lens[batches.order] + 1
+    return packed_size(src_cost, tgt_cost, batches.starts, batches.ends)
+
+
+def packed_size(
+    src_cost: np.ndarray, tgt_cost: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[int, int]:
+    """`(real, padded)` tokens of the batches `[starts[j], ends[j])` of sentences whose padded
+    costs (length + 1 for EOS or BOS) are given in batch order. The ranges must be disjoint."""
+    if not len(starts):
         return 0, 0
-    # The batches are disjoint ranges of `order`: taken in order of their starts, the pairs
-    # (start, end) rise, and a max-reduction over [start, end) is every other reduceat entry.
-    by_start = np.argsort(batches.starts, kind="stable")
-    starts, ends = batches.starts[by_start], batches.ends[by_start]
+    # Taken in order of their starts, the disjoint (start, end) pairs rise, and a max over each
+    # [start, end) is every other entry of a reduceat over them.
+    by_start = np.argsort(starts, kind="stable")
+    starts, ends = starts[by_start], ends[by_start]
     edges = np.stack([starts, ends], axis=1).reshape(-1)
     real = 0
     widest = np.zeros(len(starts), dtype=np.int64)  # longest source + longest target per batch
-    for lens in (src_lens, tgt_lens):
-        cost = np.append(lens[batches.order] + 1, 0)  # a sentinel: an end may equal len(order)
+    for cost in (src_cost, tgt_cost):
+        cost = np.append(cost, 0)  # a sentinel: an end may equal the number of sentences
         widest += np.maximum.reduceat(cost, edges)[::2]
         totals = np.concatenate([[0], np.cumsum(cost)])
         real += int((totals[ends] - totals[starts]).sum())
