@@ -97,6 +97,14 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     return out
 
 
+def lost_peer(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that failed because another process of the job went away
+    (killed, its machine lost): NCCL raises a `DistError`, gloo a RuntimeError naming itself."""
+    if not dist.is_available() or not dist.is_initialized():
+        return False
+    return isinstance(exc, dist.DistError) or "gloo" in str(exc)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.is_distributed:
         dist.barrier()

@@ -55,6 +55,7 @@ from nmt.training.distributed import (
     broadcast_object,
     gather_objects,
     init_distributed,
+    lost_peer,
     shutdown,
 )
 from nmt.training.loss import check_alignments, label_smoothed_nll, training_loss
@@ -136,7 +137,12 @@ def train(
     SIGTERM stop after the current update with last.pt saved: `Stopped` (exit 130 / 143).
     """
     with StopSignals() as stop, RunFolder(Path(run_dir), resume) as folder:
-        return _train(cfg, data_dir, folder, stop, resume, debug or TrainDebug())
+        try:
+            return _train(cfg, data_dir, folder, stop, resume, debug or TrainDebug())
+        except RuntimeError as exc:
+            if not lost_peer(exc):
+                raise
+            raise TrainingError(lost_peer_message(exc, folder.path)) from None
 
 
 def _train(
@@ -310,7 +316,11 @@ def _train(
             update_tokens, ranks_out_of_time, ranks_stopping = all_reduce_sum(local, dist).tolist()
             if ranks_stopping > 0:
                 stopped = True
-                stop_reason = f"stopped by {stop.name}" if stop.signum else "stopped by a signal"
+                stop_reason = (
+                    f"stopped by {stop.name}"
+                    if stop.signum
+                    else "stopped by a signal to another process of the job"
+                )
                 break
             if ranks_out_of_time > 0:
                 stop_reason = f"train.max_minutes={tc.max_minutes:g} ran out"
@@ -462,6 +472,18 @@ def stall(attempt: int) -> None:
     print(f"debug: stalled in update attempt {attempt}", file=sys.stderr, flush=True)
     while True:
         time.sleep(1)
+
+
+def lost_peer_message(exc: BaseException, run_dir: Path) -> str:
+    """The one line for a job whose other process went away (torchrun then stops this one too)."""
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    saved = (
+        f"its last checkpoint is {run_dir / ckpt.LAST}: start the same torchrun job with "
+        f"`train --resume {run_dir}`"
+        if (run_dir / ckpt.LAST).is_file()
+        else "no checkpoint was saved yet: start the job again"
+    )
+    return f"another process of this torchrun job stopped ({first}); {saved}"
 
 
 def nan_stop_message(state: TrainState, run_dir: Path, last_save_step: int) -> str:
