@@ -31,16 +31,14 @@ def pack_bounds(src_cost: np.ndarray, tgt_cost: np.ndarray, budget: int) -> np.n
     Costs are per sentence and at least 1 each, so no batch holds more than `budget // 2` of them.
     """
     n = len(src_cost)
-    src_cost = np.asarray(src_cost, dtype=np.int64)
-    tgt_cost = np.asarray(tgt_cost, dtype=np.int64)
     most = max(budget // 2, 1) + 1  # a window this long always holds an overflow
     starts = [0]
     begin, window = 0, 64
     while begin < n:
         while True:
             end = min(n, begin + window)
-            widest = np.maximum.accumulate(src_cost[begin:end])
-            widest += np.maximum.accumulate(tgt_cost[begin:end])
+            widest = np.maximum.accumulate(np.asarray(src_cost[begin:end], dtype=np.int64))
+            widest += np.maximum.accumulate(np.asarray(tgt_cost[begin:end], dtype=np.int64))
             size = widest * np.arange(1, end - begin + 1)  # padded size with 1, 2, ... sentences
             over = np.flatnonzero(size[1:] > budget)
             if over.size:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,9 +89,10 @@ class BatchPlan:
         self.data_path = data.path
         self.maps, self.rank, self.world_size = maps, rank, world_size
         self.builds, self.sync, self.note = builds, sync, note
+        self.build_seconds = 0.0  # spent computing what the cache did not hold
         self.folder = cache_folder(data) / f"plan-{settings.key}"
         self.lengths_path = cache_folder(data) / f"lengths-{split}.npy"
-        self._writable = True
+        self.writable = True  # False once the cache folder refused a write
         self.bounds = self._cached(
             self.folder / "bounds.npy", self._compute_bounds, self._bounds_ok
         )
@@ -102,7 +104,7 @@ class BatchPlan:
                 f"every training pair is longer than the model's {limit - 1} subwords "
                 f"(model.{{rnn,transformer}}.max_positions = {limit}); raise max_positions"
             )
-        if self.builds and self._writable and not (self.folder / "plan.json").is_file():
+        if self.builds and self.writable and not (self.folder / "plan.json").is_file():
             self._write_summary()
         maps.release()
 
@@ -140,28 +142,31 @@ class BatchPlan:
     def _compute_lengths(self) -> np.ndarray:
         return np.stack([self.src.lengths(), self.tgt.lengths()])
 
-    def _kept_rows(self) -> np.ndarray:
+    def _kept(self) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """`(rows kept or None for all, their source lengths, their target lengths)`: the pairs
+        whose source + EOS and BOS + target fit the model's positions."""
         src_lens, tgt_lens = self.lengths()
         limit = self.settings.max_positions
-        # Source + EOS and BOS + target must fit the model's positions.
-        return np.flatnonzero((src_lens < limit) & (tgt_lens < limit))
+        fits = (src_lens < limit) & (tgt_lens < limit)
+        if fits.all():
+            return None, src_lens, tgt_lens
+        kept = np.flatnonzero(fits)
+        return kept, src_lens[kept], tgt_lens[kept]
 
     def _compute_bounds(self) -> np.ndarray:
-        kept = self._kept_rows()
-        src_lens, tgt_lens = (side[kept] for side in self.lengths())
+        _, src_lens, tgt_lens = self._kept()
         order = sort_by_length(src_lens, tgt_lens, None)
         return pack_bounds(src_lens[order] + 1, tgt_lens[order] + 1, self.settings.batch_tokens)
 
     def _compute_epoch(self, epoch: int) -> np.ndarray:
-        kept = self._kept_rows()
-        src_lens, tgt_lens = (side[kept] for side in self.lengths())
+        kept, src_lens, tgt_lens = self._kept()
         order, permutation = epoch_order(
             src_lens, tgt_lens, self.num_batches, True, self.settings.seed, epoch
         )
-        rows = kept[order]
-        del src_lens, tgt_lens, order, kept
+        del src_lens, tgt_lens
         dtype = np.int32 if self.pairs < 2**31 else np.int64
-        return np.concatenate([rows.astype(dtype), permutation.astype(dtype)])
+        rows = (order if kept is None else kept[order]).astype(dtype)
+        return np.concatenate([rows, permutation.astype(dtype)])
 
     # -- checks of what a file holds (a damaged or foreign file is rebuilt) -----------------------
 
@@ -183,7 +188,9 @@ class BatchPlan:
         A collective: every process calls it, and the others wait for the builder."""
         found = self._read(path, is_ok) if self.builds else None
         if self.builds and found is None:
+            started = time.monotonic()
             computed = compute()
+            self.build_seconds += time.monotonic() - started
             if self._write(path, computed):
                 del computed  # mapped from the file instead, so its pages need not stay resident
             else:
@@ -205,7 +212,7 @@ class BatchPlan:
         return array if is_ok(array) else None
 
     def _write(self, path: Path, array: np.ndarray) -> bool:
-        if not self._writable:
+        if not self.writable:
             return False
         try:
             if not (self.data_path / CACHE_DIR).is_dir():
@@ -221,7 +228,7 @@ class BatchPlan:
                 Path(temp).unlink(missing_ok=True)
                 raise
         except OSError as exc:
-            self._writable = False
+            self.writable = False
             self.note(
                 f"note: cannot cache the batch plan in {self.folder.parent} "
                 f"({exc.strerror or exc}); computing it in memory on every run"

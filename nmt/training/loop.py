@@ -251,6 +251,11 @@ def _train(
         note = precision_note(tc.precision, precision, device)
         if note:
             console.print(note)
+        if plan.build_seconds:
+            kept = f" and kept in {plan.folder} for later runs" if plan.writable else ""
+            console.print(
+                f"batch plan of {plan.kept:,} pairs built in {plan.build_seconds:.1f} s{kept}"
+            )
         if too_long or (valid and valid.truncated):
             console.print(length_note(cfg, too_long, valid))
         if tc.init:

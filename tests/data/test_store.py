@@ -87,6 +87,13 @@ def test_stats(prepared: tuple[dict[str, str], PreparedData]) -> None:
         0
     )
     assert train["padding_fraction_4096"] == round(expected, 4)
+    # Counted from histograms while encoding; the same as numpy on every length.
+    for side, lens in (("src", src_lens), ("tgt", tgt_lens)):
+        length = train[side]["length"]
+        assert length["mean"] == round(float(lens.mean()), 2)
+        assert [length[f"p{q}"] for q in (50, 90, 95, 99)] == [
+            int(np.percentile(lens, q)) for q in (50, 90, 95, 99)
+        ]
     assert stats["test"]["pairs"] == 20 and stats["test"]["dropped"] == {}
 
 
