@@ -53,6 +53,7 @@ from nmt.training.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_object,
+    check_same_everywhere,
     gather_objects,
     init_distributed,
     lost_peer,
@@ -171,6 +172,7 @@ def _train(
     # Token ids are read in place from the memory-mapped Arrow files, and the batch plan comes
     # from the prepared directory's cache (one process per machine builds what is missing).
     data = load_prepared(data_dir)
+    check_same_everywhere(dist, **{"prepared data": data.hash, "settings": to_dict(cfg)})
     maps = Mappings()
     train_split = data.mapped_split("train", maps)
     train_src, train_tgt = train_split.column("src_ids"), train_split.column("tgt_ids")
