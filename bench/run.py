@@ -108,7 +108,15 @@ def report(rows: list[dict[str, Any]]) -> None:
             "output_sha256",
         ],
         "prepare": ["pairs", "wall_s", "pairs_per_s", "peak_rss_mib", "output_mib"],
-        "scale": ["pairs", "stage", "wall_s", "first_update_s", "plan_build_s", "peak_rss_mib"],
+        "scale": [
+            "pairs",
+            "stage",
+            "wall_s",
+            "first_update_s",
+            "in_process_first_update_s",
+            "plan_build_s",
+            "peak_rss_mib",
+        ],
         "mfu": [
             "model",
             "tokens_per_step",

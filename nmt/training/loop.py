@@ -289,6 +289,7 @@ def _train(
     last_valid_step = last_save_step = state.step if resume else -1
     stop_reason = ""
     stopped = False  # by SIGINT / SIGTERM on some rank
+    first_update_seconds: float | None = None
     attempts = state.step + state.nan_steps + state.overflow_steps
     model.train()
     try:
@@ -389,6 +390,8 @@ def _train(
                 state.overflow_steps += 1  # fp16 overflow: the scaler skipped the step
                 continue
             state.step += 1
+            if first_update_seconds is None:  # start-up cost of this process, for benchmarks
+                first_update_seconds = time.monotonic() - start_time
             state.nan_streak = 0
             state.tgt_tokens += int(tgt_tokens)
             state.src_tokens += int(src_tokens)
@@ -429,7 +432,7 @@ def _train(
         run.logger.close()
 
     run.tick(state)
-    summary = make_summary(state, stop_reason, run)
+    summary = make_summary(state, stop_reason, run, first_update_seconds)
     if dist.is_main:
         append_jsonl(run_dir / ckpt.METRICS_FILE, summary)
         print_summary(console, summary)
@@ -506,7 +509,9 @@ def nan_stop_message(state: TrainState, run_dir: Path, last_save_step: int) -> s
     )
 
 
-def make_summary(state: TrainState, stop_reason: str, run: Run) -> dict[str, Any]:
+def make_summary(
+    state: TrainState, stop_reason: str, run: Run, first_update_seconds: float | None
+) -> dict[str, Any]:
     seconds = max(state.train_seconds, 1e-9)
     return {
         "kind": "summary",
@@ -526,6 +531,11 @@ def make_summary(state: TrainState, stop_reason: str, run: Run) -> dict[str, Any
         "valid_metric": valid_metric_name(run.cfg),
         "precision": run.precision,
         "run_dir": str(run.run_dir),
+        # Seconds from this process entering the training to its first update (data opened,
+        # batch plan read or built, model built): where start-up time goes, for benchmarks.
+        "first_update_seconds": (
+            None if first_update_seconds is None else round(first_update_seconds, 2)
+        ),
         # Peak memory of this process's tensors on the GPU (None on the CPU), for benchmarks.
         "gpu_peak_mib": (
             round(torch.cuda.max_memory_allocated(run.device) / 2**20, 1)
