@@ -241,6 +241,8 @@ def _train(
         set_rng_state(state.rng[dist.rank], device)
     else:
         seed_everything(tc.seed + 1000 * dist.rank)
+    # This epoch's batches now: the plan is ready (built if need be) before the first update.
+    epoch_batches = {state.epoch: plan.batches(state.epoch)}
 
     if dist.is_main:
         console.print(
@@ -284,7 +286,6 @@ def _train(
                         "init_sha256": tc.init_sha256, "freeze": list(tc.freeze)})  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------------
-    epoch_batches: dict[int, EpochBatches] = {}
     window = Window()  # sums since the last log line
     last_valid_step = last_save_step = state.step if resume else -1
     stop_reason = ""
