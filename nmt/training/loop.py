@@ -22,6 +22,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from nmt import __version__
 from nmt import checkpoint as ckpt
 from nmt.config import RunConfig, dump_yaml, to_dict
 from nmt.data.batching import Batch, EpochBatches, TokenBatchSampler, collate
-from nmt.data.mapped import Mappings
+from nmt.data.mapped import IdColumn, Mappings
 from nmt.data.plan import BatchPlan, PlanSettings
 from nmt.data.spm import Tokenizer
 from nmt.data.store import ALIGN_COLUMN, PreparedData, load_prepared
@@ -169,29 +170,11 @@ def _train(
     console = make_console(dist)
 
     # -- data ------------------------------------------------------------------------------------
-    # Token ids are read in place from the memory-mapped Arrow files, and the batch plan comes
-    # from the prepared directory's cache (one process per machine builds what is missing).
     data = load_prepared(data_dir)
     check_same_everywhere(dist, **{"prepared data": data.hash, "settings": to_dict(cfg)})
-    maps = Mappings()
-    train_split = data.mapped_split("train", maps)
-    train_src, train_tgt = train_split.column("src_ids"), train_split.column("tgt_ids")
-    guided = check_alignments(train_split, tc, data_dir)  # train.guided_alignment: stored links
-    train_align = train_split.column(ALIGN_COLUMN) if guided else None
-    plan = BatchPlan(
-        data,
-        "train",
-        train_src,
-        train_tgt,
-        PlanSettings(tc.batch_tokens, tc.seed, cfg.model.max_positions),
-        maps,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        builds=dist.local_rank == 0,
-        sync=lambda: barrier(dist),
-        note=console.print,
-    )
-    too_long = plan.too_long
+    train_data = open_train_data(data, cfg, dist, console.print)
+    plan, too_long = train_data.plan, train_data.plan.too_long
+    guided = train_data.align is not None  # train.guided_alignment: the model returns attention
 
     payload = ckpt.load_checkpoint(run_dir / ckpt.LAST) if resume else None
 
@@ -312,8 +295,8 @@ def _train(
             # This rank's micro-batches of the next update. The data position is committed only
             # after the update, so a checkpoint never points into the middle of one.
             update, next_position = take_batches(plan, epoch_batches, state, tc.update_freq)
-            batches = [make_batch(train_src, train_tgt, indices, train_align) for indices in update]
-            maps.release()  # the ids are copied into the batch: let their pages go
+            batches = [train_data.batch(indices) for indices in update]
+            train_data.release()  # the ids are copied into the batches: let their pages go
             tgt_counts = [b.num_tgt_tokens for b in batches]  # counted on the CPU: no device sync
             src_counts = [b.num_src_tokens for b in batches]
             # One collective per update: the target tokens of all ranks (for the loss
@@ -620,6 +603,51 @@ def model_width(cfg: RunConfig) -> int:
     if cfg.model.arch == "transformer":
         return cfg.model.transformer.d_model
     return cfg.model.rnn.hidden_size
+
+
+@dataclass
+class TrainData:
+    """The training split, read in place from its memory-mapped files (nmt/data/mapped.py), and
+    this rank's batches of it (nmt/data/plan.py)."""
+
+    src: IdColumn
+    tgt: IdColumn
+    align: IdColumn | None  # stored word alignments, for train.guided_alignment
+    plan: BatchPlan
+    maps: Mappings
+
+    def batch(self, indices: list[int]) -> Batch:
+        return make_batch(self.src, self.tgt, indices, self.align)
+
+    def release(self) -> None:
+        """Unmap the file pages read so far (they count as resident memory while mapped)."""
+        self.maps.release()
+
+
+def open_train_data(
+    data: PreparedData, cfg: RunConfig, dist: DistContext, note: Callable[[str], None]
+) -> TrainData:
+    """Map the training split and open its batch plan from the prepared directory's cache; one
+    process per machine builds what is missing while the others wait (a collective)."""
+    tc = cfg.train
+    maps = Mappings()
+    split = data.mapped_split("train", maps)
+    src, tgt = split.column("src_ids"), split.column("tgt_ids")
+    guided = check_alignments(split, tc, data.path)  # train.guided_alignment: stored links
+    plan = BatchPlan(
+        data,
+        "train",
+        src,
+        tgt,
+        PlanSettings(tc.batch_tokens, tc.seed, cfg.model.max_positions),
+        maps,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        builds=dist.local_rank == 0,
+        sync=lambda: barrier(dist),
+        note=note,
+    )
+    return TrainData(src, tgt, split.column(ALIGN_COLUMN) if guided else None, plan, maps)
 
 
 def make_batch(src: Any, tgt: Any, indices: list[int], links: Any = None) -> Batch:
