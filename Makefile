@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test lint format demo bench bench-peers bench-serve bench-terms gpu-check recipe attention-study clean
+.PHONY: setup test lint format demo bench bench-peers bench-serve bench-terms gpu-check recipe wmt14 attention-study clean
 DEMO_MINUTES ?= 12
 
 setup: $(STAMP)
@@ -72,6 +72,11 @@ TGT ?= en
 MODEL ?= transformer
 recipe: $(STAMP)
 	bash scripts/multi30k.sh $(SRC) $(TGT) $(MODEL) $(foreach s,$(SET),--set $(s))
+
+# WMT14 en-de Transformer-base on every local GPU (README "WMT14 en-de recipe"): downloads wmt14
+# from the hub unless WMT14=DIR names local files. make wmt14 [WMT14=DIR] [SET="train.update_freq=4"]
+wmt14: $(STAMP)
+	HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 bash scripts/wmt14.sh en de $(foreach s,$(SET),--set $(s))
 
 # The attention study (README "Attention study"): every attention kind on Multi30k de-en,
 # MINUTES of training each (default 12), then BLEU, chrF, AER against eflomal, entropy.

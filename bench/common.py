@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ class ChildRun:
     wall_s: float
     peak_rss_mib: float  # the child's own maximum resident set (its waited-for children included)
     stdout: str
+    first_s: float | None = None  # when `run_child`'s `first` condition first held, from the start
 
 
 # A process forked from a large parent starts with the parent's peak resident set as its own
@@ -54,25 +55,32 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run_child(argv: Sequence[str | Path], log: Path | None = None) -> ChildRun:
-    """Run `argv` to completion, its output going to `log` (or kept); measure its peak RSS."""
+def run_child(
+    argv: Sequence[str | Path],
+    log: Path | None = None,
+    first: Callable[[], bool] | None = None,
+) -> ChildRun:
+    """Run `argv` to completion, its output going to `log` (or kept); measure its peak RSS and,
+    with `first` (polled every 0.1 s while it runs), the seconds until that condition held."""
     env = {**os.environ, **OFFLINE}
     print("  $", shlex.join(str(a) for a in argv), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         peak_file = Path(tmp) / "peak_kib"
+        out_file = log or Path(tmp) / "output"
+        out_file.parent.mkdir(parents=True, exist_ok=True)
         launcher = [sys.executable, "-c", _LAUNCHER, str(peak_file), *(str(a) for a in argv)]
         start = time.perf_counter()
-        if log:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w") as sink:
-                proc = subprocess.run(launcher, cwd=ROOT, env=env, stdout=sink, stderr=sink)
-            out = log.read_text()
-        else:
-            proc = subprocess.run(launcher, cwd=ROOT, env=env, capture_output=True, text=True)
-            out = proc.stdout + proc.stderr
+        first_s = None
+        with open(out_file, "w") as sink:
+            proc = subprocess.Popen(launcher, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+            while proc.poll() is None:
+                if first is not None and first_s is None and first():
+                    first_s = time.perf_counter() - start
+                time.sleep(0.1)
         wall = time.perf_counter() - start
+        out = out_file.read_text()
         peak_kib = int(peak_file.read_text()) if peak_file.exists() else 0
-    return ChildRun(proc.returncode, wall, peak_kib / 1024, out)
+    return ChildRun(proc.returncode, wall, peak_kib / 1024, out, first_s)
 
 
 def check(run: ChildRun, what: str) -> None:
@@ -93,10 +101,23 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu shows it (from /proc/cpuinfo; "" where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:

@@ -3,6 +3,7 @@
     python -m bench.run                        # everything this machine can run
     python -m bench.run --only decode --checkpoint checkpoints/RUN/averaged.pt
     python -m bench.run --only prepare --prepare-sizes 1000000,5000000
+    python -m bench.run --only scale            # 200k, 2M, 10M pairs: prepare, training start
 
 Results go to bench/results/bench-TIMESTAMP.json with the machine, the torch version and the
 settings. Run it on an otherwise idle machine: every figure is a median, but two processes sharing
@@ -32,6 +33,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-tokens", type=int, default=2000, help="decoding batch size")
     parser.add_argument("--checkpoint", type=Path, help="model to decode with (default: recipe's)")
     parser.add_argument("--prepare-sizes", default="200000,1000000", help="synthetic corpus pairs")
+    parser.add_argument(
+        "--scale-sizes", default="200000,2000000,10000000", help="pairs for --only scale"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scale workload's data")
     return parser.parse_args()
 
 
@@ -68,6 +73,10 @@ def main() -> None:
         for pairs in (int(n) for n in args.prepare_sizes.split(",")):
             print(f"prepare: {pairs:,} synthetic pairs", flush=True)
             rows.append(workloads.prepare_speed(pairs))
+    if "scale" in only:
+        for pairs in (int(n) for n in args.scale_sizes.split(",")):
+            print(f"scale: {pairs:,} synthetic pairs, prepare and two trainings", flush=True)
+            rows += workloads.scale(pairs, args.updates, args.keep)
     if "mfu" in only and torch.cuda.is_available():
         print("mfu: Transformer-base, bf16", flush=True)
         rows.append(workloads.transformer_base_mfu())
@@ -99,6 +108,15 @@ def report(rows: list[dict[str, Any]]) -> None:
             "output_sha256",
         ],
         "prepare": ["pairs", "wall_s", "pairs_per_s", "peak_rss_mib", "output_mib"],
+        "scale": [
+            "pairs",
+            "stage",
+            "wall_s",
+            "first_update_s",
+            "in_process_first_update_s",
+            "plan_build_s",
+            "peak_rss_mib",
+        ],
         "mfu": [
             "model",
             "tokens_per_step",

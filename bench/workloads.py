@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -239,6 +240,73 @@ def prepare_speed(pairs: int) -> dict[str, Any]:
         "peak_rss_mib": child.peak_rss_mib,
         "output_mib": size / 2**20,
     }
+
+
+# ---- data at scale: prepare, then training start-up with and without the cached plan ---------
+
+SCALE_CONFIG = ROOT / "configs" / "multi30k" / "transformer.yaml"
+
+
+def scale(pairs: int, updates: int = 100, keep: bool = False) -> list[dict[str, Any]]:
+    """`nmt prepare` of `pairs` synthetic pairs (wall time, peak RSS), then two trainings of
+    `updates` updates on the result: the first builds the batch plan in the prepared directory,
+    the second finds it there. For each: seconds from launch to the first finished update, and
+    peak RSS over the whole run. The prepared folder and runs (gigabytes at 10M pairs) are removed
+    afterwards unless `keep`; the synthetic corpus stays for the next time."""
+    prepared = prepare_speed(pairs)
+    data = SCRATCH / f"prepared-{pairs}"
+    rows = [{**prepared, "bench": "scale", "stage": "prepare"}]
+    for label, stage in (("first", "first run (builds the plan)"),
+                         ("second", "second run (cached plan)")):  # fmt: skip
+        run_dir = SCRATCH / f"scale-{pairs}-{label}"
+        rows.append({"bench": "scale", "pairs": pairs, "stage": stage,
+                     **train_start(data, run_dir, updates)})  # fmt: skip
+        if not keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(data, ignore_errors=True)
+    return rows
+
+
+# The Multi30k recipe's settings (4,096-token batches) with a narrower model, so that 100 updates
+# take minutes on a CPU: the figures are about the data path, which the model size does not touch.
+SCALE_MODEL = ["model.transformer.d_model=128", "model.transformer.ffn_dim=512",
+               "model.transformer.enc_layers=2", "model.transformer.dec_layers=2"]  # fmt: skip
+
+
+def train_start(data: Path, run_dir: Path, updates: int) -> dict[str, Any]:
+    """Train `updates` updates (float32, one validation sentence, no periodic saves) on `data` in
+    a child process: seconds to the first update and to build the batch plan, peak RSS."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    metrics = run_dir / "metrics.jsonl"
+    settings = [f"train.max_steps={updates}", "train.log_every=1", "train.precision=fp32"]
+    settings += ["train.valid_every=1000000", "train.save_every=1000000", "train.device=cpu"]
+    settings += ["train.valid_max_sentences=1", *SCALE_MODEL]
+    argv = [*NMT, "train", SCALE_CONFIG, "--data", data, "--out", run_dir]
+    for setting in settings:
+        argv += ["--set", setting]
+    child = run_child(argv, log=run_dir.with_suffix(".log"), first=lambda: _has_update(metrics))
+    check(child, f"train on {data}")
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    windows = [r for r in rows if r["kind"] == "train"][10:]  # after start-up effects
+    built = re.search(r"batch plan of [\d,]+ pairs built in ([\d.]+) s", child.stdout)
+    summary = [r for r in rows if r["kind"] == "summary"][-1]
+    return {
+        "first_update_s": child.first_s,  # from launch: interpreter, imports, then the rest
+        "in_process_first_update_s": summary["first_update_seconds"],
+        "plan_build_s": float(built.group(1)) if built else 0.0,
+        "wall_s": child.wall_s,
+        "peak_rss_mib": child.peak_rss_mib,
+        "updates": updates,
+        "tokens_per_s": median([w["tokens_per_s"] for w in windows]),
+    }
+
+
+def _has_update(metrics: Path) -> bool:
+    try:
+        return '"kind": "train"' in metrics.read_text()
+    except OSError:
+        return False
 
 
 # ---- GPU: model FLOPs utilisation ----------------------------------------------------------------

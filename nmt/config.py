@@ -85,7 +85,9 @@ class PrepareConfig:
     # SentencePiece training threads. Part of the recipe: the learned vocabulary depends on it.
     spm_threads: int = 2
     seed: int = 1234
-    num_proc: int = 1  # processes for encoding with `datasets`
+    # SentencePiece's batch encoder threads for `nmt prepare`'s encoding (1: the library's default,
+    # every core); speed only, so it is left out of the prepared folder's cache key.
+    num_proc: int = 1
     # "eflomal": word-align the training pairs (eflomal, both directions, grow-diag-final-and)
     # and store the links on SentencePiece pieces, for train.guided_alignment (nmt/data/align.py).
     alignments: Literal["none", "eflomal"] = "none"

@@ -676,6 +676,19 @@ def write_output_marker(folder: Path, kind: str) -> None:
     write_json(folder / OUTPUT_MARKER, {"kind": kind, "entries": entries})
 
 
+def add_output_entry(folder: Path, name: str) -> None:
+    """Record `name` in the `OUTPUT_MARKER` of `folder` as part of that output (an entry added
+    after the command finished, such as a cache), so that replacing the folder may remove it.
+    A folder without a marker is left as it is."""
+    try:
+        marker = read_json(folder / OUTPUT_MARKER)
+    except (OSError, ValueError):
+        return
+    entries = marker.get("entries") if isinstance(marker, dict) else None
+    if isinstance(entries, list) and name not in entries:
+        write_json(folder / OUTPUT_MARKER, {**marker, "entries": sorted([*entries, name])})
+
+
 @contextlib.contextmanager
 def atomic_dir(
     path: str | os.PathLike,

@@ -20,6 +20,160 @@ import torch
 from nmt.config import BOS_ID, EOS_ID, PAD_ID
 
 
+def pack_bounds(src_cost: np.ndarray, tgt_cost: np.ndarray, budget: int) -> np.ndarray:
+    """Greedy token-budget packing of sentences in the order given: the start offset of every
+    batch and the end, `(batches + 1,)` int64.
+
+    Sentences join the current batch while `count * (max src cost + max tgt cost) <= budget`; the
+    first sentence of a batch always joins (one over the budget gets a batch of its own). The
+    padded size only grows as a batch grows, so each batch ends at the first sentence that would
+    overflow it: found with a running maximum over a window per batch, never a loop per sentence.
+    Costs are per sentence and at least 1 each, so no batch holds more than `budget // 2` of them.
+    """
+    n = len(src_cost)
+    most = max(budget // 2, 1) + 1  # a window this long always holds an overflow
+    starts = [0]
+    begin, window = 0, 64
+    while begin < n:
+        while True:
+            end = min(n, begin + window)
+            widest = np.maximum.accumulate(np.asarray(src_cost[begin:end], dtype=np.int64))
+            widest += np.maximum.accumulate(np.asarray(tgt_cost[begin:end], dtype=np.int64))
+            size = widest * np.arange(1, end - begin + 1)  # padded size with 1, 2, ... sentences
+            over = np.flatnonzero(size[1:] > budget)
+            if over.size:
+                count = int(over[0]) + 1
+                break
+            if end == n or window >= most:
+                count = end - begin
+                break
+            window = min(2 * window, most)
+        begin += count
+        starts.append(begin)
+        window = min(max(64, 2 * count), most)
+    return np.asarray(starts, dtype=np.int64)
+
+
+def sort_by_length(
+    src_lens: np.ndarray, tgt_lens: np.ndarray, rng: np.random.Generator | None
+) -> np.ndarray:
+    """Sentence indices sorted by source length, then target length; ties broken by draws from
+    `rng` (one per sentence), or kept in index order without one."""
+    if rng is None:
+        return np.lexsort((tgt_lens, src_lens))  # stable: ties keep index order
+    ties = rng.random(len(src_lens))
+    return np.lexsort((ties, tgt_lens, src_lens))  # last key sorts first
+
+
+def divide_evenly(
+    starts: np.ndarray, ends: np.ndarray, world_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batches given as `[starts[i], ends[i])` ranges, made a multiple of `world_size` in number:
+    the `short` largest batches (earliest first among equals) are halved in place, where halves of
+    a batch that fits the budget fit it too; only when too few batches have two or more sentences
+    is the tail dropped instead."""
+    short = -len(starts) % world_size
+    if short == 0:
+        return starts, ends
+    sizes = ends - starts
+    splittable = np.flatnonzero(sizes > 1)
+    if len(splittable) < short:
+        keep = len(starts) - len(starts) % world_size
+        return starts[:keep], ends[:keep]
+    chosen = splittable[np.lexsort((splittable, -sizes[splittable]))[:short]]
+    halved = np.zeros(len(starts), dtype=np.int64)
+    halved[chosen] = 1
+    first = np.cumsum(1 + halved) - (1 + halved)  # where each batch's first part goes
+    new_starts, new_ends = np.repeat(starts, 1 + halved), np.repeat(ends, 1 + halved)
+    middle = starts[chosen] + sizes[chosen] // 2
+    new_ends[first[chosen]] = middle
+    new_starts[first[chosen] + 1] = middle
+    return new_starts, new_ends
+
+
+@dataclass(frozen=True)
+class EpochBatches:
+    """One epoch's batches as arrays: batch `j` holds sentences `order[starts[j]:ends[j]]`.
+
+    For a corpus of millions of sentences this is three integer arrays (and `order` may be a
+    memory-mapped file, see nmt.data.plan) instead of millions of Python ints in lists.
+    """
+
+    order: np.ndarray  # (N,) sentence indices, each batch a contiguous range
+    starts: np.ndarray  # (batches,) int64
+    ends: np.ndarray  # (batches,) int64
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, j: int) -> list[int]:
+        return self.order[self.starts[j] : self.ends[j]].tolist()
+
+    def share(self, rank: int, world_size: int) -> EpochBatches:
+        """Every `world_size`-th batch starting at `rank`."""
+        return EpochBatches(self.order, self.starts[rank::world_size], self.ends[rank::world_size])
+
+    def to_lists(self) -> list[list[int]]:
+        return [self[j] for j in range(len(self))]
+
+
+def epoch_order(
+    src_lens: np.ndarray,
+    tgt_lens: np.ndarray,
+    batches: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(sentence order, batch order)` of `epoch`: the sentences sorted by length (ties at random
+    with `shuffle`) and a permutation of the `batches` packed along them (the identity without
+    `shuffle`), both drawn from one generator seeded by `(seed, epoch)`."""
+    rng = np.random.default_rng([seed, epoch]) if shuffle else None
+    order = sort_by_length(src_lens, tgt_lens, rng)
+    permutation = rng.permutation(batches) if rng is not None else np.arange(batches)
+    return order, permutation
+
+
+def arrange(
+    order: np.ndarray, bounds: np.ndarray, permutation: np.ndarray, world_size: int
+) -> EpochBatches:
+    """The global batches of an epoch: the packed ranges `bounds` of `order` taken in the order
+    `permutation`, then divided evenly among `world_size` ranks."""
+    starts, ends = divide_evenly(bounds[:-1][permutation], bounds[1:][permutation], world_size)
+    return EpochBatches(order, starts, ends)
+
+
+def padded_tokens(
+    src_lens: np.ndarray, tgt_lens: np.ndarray, batches: EpochBatches
+) -> tuple[int, int]:
+    """`(real, padded)` tokens of `batches` (EOS/BOS count as real)."""
+    src_cost = src_lens[batches.order] + 1
+    tgt_cost = tgt_lens[batches.order] + 1
+    return packed_size(src_cost, tgt_cost, batches.starts, batches.ends)
+
+
+def packed_size(
+    src_cost: np.ndarray, tgt_cost: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[int, int]:
+    """`(real, padded)` tokens of the batches `[starts[j], ends[j])` of sentences whose padded
+    costs (length + 1 for EOS or BOS) are given in batch order. The ranges must be disjoint."""
+    if not len(starts):
+        return 0, 0
+    # Taken in order of their starts, the disjoint (start, end) pairs rise, and a max over each
+    # [start, end) is every other entry of a reduceat over them.
+    by_start = np.argsort(starts, kind="stable")
+    starts, ends = starts[by_start], ends[by_start]
+    edges = np.stack([starts, ends], axis=1).reshape(-1)
+    real = 0
+    widest = np.zeros(len(starts), dtype=np.int64)  # longest source + longest target per batch
+    for cost in (src_cost, tgt_cost):
+        cost = np.append(cost, 0)  # a sentinel: an end may equal the number of sentences
+        widest += np.maximum.reduceat(cost, edges)[::2]
+        totals = np.concatenate([[0], np.cumsum(cost)])
+        real += int((totals[ends] - totals[starts]).sum())
+    return real, int(((ends - starts) * widest).sum())
+
+
 class TokenBatchSampler:
     """Batches of sentence indices bounded by a padded-token budget, bucketed by length.
 
@@ -36,6 +190,9 @@ class TokenBatchSampler:
     number of batches, the largest batches of the global list are split in two until its length
     divides by `world_size`; every sentence is then still seen exactly once per epoch. Only when too
     few batches have two or more sentences to split is the tail of the list dropped.
+
+    The arithmetic lives in the array functions above; training uses them through nmt.data.plan,
+    which keeps their results for a corpus in its prepared directory.
     """
 
     def __init__(
@@ -62,74 +219,46 @@ class TokenBatchSampler:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0  # for `__iter__`; `set_epoch` moves it
-        self._len: int | None = None
+        self._bounds: np.ndarray | None = None
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """The packing along the sorted lengths (the same in every epoch), computed once."""
+        if self._bounds is None:
+            order = sort_by_length(self.src_lens, self.tgt_lens, None)
+            self._bounds = self._pack_bounds(order)
+        return self._bounds
+
+    def _pack_bounds(self, order: np.ndarray) -> np.ndarray:
+        return pack_bounds(self.src_lens[order] + 1, self.tgt_lens[order] + 1, self.batch_tokens)
+
+    def epoch_batches(self, epoch: int) -> EpochBatches:
+        """The batches of all ranks for `epoch`, as arrays. The sorted sequence of lengths, hence
+        the packing, is the same in every epoch: only the order among equal lengths and the order
+        of the batches change."""
+        batches = len(self.bounds) - 1
+        order, permutation = epoch_order(
+            self.src_lens, self.tgt_lens, batches, self.shuffle, self.seed, epoch
+        )
+        return arrange(order, self.bounds, permutation, self.world_size)
 
     def global_batches(self, epoch: int) -> list[list[int]]:
         """The batches of all ranks for `epoch`, in training order."""
-        rng = np.random.default_rng([self.seed, epoch])
-        if self.shuffle:
-            ties = rng.random(len(self.src_lens))
-            order = np.lexsort((ties, self.tgt_lens, self.src_lens))  # last key sorts first
-        else:
-            order = np.lexsort((self.tgt_lens, self.src_lens))  # stable: ties keep index order
-        batches = self._pack(order)
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        if self.world_size > 1:
-            batches = self._divide_evenly(batches)
-        return batches
+        return self.epoch_batches(epoch).to_lists()
 
     def batches(self, epoch: int) -> list[list[int]]:
         """This rank's batches for `epoch` (deterministic in `seed` and `epoch`)."""
-        return self.global_batches(epoch)[self.rank :: self.world_size]
+        return self.epoch_batches(epoch).share(self.rank, self.world_size).to_lists()
 
     def _pack(self, order: np.ndarray) -> list[list[int]]:
-        # Greedy packing along the sorted order: add sentences while the padded size fits.
-        src_cost = (self.src_lens[order] + 1).tolist()
-        tgt_cost = (self.tgt_lens[order] + 1).tolist()
-        budget = self.batch_tokens
-        batches: list[list[int]] = []
-        current: list[int] = []
-        max_src = max_tgt = 0
-        for index, s, t in zip(order.tolist(), src_cost, tgt_cost, strict=True):
-            new_src, new_tgt = max(max_src, s), max(max_tgt, t)
-            if current and (len(current) + 1) * (new_src + new_tgt) > budget:
-                batches.append(current)
-                current, max_src, max_tgt = [index], s, t
-            else:
-                current.append(index)
-                max_src, max_tgt = new_src, new_tgt
-        if current:
-            batches.append(current)
-        return batches
-
-    def _divide_evenly(self, batches: list[list[int]]) -> list[list[int]]:
-        short = -len(batches) % self.world_size
-        if short == 0:
-            return batches
-        splittable = [i for i, b in enumerate(batches) if len(b) > 1]
-        if len(splittable) < short:
-            return batches[: len(batches) - len(batches) % self.world_size]
-        # The `short` largest batches (earliest first among equals) are halved in place; halves of
-        # a batch that fits the budget fit it too.
-        chosen = set(sorted(splittable, key=lambda i: (-len(batches[i]), i))[:short])
-        out: list[list[int]] = []
-        for i, batch in enumerate(batches):
-            if i in chosen:
-                half = len(batch) // 2
-                out += [batch[:half], batch[half:]]
-            else:
-                out.append(batch)
-        return out
+        """Greedy packing along `order` (any order: e.g. a random one, for comparison)."""
+        bounds = self._pack_bounds(order)
+        return EpochBatches(order, bounds[:-1], bounds[1:]).to_lists()
 
     def padding_fraction(self, epoch: int = 0) -> float:
         """Share of this rank's padded batch tokens that are padding (EOS/BOS count as real)."""
-        real = padded = 0
-        for batch in self.batches(epoch):
-            s = self.src_lens[batch] + 1
-            t = self.tgt_lens[batch] + 1
-            real += int(s.sum() + t.sum())
-            padded += len(batch) * int(s.max() + t.max())
+        mine = self.epoch_batches(epoch).share(self.rank, self.world_size)
+        real, padded = padded_tokens(self.src_lens, self.tgt_lens, mine)
         return 1.0 - real / padded if padded else 0.0
 
     def set_epoch(self, epoch: int) -> None:
@@ -139,11 +268,10 @@ class TokenBatchSampler:
         return iter(self.batches(self.epoch))
 
     def __len__(self) -> int:
-        # The sorted length sequence, hence the packing, is the same in every epoch: only ties
-        # between equal-length sentences and the batch order change. So one epoch gives the count.
-        if self._len is None:
-            self._len = len(self.batches(0))
-        return self._len
+        # The packing is the same in every epoch and the shuffle only reorders its batches, so
+        # the unshuffled batches show how many each rank gets.
+        starts, _ = divide_evenly(self.bounds[:-1], self.bounds[1:], self.world_size)
+        return len(starts) // self.world_size
 
 
 @dataclass

@@ -27,7 +27,7 @@ import json
 import re
 import unicodedata
 import zlib
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -233,41 +233,36 @@ def default_split_name(text: str) -> str:
 
 def read_pairs(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> Pairs:
     """Read every pair of `spec`, raw (before cleaning). `role` is train, valid or a test name."""
-    if spec.kind == "files":
-        pairs, where = iter_pairs(spec, cfg, role)
-        src, tgt = [], []
-        for s, t in pairs:
-            src.append(s)
-            tgt.append(t)
-    elif spec.kind == "table":
-        (path,) = spec.paths
-        if spec.fmt == "parquet":
-            src, tgt = _read_parquet(path, cfg)
-        elif spec.fmt == "jsonl":
-            src, tgt = _read_jsonl(path, cfg)
-        else:
-            src, tgt = _read_delimited(path, cfg, spec.fmt)
-        where = str(path)
-    elif spec.kind == "disk":
-        src, tgt = _read_saved(spec, cfg, role)
-        where = str(spec.paths[0])
-    else:
-        src, tgt = _read_hub(spec, cfg, role)
-        where = spec.text
+    pairs, where = iter_pairs(spec, cfg, role)
+    src, tgt = [], []
+    for s, t in pairs:
+        src.append(s)
+        tgt.append(t)
     return Pairs(src, tgt, where, read=len(src))
 
 
 def iter_pairs(
     spec: CorpusSpec, cfg: PrepareConfig, role: str
 ) -> tuple[Iterator[tuple[str, str]], str]:
-    """The raw pairs of `spec` one at a time, and the name of their origin. Plain text files are
-    streamed, so a corpus of any size passes through in constant memory; tables and datasets are
-    read whole first (a parquet or hub corpus is columnar already)."""
+    """The raw pairs of `spec` one at a time, and the name of their origin. Plain text files,
+    Parquet files and datasets (hub or saved) are streamed chunk by chunk, so a corpus of any size
+    passes through in constant memory; TSV, CSV and JSONL files are read whole first. Problems
+    with the columns are found before the first pair is returned."""
     if spec.kind == "files":
         src_path, tgt_path = spec.paths
         return _stream_files(src_path, tgt_path, cfg.errors), f"{src_path},{tgt_path}"
-    pairs = read_pairs(spec, cfg, role)
-    return zip(pairs.src, pairs.tgt, strict=True), pairs.where
+    if spec.kind == "table":
+        (path,) = spec.paths
+        if spec.fmt == "parquet":
+            return _parquet_pairs(path, cfg), str(path)
+        if spec.fmt == "jsonl":
+            src, tgt = _read_jsonl(path, cfg)
+        else:
+            src, tgt = _read_delimited(path, cfg, spec.fmt)
+        return zip(src, tgt, strict=True), str(path)
+    if spec.kind == "disk":
+        return _saved_pairs(spec, cfg, role), str(spec.paths[0])
+    return _hub_pairs(spec, cfg, role), spec.text
 
 
 def _stream_files(src_path: Path, tgt_path: Path, errors: str) -> Iterator[tuple[str, str]]:
@@ -499,46 +494,69 @@ def _as_text(value: Any, where: str) -> str:
     raise DataError(f"{where}: expected a string, found {type(value).__name__}")
 
 
-def _read_parquet(path: Path, cfg: PrepareConfig) -> tuple[list[str], list[str]]:
+ARROW_CHUNK = 20_000  # pairs per chunk read from Parquet files and datasets
+
+
+def _parquet_pairs(path: Path, cfg: PrepareConfig) -> Iterator[tuple[str, str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    return _pairs_from_table(table, cfg, str(path))
+    pick = _pair_columns(schema, cfg, str(path))
+    return _stream_columns(parquet.iter_batches(batch_size=ARROW_CHUNK), pick)
 
 
-def _pairs_from_table(table: Any, cfg: PrepareConfig, where: str) -> tuple[list[str], list[str]]:
-    """Source and target columns of an Arrow table: flat language columns or a `translation`
-    struct column (the hub's shape)."""
+def _pair_columns(schema: Any, cfg: PrepareConfig, where: str) -> Callable[[Any], list[Any]]:
+    """How to take the source and target text out of a table or record batch of `schema`: flat
+    language columns or a `translation` struct column (the hub's shape). DataError when neither
+    is there or they do not hold text."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     want_src, want_tgt = _wanted(cfg)
-    names = table.column_names
+    names = schema.names
     if want_src in names and want_tgt in names:
-        columns = [table.column(want_src), table.column(want_tgt)]
-    elif "translation" in names and pa.types.is_struct(table.schema.field("translation").type):
-        struct = table.column("translation").combine_chunks()
-        fields = [struct.type.field(i).name for i in range(struct.type.num_fields)]
+        types = [schema.field(want_src).type, schema.field(want_tgt).type]
+
+        def pick(table: Any) -> list[Any]:
+            return [table.column(want_src), table.column(want_tgt)]
+
+    elif "translation" in names and pa.types.is_struct(schema.field("translation").type):
+        struct = schema.field("translation").type
+        fields = [struct.field(i).name for i in range(struct.num_fields)]
         if want_src not in fields or want_tgt not in fields:
             raise DataError(
                 f"{where}: no language {want_src!r} and {want_tgt!r} in column 'translation'; "
                 f"found: {', '.join(fields)}"
             )
-        columns = [struct.field(want_src), struct.field(want_tgt)]
+        types = [struct.field(want_src).type, struct.field(want_tgt).type]
+
+        def pick(table: Any) -> list[Any]:
+            column = table.column("translation")
+            return [pc.struct_field(column, [fields.index(want)]) for want in (want_src, want_tgt)]
+
     else:
         raise DataError(
             f"{where}: no columns named {want_src!r} and {want_tgt!r} (nor a 'translation' "
             f"column); found: {', '.join(names)} (set src_column/tgt_column to pick others)"
         )
-    out = []
-    for column in columns:
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            raise DataError(f"{where}: expected text columns, found type {column.type}")
-        out.append(["" if v is None else v for v in column.to_pylist()])
-    return out[0], out[1]
+    for kind in types:
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise DataError(f"{where}: expected text columns, found type {kind}")
+    return pick
+
+
+def _stream_columns(
+    chunks: Iterable[Any], pick: Callable[[Any], list[Any]]
+) -> Iterator[tuple[str, str]]:
+    """The (source, target) pairs of Arrow tables or record batches; a missing cell is ""."""
+    for chunk in chunks:
+        src, tgt = (["" if v is None else v for v in c.to_pylist()] for c in pick(chunk))
+        yield from zip(src, tgt, strict=True)
 
 
 def _pick_split(splits: dict[str, Any], role: str, requested: str | None, where: str) -> Any:
@@ -562,12 +580,27 @@ def _pick_split(splits: dict[str, Any], role: str, requested: str | None, where:
     )
 
 
-def _dataset_table(dataset: Any) -> Any:
-    """A `datasets.Dataset` as one Arrow table, with any index mapping applied."""
-    return dataset.with_format("arrow")[:]
+def _dataset_chunks(dataset: Any) -> Iterator[Any]:
+    """A `datasets.Dataset`'s rows as Arrow record batches. Its cache files are read with plain
+    reads where they hold the rows as they are (no index mapping): pages of the memory map that
+    datasets keeps would count as resident memory for as long as it is open."""
+    import pyarrow as pa
+
+    files = [entry["filename"] for entry in dataset.cache_files]
+    if dataset._indices is not None or not files:
+        yield from dataset.with_format("arrow").iter(batch_size=ARROW_CHUNK)
+        return
+    for file in files:
+        with pa.OSFile(file, "rb") as source:
+            yield from pa.ipc.open_stream(source)
 
 
-def _read_saved(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> tuple[list[str], list[str]]:
+def _dataset_pairs(dataset: Any, cfg: PrepareConfig, where: str) -> Iterator[tuple[str, str]]:
+    pick = _pair_columns(dataset.features.arrow_schema, cfg, where)
+    return _stream_columns(_dataset_chunks(dataset), pick)
+
+
+def _saved_pairs(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> Iterator[tuple[str, str]]:
     import datasets
 
     (path,) = spec.paths
@@ -579,10 +612,10 @@ def _read_saved(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> tuple[list[s
         loaded = _pick_split(dict(loaded), role, spec.split, str(path))
     elif spec.split is not None:
         raise DataError(f"{path}: holds a single Dataset, not a DatasetDict; drop @{spec.split}")
-    return _pairs_from_table(_dataset_table(loaded), cfg, str(path))
+    return _dataset_pairs(loaded, cfg, str(path))
 
 
-def _read_hub(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> tuple[list[str], list[str]]:
+def _hub_pairs(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> Iterator[tuple[str, str]]:
     import datasets
 
     try:
@@ -595,7 +628,7 @@ def _read_hub(spec: CorpusSpec, cfg: PrepareConfig, role: str) -> tuple[list[str
         ) from None
     if isinstance(loaded, datasets.DatasetDict):
         loaded = _pick_split(dict(loaded), role, None, spec.text)
-    return _pairs_from_table(_dataset_table(loaded), cfg, spec.text)
+    return _dataset_pairs(loaded, cfg, spec.text)
 
 
 # ---- cleaning -----------------------------------------------------------------------------------

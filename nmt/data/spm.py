@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sentencepiece as sp
 
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, PrepareConfig
@@ -291,6 +292,19 @@ def train_tokenizer(
     with atomic_open(path, "wb", encoding=None) as handle:
         handle.write(model)
     return Tokenizer(model, path)
+
+
+def sample_rows(rows: int, cfg: PrepareConfig) -> np.ndarray | None:
+    """The training pairs SentencePiece learns from, as sorted row numbers: None (all) when their
+    sentences fit `cfg.spm_max_sentences` (both sides count for a joint vocabulary; 0: no limit),
+    else a uniform sample of as many pairs as fit, drawn with `cfg.seed`. Choosing them here spares
+    handing the trainer every sentence of a large corpus only for it to keep a sample."""
+    limit = cfg.spm_max_sentences
+    per_pair = 2 if cfg.joint_vocab else 1
+    if limit == 0 or rows * per_pair <= limit:
+        return None
+    rng = np.random.default_rng(cfg.seed)
+    return np.sort(rng.choice(rows, size=max(limit // per_pair, 1), replace=False))
 
 
 def _training_error(message: str, cfg: PrepareConfig, where: str) -> DataError:

@@ -36,7 +36,9 @@ import numpy as np
 
 from nmt import __version__
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, PrepareConfig, diff, from_dict, to_dict
+from nmt.data.batching import pack_bounds, packed_size
 from nmt.data.corpus import CorpusSpec
+from nmt.data.mapped import MappedSplit, Mappings
 from nmt.data.spm import Tokenizer
 from nmt.errors import DataError
 from nmt.io import read_json, sha256_file, write_json
@@ -50,7 +52,7 @@ ALIGN_COLUMN = "align"  # piece links [s0, t0, s1, t1, ...] of a pair (prepare a
 PERCENTILES = (50, 90, 95, 99)
 # Config fields that change how fast prepare runs, not what it writes: left out of the cache key.
 CACHE_NEUTRAL_FIELDS = ("num_proc",)
-# Splits at least this large get datasets' progress bar while encoding; smaller ones take seconds.
+# Splits at least this large get datasets' progress bar while word-aligned.
 PROGRESS_BAR_PAIRS = 200_000
 
 
@@ -141,6 +143,21 @@ class PreparedData:
             raise DataError(
                 f"{folder}: damaged split ({found:,} pairs, the manifest records {expected:,}); "
                 "prepare the data again with --overwrite"
+            )
+        return split
+
+    def mapped_split(self, name: str, maps: Mappings) -> MappedSplit:
+        """The split `name` read in place (nmt.data.mapped): what training uses, so that a corpus
+        larger than memory is never copied into it. DataError when it is damaged."""
+        if name not in self.manifest["splits"]:
+            raise DataError(f"{self.path}: no split {name!r}; it has {', '.join(self.split_names)}")
+        folder = self.path / SPLITS_DIR / name
+        split = MappedSplit(folder, maps)
+        expected = self.manifest["splits"][name]["pairs"]
+        if len(split) != expected:
+            raise DataError(
+                f"{folder}: damaged split ({len(split):,} pairs, the manifest records "
+                f"{expected:,}); prepare the data again with --overwrite"
             )
         return split
 
@@ -372,13 +389,6 @@ def check_out_dir(
 # ---- writing ------------------------------------------------------------------------------------
 
 
-def _encode_batch(batch: dict[str, list[str]], src_tok: Tokenizer, tgt_tok: Tokenizer) -> dict:
-    return {
-        "src_ids": src_tok.encode_batch(batch["src"]),
-        "tgt_ids": tgt_tok.encode_batch(batch["tgt"]),
-    }
-
-
 def split_features() -> Any:
     import datasets
 
@@ -394,53 +404,94 @@ def split_features() -> Any:
     )
 
 
-def write_text(path: Path, pairs: Iterable[tuple[str, str]], chunk: int = 20_000) -> Any:
-    """Stream (source, target) pairs into an Arrow file at `path`, `chunk` pairs at a time, and
-    return it as a memory-mapped `datasets.Dataset` with columns src and tgt: however large the
-    corpus, only one chunk is ever held in memory."""
-    import datasets
+@dataclass(frozen=True)
+class TextFile:
+    """Cleaned pairs in an Arrow stream file (columns src, tgt), read back in chunks."""
+
+    path: Path
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+def write_text(path: Path, pairs: Iterable[tuple[str, str]], chunk: int = 20_000) -> TextFile:
+    """Stream (source, target) pairs into an Arrow file at `path`, `chunk` pairs at a time:
+    however large the corpus, only one chunk is ever held in memory."""
     import pyarrow as pa
 
     schema = pa.schema([("src", pa.string()), ("tgt", pa.string())])
     path.parent.mkdir(parents=True, exist_ok=True)
+    rows = 0
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         pairs = iter(pairs)
         while block := list(itertools.islice(pairs, chunk)):
             src, tgt = zip(*block, strict=True)
             writer.write_batch(pa.record_batch([list(src), list(tgt)], schema=schema))
-    return datasets.Dataset.from_file(str(path))
+            rows += len(block)
+    return TextFile(path, rows)
 
 
-def iter_column(dataset: Any, column: str, batch_size: int = 10_000) -> Iterator[str]:
-    """The values of one text column, read batch by batch from the memory-mapped table."""
-    for batch in dataset.data.table.select([column]).to_batches(max_chunksize=batch_size):
-        yield from batch.column(0).to_pylist()
+def iter_chunks(text: TextFile) -> Iterator[Any]:
+    """The record batches of a `TextFile`, each read into memory when its turn comes. Plain reads,
+    not a memory map: mapped pages would count as resident while mapped, and a pass over a large
+    file would leave all of them counted."""
+    import pyarrow as pa
+
+    with pa.OSFile(str(text.path), "rb") as source:
+        yield from pa.ipc.open_stream(source)
+
+
+def iter_column(text: TextFile, column: str, rows: np.ndarray | None = None) -> Iterator[str]:
+    """The values of one text column in row order; with `rows` (sorted row numbers) only those."""
+    first = 0
+    for chunk in iter_chunks(text):
+        values = chunk.column(column)
+        if rows is not None:
+            wanted = rows[np.searchsorted(rows, first) : np.searchsorted(rows, first + len(values))]
+            values = values.take(wanted - first)
+        first += chunk.num_rows
+        yield from values.to_pylist()
 
 
 def write_split(
-    root: Path, name: str, text: Any, src_tok: Tokenizer, tgt_tok: Tokenizer, num_proc: int = 1
-) -> Any:
-    """Encode the src/tgt text of the `text` dataset with `datasets.map` (batched; `num_proc`
-    workers for large corpora) and save the split as Arrow under `root/splits/name`. Returns the
-    saved split, memory-mapped."""
+    root: Path, name: str, text: TextFile, src_tok: Tokenizer, tgt_tok: Tokenizer, threads: int
+) -> LengthTally:
+    """Encode the pairs of `text` chunk by chunk (SentencePiece's batch encoder on `threads`
+    threads; 1: the library's default) and save the split under `root/splits/name` as a
+    `datasets` folder, one Arrow record batch per chunk. Memory holds one chunk at a time.
+    Returns the split's lengths and unknown-piece counts, tallied on the way."""
     import datasets
+    import pyarrow as pa
 
     features = split_features()
-    # Worker processes pay off only when each gets a large share.
-    workers = num_proc if num_proc > 1 and len(text) >= 50_000 * num_proc else None
-    with progress_bars(len(text) >= PROGRESS_BAR_PAIRS):
-        encoded = text.map(
-            _encode_batch,
-            batched=True,
-            batch_size=2000,
-            num_proc=workers,
-            features=features,
-            fn_kwargs={"src_tok": src_tok, "tgt_tok": tgt_tok},
-            desc=f"encoding {name}",
-        )
-        target = root / SPLITS_DIR / name
-        encoded.save_to_disk(str(target))
-    return datasets.load_from_disk(str(target))
+    folder = root / SPLITS_DIR / name
+    # datasets writes its own description of the folder (state.json, dataset_info.json) around a
+    # one-row file, whose data we then replace with the whole split, streamed.
+    one_row = {"src": [""], "tgt": [""], "src_ids": [[]], "tgt_ids": [[]]}
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        datasets.Dataset.from_dict(one_row, features=features).save_to_disk(str(folder))
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+    (data_file,) = (entry["filename"] for entry in read_json(folder / "state.json")["_data_files"])
+    tally = LengthTally()
+    id_lists = pa.list_(pa.int32())
+    options: dict[str, Any] = {} if threads <= 1 else {"num_threads": threads}
+    with (
+        pa.OSFile(str(folder / data_file), "wb") as sink,
+        pa.ipc.new_stream(sink, features.arrow_schema) as writer,
+    ):
+        for chunk in iter_chunks(text):
+            src, tgt = chunk.column("src"), chunk.column("tgt")
+            src_ids = pa.array(src_tok.encode_batch(src.to_pylist(), **options), type=id_lists)
+            tgt_ids = pa.array(tgt_tok.encode_batch(tgt.to_pylist(), **options), type=id_lists)
+            tally.add(src_ids, tgt_ids)
+            batch = [src, tgt, src_ids, tgt_ids]
+            writer.write_batch(pa.record_batch(batch, schema=features.arrow_schema))
+    return tally
 
 
 @contextlib.contextmanager
@@ -459,16 +510,77 @@ def progress_bars(show: bool) -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def add_alignments(
-    root: Path, name: str, split: Any, src_tok: Tokenizer, tgt_tok: Tokenizer
-) -> Any:
-    """Word-align an encoded split (nmt.data.align: eflomal, symmetrised, mapped to pieces) and
-    save it again with the piece links as column `align`. Returns the saved split, memory-mapped.
-    The aligner needs the whole corpus at once, so its pieces are held in memory here."""
+class LengthTally:
+    """Subword lengths and unknown pieces of a split, counted chunk by chunk: histograms, not
+    one number per sentence, so that memory does not grow with the corpus."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.unk = {"src": 0, "tgt": 0}
+        self.hist = {"src": np.zeros(1, dtype=np.int64), "tgt": np.zeros(1, dtype=np.int64)}
+        self.pairs: dict[int, int] = {}  # (src length << 32 | tgt length) -> sentences
+
+    def add(self, src_ids: Any, tgt_ids: Any) -> None:
+        """Count one chunk: two Arrow list<int32> arrays of equal length."""
+        lens = {}
+        for side, ids in (("src", src_ids), ("tgt", tgt_ids)):
+            lens[side] = np.diff(ids.offsets.to_numpy(zero_copy_only=False)).astype(np.int64)
+            self.unk[side] += int(np.count_nonzero(ids.values.to_numpy() == UNK_ID))
+            counts = np.bincount(lens[side])
+            if len(counts) > len(self.hist[side]):
+                counts[: len(self.hist[side])] += self.hist[side]
+                self.hist[side] = counts
+            else:
+                self.hist[side][: len(counts)] += counts
+        keys, counts = np.unique((lens["src"] << 32) | lens["tgt"], return_counts=True)
+        for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
+            self.pairs[key] = self.pairs.get(key, 0) + count
+        self.rows += len(lens["src"])
+
+    def stats(self, read: int, dropped: Mapping[str, int]) -> dict[str, Any]:
+        """The split's entry of stats.json; `read` and `dropped` are the pairs read and dropped
+        by cleaning. Percentiles as numpy computes them from every length."""
+        out: dict[str, Any] = {"read": read, "pairs": self.rows, "dropped": dict(dropped)}
+        for side in ("src", "tgt"):
+            hist = self.hist[side]
+            lens = np.repeat(np.arange(len(hist), dtype=np.int32), hist)  # sorted, briefly
+            out[side] = {
+                "tokens": int(np.arange(len(hist)) @ hist),
+                "unk": self.unk[side],
+                "length": {
+                    "mean": round(float(lens.mean()), 2) if len(lens) else 0.0,
+                    **{
+                        f"p{q}": int(np.percentile(lens, q)) if len(lens) else 0
+                        for q in PERCENTILES
+                    },  # fmt: skip
+                    "max": int(lens.max()) if len(lens) else 0,
+                },
+            }
+        return out
+
+    def padding_fraction(self, batch_tokens: int) -> float:
+        """Share of padding in an epoch of `TokenBatchSampler` batches of `batch_tokens`: packing
+        follows the sorted lengths, which the pair histogram gives in order without a sort."""
+        if not self.pairs:
+            return 0.0
+        keys = np.array(sorted(self.pairs), dtype=np.int64)
+        counts = np.array([self.pairs[key] for key in keys.tolist()], dtype=np.int64)
+        src_cost = np.repeat(keys >> 32, counts) + 1
+        tgt_cost = np.repeat(keys & 0xFFFFFFFF, counts) + 1
+        bounds = pack_bounds(src_cost, tgt_cost, batch_tokens)
+        real, padded = packed_size(src_cost, tgt_cost, bounds[:-1], bounds[1:])
+        return 1.0 - real / padded if padded else 0.0
+
+
+def add_alignments(root: Path, name: str, src_tok: Tokenizer, tgt_tok: Tokenizer) -> None:
+    """Word-align the encoded split `name` (nmt.data.align: eflomal, symmetrised, mapped to
+    pieces) and save it again with the piece links as column `align`. The aligner needs the whole
+    corpus at once, so its pieces are held in memory here (unlike the rest of `nmt prepare`)."""
     import datasets
 
     from nmt.data.align import align_pieces
 
+    split = datasets.load_from_disk(str(root / SPLITS_DIR / name))
     src = [src_tok.pieces(ids) for ids in split["src_ids"]]
     tgt = [tgt_tok.pieces(ids) for ids in split["tgt_ids"]]
     links = align_pieces(src, tgt)
@@ -477,33 +589,9 @@ def add_alignments(
     final, staged = root / SPLITS_DIR / name, root / SPLITS_DIR / f"{name}.aligned"
     with progress_bars(len(aligned) >= PROGRESS_BAR_PAIRS):
         aligned.save_to_disk(str(staged))
+    del split, aligned  # their files are memory-mapped from the folder about to go
     shutil.rmtree(final)
     os.replace(staged, final)
-    return datasets.load_from_disk(str(final))
-
-
-def split_stats(dataset: Any, read: int, dropped: Mapping[str, int]) -> dict[str, Any]:
-    """Counts and subword-length percentiles of an encoded split (lengths without BOS/EOS);
-    `read` and `dropped` are the pairs read and dropped by cleaning."""
-    import pyarrow.compute as pc
-
-    out: dict[str, Any] = {"read": read, "pairs": len(dataset), "dropped": dict(dropped)}
-    table = dataset.data
-    for side in ("src", "tgt"):
-        column = table.column(f"{side}_ids")
-        lens = _list_lengths(column)
-        flat = pc.list_flatten(column)
-        unk = int(pc.sum(pc.equal(flat, UNK_ID)).as_py() or 0)
-        out[side] = {
-            "tokens": int(lens.sum()),
-            "unk": unk,
-            "length": {
-                "mean": round(float(lens.mean()), 2) if len(lens) else 0.0,
-                **{f"p{q}": int(np.percentile(lens, q)) if len(lens) else 0 for q in PERCENTILES},
-                "max": int(lens.max()) if len(lens) else 0,
-            },
-        }
-    return out
 
 
 def build_manifest(
@@ -512,9 +600,11 @@ def build_manifest(
     inputs: Mapping[str, Any],
     tokenizers: Mapping[str, tuple[str, Tokenizer, str | None]],
     split_sizes: Mapping[str, int],
+    spm_pairs: int,
 ) -> dict[str, Any]:
     """The manifest. `tokenizers` maps side -> (file name in the directory, tokenizer, the path
-    it was reused from or None), as `nmt.data.spm.make_tokenizers` returns it."""
+    it was reused from or None), as `nmt.data.spm.make_tokenizers` returns it; `spm_pairs` is the
+    number of training pairs SentencePiece was trained on (`nmt.data.spm.sample_rows`)."""
     import datetime
 
     import datasets
@@ -540,6 +630,14 @@ def build_manifest(
         },
         "splits": {
             name: {"pairs": n, "dir": f"{SPLITS_DIR}/{name}"} for name, n in split_sizes.items()
+        },
+        # The sample SentencePiece learned from: at most input_sentence_size sentences (both
+        # sides count for a joint vocabulary), drawn from the training pairs with the seed.
+        "sentencepiece_sample": {
+            "input_sentence_size": cfg.spm_max_sentences,
+            "pairs": spm_pairs,
+            "of_pairs": split_sizes["train"],
+            "seed": cfg.seed,
         },
         "config": to_dict(cfg),
         "inputs": dict(inputs),

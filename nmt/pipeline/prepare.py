@@ -3,7 +3,6 @@ nmt/data/store.py), reused as it is when the inputs and settings have not change
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -15,8 +14,7 @@ from rich.table import Table
 from nmt.checkpoint import guard_outputs
 from nmt.config import PrepareConfig, dump_yaml
 from nmt.data import corpus, store
-from nmt.data.batching import TokenBatchSampler
-from nmt.data.spm import make_tokenizers
+from nmt.data.spm import make_tokenizers, sample_rows
 from nmt.data.store import PreparedData
 from nmt.errors import DataError
 from nmt.io import (
@@ -78,10 +76,10 @@ def prepare(
 
     started = time.perf_counter()
     with atomic_dir(out, PREPARE_KIND, sources, refused=DataError) as tmp:
-        tokenizers, stats = _build(specs, cfg, tmp, console)
+        tokenizers, stats, spm_pairs = _build(specs, cfg, tmp, console)
         write_text(tmp / store.CONFIG, dump_yaml(cfg))
         sizes = {role: s["pairs"] for role, s in stats.items()}
-        manifest = store.build_manifest(cfg, key, inputs, tokenizers, sizes)
+        manifest = store.build_manifest(cfg, key, inputs, tokenizers, sizes, spm_pairs)
         store.write_manifest(tmp, manifest, stats)
     data = store.load_prepared(out)
     _print_prepared(console, data, stats, time.perf_counter() - started)
@@ -105,34 +103,40 @@ def _parse_specs(
 
 def _build(
     specs: dict[str, corpus.CorpusSpec], cfg: PrepareConfig, tmp: Path, console: Console
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The prepared directory's content, written into `tmp`: returns the tokenizers and the
-    statistics of every split. Cleaned text goes to Arrow files in a scratch folder (removed
-    before `out` appears) and is memory-mapped from there: no step holds the corpus in memory."""
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """The prepared directory's content, written into `tmp`: returns the tokenizers, the
+    statistics of every split and the number of pairs SentencePiece was trained on. Cleaned text
+    goes to Arrow files in a scratch folder (removed before `out` appears) and is memory-mapped
+    from there: no step holds the corpus in memory."""
     scratch = tmp / ".text"
     texts, tallies, wheres = _clean_to_arrow(specs, cfg, scratch, console)
-    tokenizers = _train_tokenizers(cfg, texts["train"], tmp, wheres["train"], console)
+    tokenizers, spm_pairs = _train_tokenizers(cfg, texts["train"], tmp, wheres["train"], console)
     stats = _encode_splits(texts, tallies, tokenizers, cfg, tmp, console)
     del texts  # the memory-mapped files are let go before their folder is removed
     shutil.rmtree(scratch)
-    return tokenizers, stats
+    return tokenizers, stats, spm_pairs
 
 
 def _train_tokenizers(
     cfg: PrepareConfig, train_text: Any, tmp: Path, where: str, console: Console
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], int]:
+    """The SentencePiece models (trained, or the ones to reuse) and the number of training pairs
+    they were trained on: a large corpus is sampled down to spm_max_sentences pairs first."""
     sides = "joint" if cfg.joint_vocab else "separate"
+    sample = None if cfg.spm_model else sample_rows(len(train_text), cfg)
+    spm_pairs = len(train_text) if sample is None else len(sample)
     with console.status(
         f"training SentencePiece ({cfg.model_type}, {cfg.vocab_size:,} pieces, {sides}) "
-        f"on {len(train_text):,} training pairs"
+        f"on {spm_pairs:,} of {len(train_text):,} training pairs"
     ):
-        return make_tokenizers(
+        tokenizers = make_tokenizers(
             cfg,
-            store.iter_column(train_text, "src"),
-            store.iter_column(train_text, "tgt"),
+            store.iter_column(train_text, "src", sample),
+            store.iter_column(train_text, "tgt", sample),
             tmp,
             where,
         )
+    return tokenizers, spm_pairs
 
 
 def _encode_splits(
@@ -143,26 +147,22 @@ def _encode_splits(
     tmp: Path,
     console: Console,
 ) -> dict[str, Any]:
-    """Every split encoded to ids (and the training pairs word-aligned when asked); returns the
+    """Every split encoded to ids chunk by chunk, so that memory holds one chunk of pairs
+    whatever the corpus size (and the training pairs word-aligned when asked); returns the
     statistics of each, the training split's padding at PADDING_REPORT_TOKENS included."""
     src_tok, tgt_tok = tokenizers["src"][1], tokenizers["tgt"][1]
     stats: dict[str, Any] = {}
     for role, text in texts.items():
-        # Large splits show datasets' own progress bar; a spinner would fight with it.
-        big = len(text) >= store.PROGRESS_BAR_PAIRS
-        status = f"encoding {role} ({len(text):,} pairs)"
-        with contextlib.nullcontext() if big else console.status(status):
-            split = store.write_split(tmp, role, text, src_tok, tgt_tok, cfg.num_proc)
-            stats[role] = store.split_stats(split, tallies[role].read, tallies[role].dropped)
+        with console.status(f"encoding {role} ({len(text):,} pairs)"):
+            tally = store.write_split(tmp, role, text, src_tok, tgt_tok, cfg.num_proc)
+            stats[role] = tally.stats(tallies[role].read, tallies[role].dropped)
+        if role == "train":
+            stats[role][f"padding_fraction_{PADDING_REPORT_TOKENS}"] = round(
+                tally.padding_fraction(PADDING_REPORT_TOKENS), 4
+            )
         if role == "train" and cfg.alignments == "eflomal":
             with console.status(f"word-aligning {len(text):,} training pairs (eflomal)"):
-                split = store.add_alignments(tmp, role, split, src_tok, tgt_tok)
-        if role == "train":
-            lens = store.split_lengths(split)
-            sampler = TokenBatchSampler(*lens, PADDING_REPORT_TOKENS, seed=cfg.seed)
-            stats[role][f"padding_fraction_{PADDING_REPORT_TOKENS}"] = round(
-                sampler.padding_fraction(0), 4
-            )
+                store.add_alignments(tmp, role, src_tok, tgt_tok)
     return stats
 
 

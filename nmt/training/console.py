@@ -15,6 +15,7 @@ import torch
 from nmt import __version__
 from nmt import checkpoint as ckpt
 from nmt.config import RunConfig, TrainConfig
+from nmt.data.plan import BatchPlan
 from nmt.io import append_jsonl
 from nmt.models import count_parameters
 from nmt.training.distributed import DistContext
@@ -201,6 +202,14 @@ def announce(run: Run, state: TrainState, resume: bool, notes: list[str]) -> Non
         run.console.print(note)
 
 
+def plan_note(plan: BatchPlan) -> str | None:
+    """The line for a batch plan built by this run (a cached one is read in no time)."""
+    if not plan.build_seconds:
+        return None
+    kept = f" and kept in {plan.folder} for later runs" if plan.writable else ""
+    return f"batch plan of {plan.kept:,} pairs built in {plan.build_seconds:.1f} s{kept}"
+
+
 def length_note(cfg: RunConfig, too_long: int, truncated: int) -> str | None:
     """The start-of-run warning about pairs longer than the model takes; None when none are."""
     limit = f"model.{cfg.model.arch}.max_positions={cfg.model.max_positions}"
@@ -243,6 +252,9 @@ def make_summary(state: TrainState, stop_reason: str, run: Run, metric: str) -> 
         "valid_metric": metric,
         "precision": run.precision,
         "run_dir": str(run.run_dir),
+        "first_update_seconds": (
+            None if run.first_update_seconds is None else round(run.first_update_seconds, 2)
+        ),
         # Peak memory of this process's tensors on the GPU (None on the CPU), for benchmarks.
         "gpu_peak_mib": (
             round(torch.cuda.max_memory_allocated(run.device) / 2**20, 1)

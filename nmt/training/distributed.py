@@ -8,6 +8,8 @@ so the single-process path is the same code with `world_size == 1`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +97,34 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def check_same_everywhere(ctx: DistContext, **values: Any) -> None:
+    """ConfigError on every rank when the processes of a job were given different `values` (the
+    prepared data, the config): machines are started one by one, and each reads its own command
+    line and files. Compared by digest, in one collective."""
+    if not ctx.is_distributed:
+        return
+    mine = {
+        name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+        for name, value in values.items()
+    }
+    everyone = gather_objects(mine, ctx)
+    differing = [name for name in mine if len({digests[name] for digests in everyone}) > 1]
+    if differing:
+        raise ConfigError(
+            f"the processes of this torchrun job differ in {' and '.join(differing)}; start every "
+            "machine with the same command, config and --set, and the same prepared data (one "
+            "shared folder, or identical copies)"
+        )
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that failed because another process of the job went away
+    (killed, its machine lost): NCCL raises a `DistError`, gloo a RuntimeError naming itself."""
+    if not dist.is_available() or not dist.is_initialized():
+        return False
+    return isinstance(exc, dist.DistError) or "gloo" in str(exc)
 
 
 def barrier(ctx: DistContext) -> None:

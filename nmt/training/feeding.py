@@ -1,84 +1,61 @@
-"""Feeding the training loop: the training split as compact id columns, token-budget batches in
-a seeded order, and the position in the epoch that a checkpoint records.
+"""Feeding the training loop: the training split read in place from its memory-mapped files
+(nmt/data/mapped.py), token-budget batches in a seeded order from the batch plan cached in the
+prepared folder (nmt/data/plan.py), and the position in the epoch that a checkpoint records.
 
-Each rank takes its own share of every epoch's batches (`TokenBatchSampler` with rank and world
-size); an update takes `update_freq` of them. The position is committed only after the update, so
-a checkpoint never points into the middle of one and a resumed run continues with the next batch
-an unbroken run would have taken.
+Each rank takes its own share of every epoch's batches; an update takes `update_freq` of them.
+The position is committed only after the update, so a checkpoint never points into the middle of
+one and a resumed run continues with the next batch an unbroken run would have taken.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from nmt.config import RunConfig
-from nmt.data.batching import Batch, TokenBatchSampler, collate
-from nmt.data.store import ALIGN_COLUMN, PreparedData, split_lengths
+from nmt.data.batching import Batch, EpochBatches, collate
+from nmt.data.mapped import IdColumn, Mappings
+from nmt.data.plan import BatchPlan, PlanSettings
+from nmt.data.store import ALIGN_COLUMN, PreparedData
 from nmt.errors import DataError
-from nmt.training.distributed import DistContext
+from nmt.training.distributed import DistContext, barrier
 from nmt.training.state import TrainState
 
 
-class IdColumn:
-    """A split's token-id column as one flat int32 array plus offsets.
-
-    Far more compact than a Python list of lists (which would take gigabytes for WMT-sized
-    corpora) and as fast to index: item `i` is a numpy view of sentence `i`'s ids.
-    """
-
-    def __init__(self, split: Any, column: str) -> None:
-        # The Arrow table of the split as it is seen (respecting any selection), as one chunk.
-        array = split.with_format("arrow")[:].column(column).combine_chunks()
-        self.offsets = array.offsets.to_numpy()
-        self.values = array.values.to_numpy(zero_copy_only=False)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.values[self.offsets[i] : self.offsets[i + 1]]
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-
 class Feed:
-    """This rank's training batches, update by update."""
+    """This rank's training batches, update by update, read from the mapped split."""
 
     def __init__(
-        self, split: Any, batch_tokens: int, seed: int, dist: DistContext, guided: bool
+        self, src: IdColumn, tgt: IdColumn, links: IdColumn | None, plan: BatchPlan, maps: Mappings
     ) -> None:
-        self.src = IdColumn(split, "src_ids")
-        self.tgt = IdColumn(split, "tgt_ids")
-        self.links = IdColumn(split, ALIGN_COLUMN) if guided else None
-        self.sampler = TokenBatchSampler(
-            self.src.lengths(),
-            self.tgt.lengths(),
-            batch_tokens,
-            shuffle=True,
-            seed=seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
-        )
-        self.epoch_batches: dict[int, list[list[int]]] = {}  # one epoch's order at a time
+        self.src, self.tgt, self.links = src, tgt, links
+        self.plan = plan
+        self.maps = maps
+        self.epoch_batches: dict[int, EpochBatches] = {}  # one epoch's order at a time
 
     def __len__(self) -> int:
-        return len(self.src)
+        """The training pairs that fit into the model (the plan leaves the others out)."""
+        return self.plan.kept
+
+    def start(self, epoch: int) -> None:
+        """Have `epoch`'s batches ready (the plan built if need be) before the first update."""
+        self.epoch_batches = {epoch: self.plan.batches(epoch)}
 
     def next_update(self, state: TrainState, count: int) -> tuple[list[Batch], tuple[int, int]]:
         """The `count` micro-batches of the next update (on the CPU) and the position
         `(batches_done, epoch)` after them; `state` itself is not changed."""
-        update, position = take_batches(self.sampler, self.epoch_batches, state, count)
-        return [make_batch(self.src, self.tgt, indices, self.links) for indices in update], position
+        update, position = take_batches(self.plan, self.epoch_batches, state, count)
+        batches = [make_batch(self.src, self.tgt, indices, self.links) for indices in update]
+        self.maps.release()  # the ids are copied into the batches: let their pages go
+        return batches, position
 
 
 def take_batches(
-    sampler: TokenBatchSampler,
-    cache: dict[int, list[list[int]]],
+    plan: BatchPlan,
+    cache: dict[int, EpochBatches],
     state: TrainState,
     count: int,
 ) -> tuple[list[list[int]], tuple[int, int]]:
@@ -89,7 +66,7 @@ def take_batches(
     while len(out) < count:
         if epoch not in cache:
             cache.clear()  # one epoch's order at a time
-            cache[epoch] = sampler.batches(epoch)
+            cache[epoch] = plan.batches(epoch)
             if not cache[epoch]:
                 raise DataError("the training split yields no batches; is it empty?")
         batches = cache[epoch]
@@ -114,21 +91,6 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return batch
 
 
-def keep_trainable(split: Any, max_positions: int) -> tuple[Any, int]:
-    """The training pairs whose source + EOS and BOS + target fit into `max_positions`, and how
-    many were left out. `nmt prepare` filters by words, not knowing the model; this is the
-    subword bound. The lengths come from the Arrow offsets, without reading the ids."""
-    src_lens, tgt_lens = split_lengths(split)
-    fits = (src_lens < max_positions) & (tgt_lens < max_positions)
-    too_long = int(len(fits) - fits.sum())
-    if too_long == len(fits):
-        raise DataError(
-            f"every training pair is longer than the model's {max_positions - 1} subwords "
-            f"(model.{{rnn,transformer}}.max_positions = {max_positions}); raise max_positions"
-        )
-    return (split.select(np.flatnonzero(fits)) if too_long else split), too_long
-
-
 def check_alignments(split: Any, guided_alignment: float, data_dir: str | Path) -> bool:
     """Whether training needs the `align` column; DataError when it does and `split` lacks it."""
     if guided_alignment <= 0:
@@ -142,10 +104,28 @@ def check_alignments(split: Any, guided_alignment: float, data_dir: str | Path) 
 
 
 def load_feed(
-    data: PreparedData, data_dir: str | Path, cfg: RunConfig, dist: DistContext
-) -> tuple[Feed, bool, int]:
-    """This rank's `Feed` of the training split, whether it carries word alignments (guided
-    alignment) and how many pairs were left out as longer than the model takes."""
-    split, too_long = keep_trainable(data.split("train"), cfg.model.max_positions)
-    guided = check_alignments(split, cfg.train.guided_alignment, data_dir)
-    return Feed(split, cfg.train.batch_tokens, cfg.train.seed, dist, guided), guided, too_long
+    data: PreparedData, cfg: RunConfig, dist: DistContext, note: Callable[[str], None]
+) -> tuple[Feed, bool]:
+    """This rank's `Feed` of the training split and whether it carries word alignments (guided
+    alignment). The batch plan comes from the prepared folder's cache; one process per machine
+    builds what is missing while the others wait (a collective)."""
+    tc = cfg.train
+    maps = Mappings()
+    split = data.mapped_split("train", maps)
+    src, tgt = split.column("src_ids"), split.column("tgt_ids")
+    guided = check_alignments(split, tc.guided_alignment, data.path)
+    plan = BatchPlan(
+        data,
+        "train",
+        src,
+        tgt,
+        PlanSettings(tc.batch_tokens, tc.seed, cfg.model.max_positions),
+        maps,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        builds=dist.local_rank == 0,
+        sync=lambda: barrier(dist),
+        note=note,
+    )
+    links = split.column(ALIGN_COLUMN) if guided else None
+    return Feed(src, tgt, links, plan, maps), guided

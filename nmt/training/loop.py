@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from nmt import checkpoint as ckpt
-from nmt.config import RunConfig, TrainConfig, dump_yaml
+from nmt.config import RunConfig, TrainConfig, dump_yaml, to_dict
 from nmt.data.batching import Batch
 from nmt.data.store import PreparedData, load_prepared
 from nmt.errors import Stopped, TrainingError
@@ -44,6 +44,7 @@ from nmt.training.console import (
     length_note,
     make_console,
     make_summary,
+    plan_note,
     print_summary,
 )
 from nmt.training.device import (
@@ -53,7 +54,14 @@ from nmt.training.device import (
     set_up_compute,
     wrap_for_training,
 )
-from nmt.training.distributed import DistContext, all_reduce_sum, barrier, shutdown
+from nmt.training.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    check_same_everywhere,
+    lost_peer,
+    shutdown,
+)
 from nmt.training.feeding import load_feed, to_device
 from nmt.training.loss import training_loss
 from nmt.training.run_folder import RunFolder
@@ -87,7 +95,12 @@ def train(
     SIGTERM stop after the current update with last.pt saved: `Stopped` (exit 130 / 143).
     """
     with StopSignals() as stop, RunFolder(Path(run_dir), resume) as folder:
-        return _train(cfg, data_dir, folder, stop, resume)
+        try:
+            return _train(cfg, data_dir, folder, stop, resume)
+        except RuntimeError as exc:
+            if not lost_peer(exc):
+                raise
+            raise TrainingError(lost_peer_message(exc, folder.path)) from None
 
 
 def _train(
@@ -119,7 +132,11 @@ def _train(
             update_tokens, ranks_late, ranks_stopping = agree(run, batches, out_of_time, stop)
             if ranks_stopping > 0:
                 stopped = True
-                stop_reason = f"stopped by {stop.name}" if stop.signum else "stopped by a signal"
+                stop_reason = (
+                    f"stopped by {stop.name}"
+                    if stop.signum
+                    else "stopped by a signal to another process of the job"
+                )
                 break
             if ranks_late > 0:
                 stop_reason = f"train.max_minutes={tc.max_minutes:g} ran out ({minutes:.1f} used)"
@@ -141,6 +158,8 @@ def _train(
                 continue
             seconds = time.monotonic() - update_start
             count_update(state, sums, seconds)
+            if run.first_update_seconds is None:  # start-up cost of this process, for benchmarks
+                run.first_update_seconds = time.monotonic() - run.started
             window.add(sums, seconds, grad_norm)
             run.progress.update(
                 state.step, sums.loss / max(1.0, sums.tgt_tokens), lr, window, run.wall_start, tc
@@ -182,7 +201,8 @@ def set_up(
     dist, device, precision = set_up_compute(cfg)
     console = make_console(dist)
     data = load_prepared(data_dir)
-    feed, guided, too_long = load_feed(data, data_dir, cfg, dist)
+    check_same_everywhere(dist, **{"prepared data": data.hash, "settings": to_dict(cfg)})
+    feed, guided = load_feed(data, cfg, dist, console.print)
     payload = ckpt.load_checkpoint(folder.path / ckpt.LAST) if resume else None
 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP also broadcasts them)
@@ -210,13 +230,15 @@ def set_up(
         set_rng_state(state.rng[dist.rank], device)
     else:
         seed_everything(tc.seed + 1000 * dist.rank)
+    feed.start(state.epoch)  # the plan is ready (built if need be) before the first update
 
     run = Run(cfg, dist, device, precision, make_autocast(device, precision), model, wrapped,
               optimizer, schedule, scaler, feed, meta, folder.path, valid, console,
-              start_time - state.wall_seconds)  # fmt: skip
+              start_time - state.wall_seconds, start_time)  # fmt: skip
     truncated = valid.truncated if valid else 0
     notes = [precision_note(tc.precision, precision, device),
-             length_note(cfg, too_long, truncated), finetune_note(tc, frozen)]  # fmt: skip
+             plan_note(feed.plan), length_note(cfg, feed.plan.too_long, truncated),
+             finetune_note(tc, frozen)]  # fmt: skip
     announce(run, state, resume, [note for note in notes if note])
     run.logger = MetricsLogger(folder.path, dist.is_main)
     run.progress = Progress(dist.is_main, tc.max_steps, state.step, console)
@@ -370,6 +392,18 @@ def count_update(state: TrainState, sums: UpdateSums, seconds: float) -> None:
     state.tgt_tokens += int(sums.tgt_tokens)
     state.src_tokens += int(sums.src_tokens)
     state.train_seconds += seconds
+
+
+def lost_peer_message(exc: BaseException, run_dir: Path) -> str:
+    """The one line for a job whose other process went away (torchrun then stops this one too)."""
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    saved = (
+        f"its last checkpoint is {run_dir / ckpt.LAST}: start the same torchrun job with "
+        f"`train --resume {run_dir}`"
+        if (run_dir / ckpt.LAST).is_file()
+        else "no checkpoint was saved yet: start the job again"
+    )
+    return f"another process of this torchrun job stopped ({first}); {saved}"
 
 
 def nan_stop_message(state: TrainState, run_dir: Path, last_save_step: int) -> str:

@@ -28,6 +28,13 @@ def _busy_message(run_dir: Path, pid: str) -> str:
     )
 
 
+def _no_locks_message(run_dir: Path, exc: OSError) -> str:
+    return (
+        f"{run_dir / LOCK_FILE}: cannot lock ({exc.strerror or exc}); put the run folder on a "
+        "file system with file locks (a local disk, NFSv4, Lustre mounted with -o flock)"
+    )
+
+
 def _read_pid(path: Path) -> str:
     try:
         return path.read_text(encoding="ascii").strip()
@@ -46,6 +53,8 @@ def check_unlocked(run_dir: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         raise CheckpointError(_busy_message(run_dir, _read_pid(path))) from None
+    except OSError as exc:
+        raise CheckpointError(_no_locks_message(run_dir, exc)) from None
     finally:
         os.close(fd)
 
@@ -67,6 +76,9 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 raise CheckpointError(_busy_message(self.run_dir, _read_pid(self.path))) from None
+            except OSError as exc:  # ENOLCK, EOPNOTSUPP: a file system without locks
+                os.close(fd)
+                raise CheckpointError(_no_locks_message(self.run_dir, exc)) from None
             # A holder that was releasing may have unlinked the file we opened: lock the file that
             # is at the path now, or two writers would each hold a lock on a different file.
             try:

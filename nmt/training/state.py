@@ -96,9 +96,13 @@ class Run:
     valid: ValidSet | None
     console: Any
     wall_start: float  # time.monotonic() at which this run's wall clock read 0 (before resumes)
+    started: float  # time.monotonic() when this process entered the training
     # Set once the run's start is on the console: metrics.jsonl and TensorBoard, the progress bar.
     logger: MetricsLogger = field(init=False)
     progress: Progress = field(init=False)
+    # Seconds from `started` to the first update (data opened, batch plan read or built, model
+    # built): where start-up time goes, for benchmarks.
+    first_update_seconds: float | None = field(default=None, init=False)
 
     def tick(self, state: TrainState) -> None:
         """Bring the state's wall clock up to now (before it is logged or saved)."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nmt.config import BOS_ID, EOS_ID, PAD_ID
-from nmt.data.batching import Batch, TokenBatchSampler, collate, make_src_batch
+from nmt.data.batching import Batch, TokenBatchSampler, collate, make_src_batch, pack_bounds
 
 RNG = np.random.default_rng(0)
 SRC = RNG.integers(1, 40, size=1000).tolist()
@@ -127,3 +127,63 @@ def test_empty_sentences_and_moving() -> None:
     assert isinstance(moved, Batch) and torch.equal(moved.tgt_out_ids, batch.tgt_out_ids)
     if torch.cuda.is_available():
         assert batch.pin_memory().src_ids.is_pinned()
+
+
+def reference_global_batches(
+    src: list[int], tgt: list[int], budget: int, shuffle: bool, seed: int, epoch: int, world: int
+) -> list[list[int]]:
+    """The sampler's rules written plainly, one sentence at a time (the list-based sampler that
+    the array version replaced): sort, pack greedily, shuffle the batches, split the largest ones
+    until every rank gets as many."""
+    rng = np.random.default_rng([seed, epoch])
+    src_a, tgt_a = np.asarray(src), np.asarray(tgt)
+    if shuffle:
+        order = np.lexsort((rng.random(len(src)), tgt_a, src_a))
+    else:
+        order = np.lexsort((tgt_a, src_a))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    max_src = max_tgt = 0
+    for i in order.tolist():
+        s, t = max(max_src, src[i] + 1), max(max_tgt, tgt[i] + 1)
+        if current and (len(current) + 1) * (s + t) > budget:
+            batches.append(current)
+            current, max_src, max_tgt = [i], src[i] + 1, tgt[i] + 1
+        else:
+            current.append(i)
+            max_src, max_tgt = s, t
+    if current:
+        batches.append(current)
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    short = -len(batches) % world
+    splittable = [i for i, b in enumerate(batches) if len(b) > 1]
+    if short and len(splittable) < short:
+        return batches[: len(batches) - len(batches) % world]
+    chosen = set(sorted(splittable, key=lambda i: (-len(batches[i]), i))[:short])
+    out: list[list[int]] = []
+    for i, batch in enumerate(batches):
+        out += [batch[: len(batch) // 2], batch[len(batch) // 2 :]] if i in chosen else [batch]
+    return out
+
+
+def test_array_sampler_equals_the_plain_rules() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        n, longest = int(rng.integers(1, 300)), int(rng.integers(1, 90))
+        src = rng.integers(0, longest, size=n).tolist()
+        tgt = rng.integers(0, longest, size=n).tolist()
+        budget, world = int(rng.integers(1, 700)), int(rng.integers(1, 6))
+        shuffle, seed = bool(rng.integers(0, 2)), int(rng.integers(0, 9))
+        for epoch in (0, 1):
+            expected = reference_global_batches(src, tgt, budget, shuffle, seed, epoch, world)
+            sampler = TokenBatchSampler(src, tgt, budget, shuffle, seed, world_size=world)
+            assert sampler.global_batches(epoch) == expected
+            assert len(sampler) == len(expected) // world
+
+
+def test_packing_windows_grow_for_long_batches() -> None:
+    # 3,000 one-token sentences in a 100,000-token budget: one batch, found window by window.
+    bounds = pack_bounds(np.full(3000, 1), np.full(3000, 1), 100_000)
+    assert bounds.tolist() == [0, 3000]
+    assert pack_bounds(np.zeros(0, np.int64), np.zeros(0, np.int64), 10).tolist() == [0]

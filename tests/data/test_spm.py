@@ -6,6 +6,7 @@ import io
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sentencepiece as sp
 from data_support import make_pairs, tiny_config
@@ -15,6 +16,7 @@ from nmt.data.spm import (
     MappedTokenizer,
     Tokenizer,
     make_tokenizers,
+    sample_rows,
     split_language_code,
     train_tokenizer,
     write_mapped_vocabulary,
@@ -174,3 +176,28 @@ def test_a_damaged_mapped_vocabulary_is_one_error(tmp_path: Path) -> None:
         write_mapped_vocabulary(tmp_path / "odd.model", ["<unk>", "<pad>", "<s>", "</s>"],
                                 model, model, "t")  # fmt: skip
     assert not (tmp_path / "odd.model").exists()  # checked before anything is written
+
+
+def test_a_large_corpus_is_sampled_down_to_spm_max_sentences() -> None:
+    # Joint: two sentences per pair. 300 pairs fit a limit of 600 sentences; 301 do not.
+    assert sample_rows(300, tiny_config(spm_max_sentences=600)) is None
+    assert sample_rows(10**6, tiny_config(spm_max_sentences=0)) is None  # 0: no limit
+    rows = sample_rows(301, tiny_config(spm_max_sentences=600))
+    assert rows is not None and len(rows) == 300 and len(set(rows.tolist())) == 300
+    assert rows.tolist() == sorted(rows.tolist()) and rows.max() <= 300
+    assert np.array_equal(rows, sample_rows(301, tiny_config(spm_max_sentences=600)))  # seeded
+    separate = sample_rows(5000, tiny_config(spm_max_sentences=600, joint_vocab=False))
+    assert separate is not None and len(separate) == 600  # one sentence per pair and side
+
+
+def test_prepare_records_the_sentencepiece_sample(tmp_path: Path) -> None:
+    from data_support import write_corpus
+
+    from nmt.pipeline.prepare import prepare
+
+    specs = write_corpus(tmp_path)
+    cfg = tiny_config(spm_max_sentences=200)  # 300 training pairs: 100 of them sampled
+    data = prepare(cfg, specs["train"], specs["valid"], {}, tmp_path / "out", False)
+    assert data.manifest["sentencepiece_sample"] == {
+        "input_sentence_size": 200, "pairs": 100, "of_pairs": 300, "seed": 7,
+    }  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from data_support import MULTI30K, tiny_config, write_corpus
 
@@ -85,6 +86,13 @@ def test_stats(prepared: tuple[dict[str, str], PreparedData]) -> None:
         0
     )
     assert train["padding_fraction_4096"] == round(expected, 4)
+    # Counted from histograms while encoding; the same as numpy on every length.
+    for side, lens in (("src", src_lens), ("tgt", tgt_lens)):
+        length = train[side]["length"]
+        assert length["mean"] == round(float(lens.mean()), 2)
+        assert [length[f"p{q}"] for q in (50, 90, 95, 99)] == [
+            int(np.percentile(lens, q)) for q in (50, 90, 95, 99)
+        ]
     assert stats["test"]["pairs"] == 20 and stats["test"]["dropped"] == {}
 
 
@@ -205,8 +213,12 @@ def test_multi30k_8k_joint_unigram(tmp_path: Path) -> None:
 def test_write_text_streams_in_chunks_and_keeps_order(tmp_path: Path) -> None:
     pairs = ((f"quelle {i}", f"ziel {i}\u2028{i}") for i in range(45))  # a generator: read once
     text = store.write_text(tmp_path / "t.arrow", pairs, chunk=20)
-    assert len(text) == 45 and text.column_names == ["src", "tgt"]
-    assert text[44] == {"src": "quelle 44", "tgt": "ziel 44\u202844"}
-    assert list(store.iter_column(text, "src", batch_size=7)) == [f"quelle {i}" for i in range(45)]
+    assert len(text) == 45
+    assert [chunk.num_rows for chunk in store.iter_chunks(text)] == [20, 20, 5]
+    assert list(store.iter_column(text, "src")) == [f"quelle {i}" for i in range(45)]
+    assert list(store.iter_column(text, "tgt"))[44] == "ziel 44\u202844"
+    # Selected rows (a SentencePiece sample), across chunk borders.
+    rows = np.array([0, 19, 20, 21, 44])
+    assert list(store.iter_column(text, "src", rows)) == [f"quelle {i}" for i in rows]
     empty = store.write_text(tmp_path / "e.arrow", iter(()))
-    assert len(empty) == 0
+    assert len(empty) == 0 and list(store.iter_column(empty, "src")) == []

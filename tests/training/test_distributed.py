@@ -79,3 +79,41 @@ def test_two_gloo_processes_with_a_resume_equal_one_process_with_update_freq_2(
     # Resuming with another number of processes would change the data order: refused.
     with pytest.raises(CheckpointError, match="trained with 2 process"):
         train_command.train(None, None, None, [], resume=two)
+
+
+# One rank of a two-process gloo group (a file store, no launcher) that runs the start-up check
+# with the value given on its command line and prints what it says.
+SAME_EVERYWHERE = """
+import sys
+import torch.distributed as dist
+from nmt.errors import ConfigError
+from nmt.training.distributed import DistContext, check_same_everywhere
+rank, store, value = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+try:
+    check_same_everywhere(DistContext(rank, 2, rank), **{"prepared data": value, "settings": 1})
+    print("same")
+except ConfigError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize(("values", "said"), [
+    (("a", "a"), "same"),
+    (("a", "b"), "the processes of this torchrun job differ in prepared data; start every"),
+])  # fmt: skip
+def test_ranks_started_with_different_data_all_refuse(
+    values: tuple[str, str], said: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", SAME_EVERYWHERE, str(rank), str(store), value],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank, value in enumerate(values)
+    ]
+    outputs = [rank.communicate(timeout=120)[0] for rank in ranks]
+    assert all(said in out for out in outputs), outputs
