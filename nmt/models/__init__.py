@@ -13,14 +13,17 @@ Every model is an `nn.Module` with:
   and causal attention never lets a real position see a later (padded) one.
 - `encode(src_ids, src_mask) -> DecoderState`: runs the encoder once and returns the state for the
   first decoding step (it holds the encoder memory, its mask, precomputed attention keys, caches).
-- `decode_step(prev_ids (B,), state, need_attention=False) -> (log_probs (B,V), state, attn)`: one
-  incremental step; log_probs are float32. `attn` is None unless `need_attention`; then the
-  cross-attention weights of this step: (B,S) for the RNN, (B,L,H,S) for the Transformer. Rows
-  sum to 1 over real source positions and are exactly 0 on padding.
-- `state.select(indices (B',), same_sources=False) -> DecoderState`: the state for rows `indices`
-  (reorder, drop or duplicate), used by beam search; memory and caches are gathered along the
-  batch dimension. With `same_sources` the caller promises that every index points to a row of
-  the same source sentence as the row it fills, and the source-side tensors are not copied.
+- `decode_step(prev_ids (R,), state, need_attention=False) -> (log_probs (R,V), state, attn)`: one
+  incremental step for the state's R hypothesis rows; log_probs are float32. `attn` is None unless
+  `need_attention`; then the cross-attention weights of this step: (R,S) for the RNN, (R,L,H,S)
+  for the Transformer. Rows sum to 1 over real source positions and are exactly 0 on padding.
+- `state.select(rows (R',), sources (B',) | None = None) -> DecoderState`: the state for the
+  hypothesis rows `rows` (reorder, drop or duplicate), used by the searches. The source side
+  (encoder memory, its mask, attention keys/values) is kept once per source sentence and shared
+  by that sentence's hypotheses: the R rows of a state are B groups of R/B consecutive rows, group
+  b reading source b (after `encode`, R = B). `sources` names the source sentences of the new
+  state, one per group of R'/B' rows; None keeps them as they are, for a caller that only moves
+  rows within their group (beam search between steps), so the source side is never copied.
 - `num_parameters() -> int`.
 """
 
@@ -37,7 +40,7 @@ from nmt.errors import ConfigError
 
 
 class DecoderState(Protocol):
-    def select(self, indices: torch.Tensor, same_sources: bool = False) -> DecoderState: ...
+    def select(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> DecoderState: ...
 
 
 def build_model(

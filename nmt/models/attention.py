@@ -16,6 +16,7 @@ under bf16 autocast) and masked positions get -inf before it, so their weights a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -268,6 +269,30 @@ class LocalAttention(nn.Module):
         return _context(weights, memory), weights
 
 
+def attend_per_slot(
+    attend: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
+    query: torch.Tensor,
+    sources: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention of R = B*G query rows over B source sentences stored once each, G consecutive
+    rows per sentence (its hypotheses in beam search; G = 1 otherwise).
+
+    `attend(q)` attends B query rows, row b to source b, and returns (output, weights or None),
+    each with B rows. It is called once per slot g (the rows b*G + g), so every row's arithmetic
+    is exactly that of a batch holding a copy of its source per row: one matrix product over the
+    G rows of a sentence would be cheaper but rounds differently, and float32 translations are
+    kept bit for bit. Returns the outputs and weights of all R rows in row order.
+    """
+    group = query.size(0) // sources
+    if group == 1:
+        return attend(query)
+    slots = [attend(rows) for rows in query.unflatten(0, (sources, group)).unbind(1)]
+    out = torch.stack([o for o, _ in slots], dim=1).flatten(0, 1)  # (R, ...)
+    if slots[0][1] is None:
+        return out, None
+    return out, torch.stack([w for _, w in slots], dim=1).flatten(0, 1)  # type: ignore[misc]
+
+
 # --- Multi-head attention ---------------------------------------------------------------------
 
 
@@ -413,13 +438,18 @@ class MultiHeadCrossAttention(nn.Module):
         mask: torch.Tensor,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B,T,D), k/v from `project_memory`, mask (B,1,1,S) bool -> (B,T,D), weights
-        (B,H,T,S) or None."""
-        (q,) = _split_heads(self.q_proj(x), 1, self.heads)  # (B, H, T, dh)
+        """x (R,T,D) with R = B*G (G rows per source sentence, see `attend_per_slot`), k/v
+        (B,H,S,dh) from `project_memory`, mask (B,1,1,S) bool -> (R,T,D), weights (R,H,T,S) or
+        None."""
+        (q,) = _split_heads(self.q_proj(x), 1, self.heads)  # (R, H, T, dh)
         dropout_p = self.attn_dropout if self.training else 0.0
-        out, weights = scaled_dot_product(
-            q, k, v, mask, dropout_p=dropout_p, need_weights=need_weights
-        )
+
+        def attend(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return scaled_dot_product(
+                rows, k, v, mask, dropout_p=dropout_p, need_weights=need_weights
+            )
+
+        out, weights = attend_per_slot(attend, q, k.size(0))  # (R, H, T, dh)
         return self.out_proj(_merge_heads(out)), weights
 
 

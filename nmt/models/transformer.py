@@ -35,13 +35,15 @@ from nmt.models.dropout import Dropout
 
 @dataclass
 class TransformerState:
-    """Decoder state between steps. Per-layer tensors are tuples indexed by decoder layer.
+    """Decoder state between steps. Per-layer tensors are tuples indexed by decoder layer. B
+    source sentences, R = B*G hypothesis rows, G consecutive rows per sentence (the protocol's
+    `select`, nmt/models/__init__.py).
 
     - `src_mask` (B,S) bool, True = real source token.
     - `cross_k`, `cross_v`: (B,H,S,dh) per layer, the encoder output projected once in `encode`
-      (they are the only form of the encoder memory the decoder needs).
-    - `self_k`, `self_v`: (B,H,t,dh) per layer, the keys/values of the t target positions decoded
-      so far (t = 0 after `encode`).
+      (they are the only form of the encoder memory the decoder needs), once per sentence.
+    - `self_k`, `self_v`: (R,H,t,dh) per layer, the keys/values of the t target positions decoded
+      so far (t = 0 after `encode`), one set per hypothesis.
     - `step`: t, the position of the next input token; the same for every row, since all rows are
       decoded in lockstep.
     """
@@ -53,24 +55,23 @@ class TransformerState:
     self_v: tuple[torch.Tensor, ...]
     step: int
 
-    def select(self, indices: torch.Tensor, same_sources: bool = False) -> TransformerState:
-        """Rows `indices` (B',) of every batched tensor: reorder, drop or duplicate hypotheses.
-        `same_sources`: each index points to a row of the same source sentence as the row it
-        fills, so the source-side tensors (mask, cross-attention keys/values; equal across those
-        rows) are kept as they are: beam search's usual step copies only the self-attention
-        caches."""
+    def select(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> TransformerState:
+        """Hypothesis rows `rows` (R',) of the self-attention caches; the sentences `sources`
+        (B',) of the source side, or None to keep it (see the protocol)."""
 
-        def pick(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            return tuple(t.index_select(0, indices) for t in tensors)
+        def pick(
+            tensors: tuple[torch.Tensor, ...], index: torch.Tensor
+        ) -> tuple[torch.Tensor, ...]:
+            return tuple(t.index_select(0, index) for t in tensors)
 
-        hyp = replace(self, self_k=pick(self.self_k), self_v=pick(self.self_v))
-        if same_sources:
+        hyp = replace(self, self_k=pick(self.self_k, rows), self_v=pick(self.self_v, rows))
+        if sources is None:
             return hyp
         return replace(
             hyp,
-            src_mask=self.src_mask.index_select(0, indices),
-            cross_k=pick(self.cross_k),
-            cross_v=pick(self.cross_v),
+            src_mask=self.src_mask.index_select(0, sources),
+            cross_k=pick(self.cross_k, sources),
+            cross_v=pick(self.cross_v, sources),
         )
 
 
@@ -168,8 +169,9 @@ class DecoderLayer(nn.Module):
         key_mask: torch.Tensor,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One position x (B,1,D) with the self-attention cache (B,H,t,dh) -> (B,1,D), the cache
-        grown to t+1, cross-attention weights (B,H,1,S) or None."""
+        """One position x (R,1,D) with the self-attention cache (R,H,t,dh) -> (R,1,D), the cache
+        grown to t+1, cross-attention weights (R,H,1,S) or None; the source side (B rows) is
+        shared by R/B consecutive rows."""
         if self.pre_norm:
             out, k, v, _ = self.self_attn.forward_step(self.norm1(x), past_k, past_v)
             x = x + self.dropout(out)
@@ -327,10 +329,10 @@ class TransformerModel(nn.Module):
     def decode_step(
         self, prev_ids: torch.Tensor, state: TransformerState, need_attention: bool = False
     ) -> tuple[torch.Tensor, TransformerState, torch.Tensor | None]:
-        """prev_ids (B,) -> log-probs (B,V) float32, the next state, and with `need_attention` the
-        cross-attention weights (B,L,H,S) float32 (else None)."""
+        """prev_ids (R,) -> log-probs (R,V) float32, the next state, and with `need_attention` the
+        cross-attention weights (R,L,H,S) float32 (else None)."""
         key_mask = state.src_mask[:, None, None, :]  # (B, 1, 1, S)
-        x = self._embed(self.tgt_embed, prev_ids[:, None], start=state.step)  # (B, 1, D)
+        x = self._embed(self.tgt_embed, prev_ids[:, None], start=state.step)  # (R, 1, D)
         new_k, new_v, all_weights = [], [], []
         for i, layer in enumerate(self._decoder):
             x, k, v, weights = layer.forward_step(
@@ -345,9 +347,9 @@ class TransformerModel(nn.Module):
             new_k.append(k)
             new_v.append(v)
             if weights is not None:
-                all_weights.append(weights[:, :, 0])  # (B, H, S)
-        logits = self._logits(x[:, 0])  # (B, V)
+                all_weights.append(weights[:, :, 0])  # (R, H, S)
+        logits = self._logits(x[:, 0])  # (R, V)
         log_probs = F.log_softmax(logits.float(), dim=-1)
         new_state = replace(state, self_k=tuple(new_k), self_v=tuple(new_v), step=state.step + 1)
-        attn = torch.stack(all_weights, dim=1) if need_attention else None  # (B, L, H, S)
+        attn = torch.stack(all_weights, dim=1) if need_attention else None  # (R, L, H, S)
         return log_probs, new_state, attn

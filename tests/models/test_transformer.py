@@ -153,9 +153,9 @@ def test_cache_grows_one_position_per_step() -> None:
         _, state, _ = model.decode_step(tgt[:, t], state)
         assert state.step == t + 1
         assert all(k.shape == (3, 4, t + 1, 4) for k in state.self_k + state.self_v)
-    picked = state.select(torch.tensor([1, 1]))
+    picked = state.select(torch.tensor([1, 1]), torch.tensor([1]))  # two hypotheses of sentence 1
     assert picked.step == 3 and picked.self_k[0].shape == (2, 4, 3, 4)
-    assert torch.equal(picked.src_mask, src_mask[[1, 1]])
+    assert torch.equal(picked.src_mask, src_mask[[1]]) and picked.cross_k[0].shape == (1, 4, 8, 4)
 
 
 @pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
