@@ -364,7 +364,9 @@ class DecodeConfig:
     seed: int = 1
     # bf16: weights and activations in bfloat16, log-probs still float32. 1.2-1.7x faster on a CPU
     # with AVX512-BF16 (bench/NOTES.md), and on GPUs; outputs can differ slightly from fp32.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # int8 (CPU only): linear layers with int8 weights and dynamically quantized inputs
+    # (nmt/models/quantized.py); the rest stays float32.
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
     # Padded source tokens per decoding batch. On a CPU 1-2k is fastest (the (B*K, V) score
     # matrices of a step stay in cache); a GPU likes more.
     batch_tokens: int = 2000
