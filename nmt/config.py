@@ -268,7 +268,8 @@ class TrainConfig:
     valid_max_sentences: int = 0  # 0: the whole validation set
     patience: int = 0  # early stopping after this many validations without improvement; 0: off
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on capable GPUs
+    # auto: bf16 autocast where the GPU or CPU computes bf16 natively (AMX, AVX512-BF16), else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile the model
     max_nan_steps: int = 10  # consecutive non-finite losses before the run stops
     deterministic: bool = (

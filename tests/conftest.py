@@ -49,7 +49,7 @@ def tiny_transformer_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathF
             },
             "train": {"max_steps": 120, "batch_tokens": 600, "lr": 3e-3, "warmup_steps": 5,
                       "valid_every": 120, "save_every": 120, "valid_metric": "loss",
-                      "num_threads": 1, "device": "cpu"},
+                      "num_threads": 1, "device": "cpu", "precision": "fp32"},
             "decode": {"beam_size": 3, "max_len_a": 1.2, "max_len_b": 4, "min_len": 1},
         },
     )  # fmt: skip

@@ -118,16 +118,3 @@ def check_model_fits(
             f"{16 * params / 2**30:,.0f} GiB; this {device.type} has {memory / 2**30:,.0f} GiB. "
             "Check the model sizes"
         )
-
-
-def limit_onednn_caches() -> None:
-    """Keep oneDNN from caching one bf16 matmul kernel per input shape on the CPU.
-
-    Token-budget training batches come in thousands of shapes; with the default caches
-    (1,024 entries each in oneDNN and in PyTorch's ideep layer) bf16 training on Multi30k grew to
-    a 4.2 GiB peak, against 1.2 GiB in float32, whose matmuls go through MKL. Without the caches
-    memory stays flat and a step costs about the same (bench/NOTES.md). Takes effect only
-    before the first oneDNN matmul of the process; a user's own settings win.
-    """
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
-    os.environ.setdefault("LRU_CACHE_CAPACITY", "1")  # 0 crashes torch 2.13's ideep layer

@@ -38,12 +38,8 @@ from nmt.data.spm import Tokenizer
 from nmt.data.store import ALIGN_COLUMN, PreparedData, load_prepared, split_lengths
 from nmt.errors import CheckpointError, ConfigError, DataError, NmtError, Stopped
 from nmt.io import append_jsonl, read_jsonl, write_json, write_jsonl, write_text
-from nmt.models import (
-    build_model,
-    check_model_fits,
-    count_parameters,
-    limit_onednn_caches,
-)
+from nmt.models import build_model, check_model_fits, count_parameters
+from nmt.models.row_buckets import bucket_linear_rows
 from nmt.training import checkpoint as saving
 from nmt.training import finetune
 from nmt.training.distributed import (
@@ -154,8 +150,6 @@ def _train(
     dist = init_distributed(device_type)
     device = torch.device("cuda", dist.local_rank) if device_type == "cuda" else torch.device("cpu")
     precision = resolve_precision(tc.precision, device)
-    if device.type == "cpu" and precision == "bf16":
-        limit_onednn_caches()
     configure_torch(cfg, device)
     console = make_console(dist)
 
@@ -188,6 +182,8 @@ def _train(
         finetune.load_init_weights(model, tc)  # fine-tuning: the weights only, all else fresh
     frozen = finetune.freeze(model, tc.freeze)  # before the optimizer, which skips frozen ones
     model.to(device)
+    if device.type == "cpu" and precision == "bf16":
+        bucket_linear_rows(model)  # oneDNN builds each bf16 matmul shape once (row_buckets.py)
     optimizer = build_optimizer(model, tc, device)
     schedule = LRSchedule(tc, model_width(cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
@@ -509,11 +505,13 @@ def resolve_device_type(name: str) -> str:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """The autocast precision: `auto` is bf16 on GPUs that support it and fp32 elsewhere; `bf16`
-    falls back to fp32 where the device has no native bf16 (`precision_note` says so)."""
+    """The autocast precision: `auto` is bf16 where the device computes bf16 natively (Ampere or
+    newer GPUs; CPUs with AMX or AVX512-BF16) and fp32 elsewhere, the faster of the two on every
+    such machine measured (bench/NOTES.md, lever 20); `bf16` falls back to fp32 where the device
+    has no native bf16 (`precision_note` says so)."""
     native_bf16 = has_native_bf16(device)
     if precision == "auto":
-        return "bf16" if native_bf16 and device.type == "cuda" else "fp32"
+        return "bf16" if native_bf16 else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     if precision == "bf16" and not native_bf16:

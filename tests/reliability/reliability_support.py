@@ -28,7 +28,7 @@ TINY_RUN: dict[str, Any] = {
     },
     "train": {"max_steps": 4, "batch_tokens": 400, "lr": 3e-3, "warmup_steps": 5, "log_every": 1,
               "valid_every": 1000, "save_every": 1000, "keep_last": 3, "valid_metric": "loss",
-              "deterministic": True, "num_threads": 1, "device": "cpu"},
+              "deterministic": True, "num_threads": 1, "device": "cpu", "precision": "fp32"},
 }  # fmt: skip
 
 

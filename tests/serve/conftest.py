@@ -36,7 +36,7 @@ def train_tiny(arch: str, steps: int, prepared: Path, out: Path) -> Path:
             },
             "train": {"max_steps": steps, "batch_tokens": 600, "lr": 3e-3, "warmup_steps": 5,
                       "valid_every": steps, "save_every": steps, "valid_metric": "loss",
-                      "num_threads": 1, "device": "cpu"},
+                      "num_threads": 1, "device": "cpu", "precision": "fp32"},
             "decode": {"beam_size": 3, "max_len_a": 1.2, "max_len_b": 4, "min_len": 1},
         },
     )  # fmt: skip

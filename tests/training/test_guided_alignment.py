@@ -98,7 +98,8 @@ def _tiny(steps: int, guided: float = 0.0) -> dict:
         },
         "train": {"max_steps": steps, "batch_tokens": 600, "lr": 3e-3, "warmup_steps": 5,
                   "valid_every": steps, "save_every": steps, "valid_metric": "loss",
-                  "num_threads": 1, "device": "cpu", "guided_alignment": guided},
+                  "num_threads": 1, "device": "cpu", "precision": "fp32",
+                  "guided_alignment": guided},
         "decode": {"beam_size": 2, "max_len_a": 1.2, "max_len_b": 4},
     }  # fmt: skip
 

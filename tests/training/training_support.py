@@ -39,6 +39,7 @@ TINY: dict[str, Any] = {
         "valid_metric": "loss",
         "deterministic": True,
         "num_threads": 1,
+        "precision": "fp32",  # the same maths on every CPU (auto is bf16 where that is native)
     },
 }
 
