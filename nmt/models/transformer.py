@@ -28,6 +28,7 @@ from nmt.models import count_parameters, make_embeddings
 from nmt.models.attention import (
     MultiHeadCrossAttention,
     MultiHeadSelfAttention,
+    select_steps,
     sinusoidal_positions,
 )
 from nmt.models.dropout import Dropout
@@ -42,10 +43,14 @@ class TransformerState:
     - `src_mask` (B,S) bool, True = real source token.
     - `cross_k`, `cross_v`: (B,H,S,dh) per layer, the encoder output projected once in `encode`
       (they are the only form of the encoder memory the decoder needs), once per sentence.
-    - `self_k`, `self_v`: (R,H,t,dh) per layer, the keys/values of the t target positions decoded
-      so far (t = 0 after `encode`), one set per hypothesis.
+    - `self_k`, `self_v`: (C,R,H,dh) per layer, time-major (`step_cache` in
+      nmt/models/attention.py): positions 0..t-1 hold the keys/values of the t target positions
+      decoded so far, one set per hypothesis (C >= t; C = 0 after `encode`).
     - `step`: t, the position of the next input token; the same for every row, since all rows are
       decoded in lockstep.
+
+    `decode_step` writes position t into the caches in place, so a state is advanced once (the
+    searches never branch from one state twice); `select` makes new caches.
     """
 
     src_mask: torch.Tensor
@@ -59,19 +64,21 @@ class TransformerState:
         """Hypothesis rows `rows` (R',) of the self-attention caches; the sentences `sources`
         (B',) of the source side, or None to keep it (see the protocol)."""
 
-        def pick(
-            tensors: tuple[torch.Tensor, ...], index: torch.Tensor
-        ) -> tuple[torch.Tensor, ...]:
-            return tuple(t.index_select(0, index) for t in tensors)
+        def steps(caches: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return tuple(select_steps(cache, self.step, rows) for cache in caches)
 
-        hyp = replace(self, self_k=pick(self.self_k, rows), self_v=pick(self.self_v, rows))
+        def pick(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            assert sources is not None
+            return tuple(t.index_select(0, sources) for t in tensors)
+
+        hyp = replace(self, self_k=steps(self.self_k), self_v=steps(self.self_v))
         if sources is None:
             return hyp
         return replace(
             hyp,
             src_mask=self.src_mask.index_select(0, sources),
-            cross_k=pick(self.cross_k, sources),
-            cross_v=pick(self.cross_v, sources),
+            cross_k=pick(self.cross_k),
+            cross_v=pick(self.cross_v),
         )
 
 
@@ -162,21 +169,22 @@ class DecoderLayer(nn.Module):
     def forward_step(
         self,
         x: torch.Tensor,
-        past_k: torch.Tensor,
-        past_v: torch.Tensor,
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+        step: int,
         cross_k: torch.Tensor,
         cross_v: torch.Tensor,
         key_mask: torch.Tensor,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One position x (R,1,D) with the self-attention cache (R,H,t,dh) -> (R,1,D), the cache
-        grown to t+1, cross-attention weights (R,H,1,S) or None; the source side (B rows) is
-        shared by R/B consecutive rows."""
+        """One position x (R,1,D), target position `step`, with the self-attention caches
+        (C,R,H,dh) -> (R,1,D), the caches with position `step` written, cross-attention weights
+        (R,H,1,S) or None; the source side (B rows) is shared by R/B consecutive rows."""
         if self.pre_norm:
-            out, k, v, _ = self.self_attn.forward_step(self.norm1(x), past_k, past_v)
+            out, k, v, _ = self.self_attn.forward_step(self.norm1(x), cache_k, cache_v, step)
             x = x + self.dropout(out)
         else:
-            out, k, v, _ = self.self_attn.forward_step(x, past_k, past_v)
+            out, k, v, _ = self.self_attn.forward_step(x, cache_k, cache_v, step)
             x = self.norm1(x + self.dropout(out))
         x, weights = self._cross_and_ffn(x, cross_k, cross_v, key_mask, need_weights)
         return x, k, v, weights
@@ -315,7 +323,7 @@ class TransformerModel(nn.Module):
         cross = [layer.cross_attn.project_memory(memory) for layer in self._decoder]
         b = src_ids.size(0)
         dh = self.d_model // self.heads
-        empty = memory.new_zeros(b, self.heads, 0, dh)  # (B, H, 0, dh): nothing decoded yet
+        empty = memory.new_zeros(0, b, self.heads, dh)  # (0, B, H, dh): nothing decoded yet
         n = len(self.decoder_layers)
         return TransformerState(
             src_mask=src_mask,
@@ -339,6 +347,7 @@ class TransformerModel(nn.Module):
                 x,
                 state.self_k[i],
                 state.self_v[i],
+                state.step,
                 state.cross_k[i],
                 state.cross_v[i],
                 key_mask,
