@@ -5,7 +5,7 @@ shape and keeps it in a cache. Building is slow next to running: on an Intel Xeo
 (2,000 x 256) x (256 x 1,024) bf16 product took 8 ms the first time and 0.6 ms once built, while
 float32 (MKL, nothing to build) takes 7.5 ms. Token-budget batches give a new row count
 (sentences x length) to nearly every update, so bf16 training kept building kernels: slower than
-float32 on that CPU, and the cache grew to gigabytes (bench/NOTES.md, levers 8 and 18).
+float32 on that CPU, and the cache grew to gigabytes (bench/NOTES.md, levers 8 and 19).
 
 `bucket_linear_rows` pads the rows of every linear layer's input with zeros up to a bucket (16
 buckets per octave: at most 1/16 extra rows) and slices them off the output, so a run meets a

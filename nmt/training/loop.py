@@ -507,7 +507,7 @@ def resolve_device_type(name: str) -> str:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The autocast precision: `auto` is bf16 where the device computes bf16 natively (Ampere or
     newer GPUs; CPUs with AMX or AVX512-BF16) and fp32 elsewhere, the faster of the two on every
-    such machine measured (bench/NOTES.md, lever 20); `bf16` falls back to fp32 where the device
+    such machine measured (bench/NOTES.md, lever 21); `bf16` falls back to fp32 where the device
     has no native bf16 (`precision_note` says so)."""
     native_bf16 = has_native_bf16(device)
     if precision == "auto":
