@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test lint format demo bench bench-peers bench-serve bench-terms gpu-check recipe wmt14 attention-study clean
+.PHONY: setup test lint format demo bench bench-peers bench-serve bench-cpu bench-terms gpu-check recipe wmt14 attention-study clean
 DEMO_MINUTES ?= 12
 
 setup: $(STAMP)
@@ -45,10 +45,16 @@ bench: $(STAMP)
 bench-peers: $(STAMP)
 	$(PY) -m bench.peers $(PEERS_ARGS)
 
-# nmt serve under 1, 8 and 32 loopback clients vs nmt translate on the same 400 Multi30k sentences
+# nmt serve under 1, 8, 32 and 128 loopback clients vs nmt translate on the same 400 Multi30k sentences
 # (a minute per level at most): make bench-serve [SERVE_ARGS="--run checkpoints/RUN"]
 bench-serve: $(STAMP)
 	$(PY) -m bench.serve $(SERVE_ARGS)
+
+# The CPU speed report on a quiet machine, ~35 minutes: peers (nmt float32/bf16/int8, OpenNMT-py,
+# CTranslate2 float32/int8), the beam cache A/B, int8 vs float32 BLEU, serve at 1-128 clients
+# (scripts/bench-cpu.sh; CHECKPOINT=... MINUTES=4, QUICK=1 for a 10-minute dry run)
+bench-cpu: $(STAMP)
+	bash scripts/bench-cpu.sh
 
 # Terminology (README "Terminology"): a term list from eflomal alignments of test_2016_flickr with
 # its references, then translation with and without it; BLEU, chrF, terms placed, speed:

@@ -92,16 +92,47 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+# The CPU features that decide our speed: bf16 matmuls (AVX512-BF16, AMX), int8 dot products
+# (VNNI, AMX); /proc/cpuinfo's names.
+CPU_FLAGS = (
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512f",
+)
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """The CPU's model name and which of CPU_FLAGS it has, from /proc/cpuinfo (Linux)."""
+    model, flags = "unknown", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags.update(value.split())
+    return model, [f for f in CPU_FLAGS if f in flags]
+
+
 def machine() -> dict[str, Any]:
     import torch
 
+    model, flags = cpu_info()
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
+        "cpu_model": model,
+        "cpu_flags": flags,
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -118,6 +149,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return ""
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """One line for a table's head: CPU model, its bf16/int8 features, threads (and the GPU)."""
+    flags = " ".join(info.get("cpu_flags") or []) or "none of " + ", ".join(CPU_FLAGS)
+    line = f"CPU: {info.get('cpu_model')} ({info.get('cpu_count')} cores; {flags}); "
+    line += f"torch {info.get('torch')}, {info.get('threads')} threads"
+    return line + (f"; GPU: {info['gpu']}" if info.get("gpu") else "")
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:

@@ -57,7 +57,7 @@ def main() -> None:
         "seconds": seconds,
         "tgt_tokens": sum(len(h) for h in hypotheses),
         "outputs": [target.decode(h) for h in hypotheses],
-        "compute_type": args.compute_type,
+        "compute_type": translator.compute_type,  # what CTranslate2 runs, after its fallbacks
         "device": args.device,
         "version": ctranslate2.__version__,
     }

@@ -1,7 +1,9 @@
-"""`make bench-peers`: nmt, JoeyNMT 2.3 and OpenNMT-py 3.5.1 side by side on Multi30k de-en.
+"""`make bench-peers`: nmt, JoeyNMT 2.3 and OpenNMT-py 3.5.1 side by side on Multi30k de-en, and
+CTranslate2 as the decoding bar.
 
     python -m bench.peers                          # 20 minutes of training each, then decoding
     python -m bench.peers --toolkits nmt,nmt-bf16 --minutes 5
+    python -m bench.peers --toolkits nmt,nmt-bf16,nmt-int8,opennmt,ctranslate2,ctranslate2-int8
     python -m bench.peers --reuse                  # report finished toolkits' saved results
 
 Every toolkit trains the same Transformer (3+3 layers, d_model 256, 4 heads, FFN 1024, dropout
@@ -10,9 +12,16 @@ warmup updates to a peak learning rate of 1e-3) on the same SentencePiece pieces
 model, fed to the peers as pre-tokenized text) for the same wall-clock budget, one toolkit after
 the other. Each then translates test_2016_flickr (1,000 sentences) with beam 5 and greedily,
 about 64 sentences per batch, best of `--repeats`; BLEU and chrF are scored by sacrebleu on
-detokenized output for all of them alike. CTranslate2 then decodes our float32 run's exported
-weights: the inference-engine bar for decoding speed. The peers live in their own virtualenvs
-under /tmp and are never dependencies of this project; their configs are in bench/peers/.
+detokenized output for all of them alike.
+
+Our entries: `nmt` trains and decodes in float32 like the peers, `nmt-bf16` in bfloat16 (autocast
+training, bf16 decoding), `nmt-int8` decodes the `nmt` entry's float32 weights in int8 (dynamic
+quantization). `ctranslate2` and `ctranslate2-int8` decode the same float32 weights, exported with
+`nmt export`, with CTranslate2 in float32 and in int8: the inference-engine bar for decoding
+speed. Each entry records the precision it actually trained and decoded in, and the table says
+where that is not its name's (a CPU without native bf16, an engine's fallback). The peers live
+in their own virtualenvs under /tmp and are never dependencies of this project; their configs
+are in bench/peers/.
 """
 
 from __future__ import annotations
@@ -25,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import workloads
-from bench.common import NMT, ROOT, check, machine, print_table, run_child, write_results
+from bench.common import (
+    NMT,
+    ROOT,
+    check,
+    machine,
+    machine_line,
+    print_table,
+    run_child,
+    write_results,
+)
 
 WORK = Path("/tmp/nmt-peers")
 DATA = WORK / "data"
@@ -48,20 +66,33 @@ NMT_SETTINGS = [
     "train.log_every=50",
     "train.device=cpu",
 ]
-# Our entries: the recipe as is (float32, like the peers), and in bfloat16 (autocast training,
-# bf16 decoding), which CPUs with AVX512-BF16 or AMX multiply ~2.5x faster (bench/NOTES.md).
-# Entry -> (training overrides, decode precision).
-NMT_VARIANTS = {"nmt": ([], "fp32"), "nmt-bf16": (["train.precision=bf16"], "bf16")}
-# Inference engines decode our float32 `nmt` run's weights (exported with `nmt export`); they
-# count as peers for decoding speed only.
-ENGINES = {"ctranslate2"}
+# Our entries that train: entry -> (training overrides, decode precision). `nmt` forces float32:
+# the recipe itself says train.precision=auto.
+NMT_VARIANTS = {
+    "nmt": (["train.precision=fp32"], "fp32"),
+    "nmt-bf16": (["train.precision=bf16"], "bf16"),
+}
+# Entries that decode the `nmt` entry's float32 weights and train nothing: entry -> precision.
+NMT_DECODERS = {"nmt-int8": "int8"}
+# Inference engines on the same weights (exported with `nmt export`): entry -> compute type. They
+# count as rivals for decoding speed only.
+ENGINES = {"ctranslate2": "float32", "ctranslate2-int8": "int8"}
+OURS = {*NMT_VARIANTS, *NMT_DECODERS}
+# The precision each entry's name promises (training, decoding); a peer trains in float32
+# (bench/peers/*.yaml) and decodes in its training precision.
+PROMISED = {
+    "nmt": ("fp32", "fp32"),
+    "nmt-bf16": ("bf16", "bf16"),
+    "nmt-int8": (None, "int8"),
+    "ctranslate2": (None, "float32"),
+    "ctranslate2-int8": (None, "int8"),
+}
+DEFAULT_TOOLKITS = "nmt,nmt-bf16,nmt-int8,joeynmt,opennmt,ctranslate2,ctranslate2-int8"
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--toolkits", default="nmt,nmt-bf16,joeynmt,opennmt,ctranslate2", help="comma-separated"
-    )
+    parser.add_argument("--toolkits", default=DEFAULT_TOOLKITS, help="comma-separated")
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget each")
     parser.add_argument("--repeats", type=int, default=2, help="decoding runs; the best counts")
     parser.add_argument(
@@ -86,21 +117,28 @@ def main() -> None:
             print(f"{name}: reusing {saved}")
             results.append(json.loads(saved.read_text()))
             continue
-        print(f"{name}: {args.minutes:g} minutes of training, then decoding", flush=True)
         if name in NMT_VARIANTS:
+            print(f"{name}: {args.minutes:g} minutes of training, then decoding", flush=True)
             result = {"toolkit": name, **run_nmt(name, args.minutes, args.repeats, args.reuse)}
+        elif name in NMT_DECODERS:
+            print(f"{name}: decoding the nmt entry's weights in {NMT_DECODERS[name]}", flush=True)
+            result = {"toolkit": name, **run_nmt_decoder(name, args.repeats)}
         elif name in ENGINES:
-            result = {"toolkit": name, **run_ctranslate2(args.repeats)}
+            print(f"{name}: decoding the nmt entry's weights in {ENGINES[name]}", flush=True)
+            result = {"toolkit": name, **run_ctranslate2(name, args.repeats)}
         else:
+            print(f"{name}: {args.minutes:g} minutes of training, then decoding", flush=True)
             result = {"toolkit": name, **run_peer(name, args.minutes, args.repeats)}
+        result["precision_note"] = precision_note(result)
         result.update(scores(result.pop("beam5_pieces_or_text"), references, prepared))
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(result, indent=2) + "\n")
         results.append(result)
     payload = {"machine": machine(), "settings": vars(args), "results": results}
     payload["ratios"] = ratios(results)
+    payload["decoding_vs_engine"] = engine_ratios(results)
     path = write_results("peers", payload)
-    report(results, payload["ratios"])
+    report(payload)
     print(f"\nwritten: {path.relative_to(ROOT)}")
 
 
@@ -160,21 +198,33 @@ def run_nmt(name: str, minutes: float, repeats: int, reuse: bool) -> dict[str, A
     else:
         trained = train_nmt(run_dir, minutes, NMT_VARIANTS[name][0])
         record.write_text(json.dumps(trained, indent=2) + "\n")
+    return {**trained, **decode_nmt(run_dir / "last.pt", NMT_VARIANTS[name][1], repeats)}
+
+
+def run_nmt_decoder(name: str, repeats: int) -> dict[str, Any]:
+    """The `nmt` entry's weights decoded in another precision (no training of its own)."""
+    decoded = decode_nmt(trained_float32(name), NMT_DECODERS[name], repeats)
+    return {"updates": None, "tokens_per_s": None, "peak_rss_gib": None, **decoded}
+
+
+def trained_float32(name: str) -> Path:
+    checkpoint = WORK / "nmt" / "run" / "last.pt"
+    if not checkpoint.is_file():
+        sys.exit(f"{name} decodes the nmt entry's model: run that entry first ({checkpoint})")
+    return checkpoint
+
+
+def decode_nmt(checkpoint: Path, precision: str, repeats: int) -> dict[str, Any]:
     lines = read_text(TEST_SRC)
-    decoded = {}
+    decoded, used = {}, set()
     for beam in (5, 1):
         search = workloads.timed_search(
-            run_dir / "last.pt",
-            lines,
-            "cpu",
-            beam,
-            repeats,
-            NMT_BATCH_TOKENS,
-            NMT_VARIANTS[name][1],
+            checkpoint, lines, "cpu", beam, repeats, NMT_BATCH_TOKENS, precision
         )
         decoded[beam] = (len(lines) / min(search["seconds"]), search["outputs"])
+        used.add(search["precision"])
     return {
-        **trained,
+        "decode_precision": "/".join(sorted(used)),
         "beam5_sent_per_s": decoded[5][0],
         "greedy_sent_per_s": decoded[1][0],
         "greedy_sha256": workloads.sha256_of(decoded[1][1]),
@@ -199,7 +249,7 @@ def _summary_of(run_dir: Path) -> dict[str, Any]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = [r for r in rows if r["kind"] == "summary"][-1]
     return {"updates": summary["step"], "tokens_per_s": summary["tokens_per_s"],
-            "precision": summary.get("precision"), "peak_rss_gib": None}  # fmt: skip
+            "train_precision": summary.get("precision"), "peak_rss_gib": None}  # fmt: skip
 
 
 # ---- the peers -----------------------------------------------------------------------------------
@@ -224,6 +274,8 @@ def run_peer(name: str, minutes: float, repeats: int) -> dict[str, Any]:
     return {
         "updates": trained.updates,
         "tokens_per_s": trained.tokens_per_s,
+        "train_precision": "fp32",  # bench/peers/*.yaml
+        "decode_precision": "fp32",
         "peak_rss_gib": trained.peak_rss_mib / 1024,
         "beam5_sent_per_s": decoded[5][0],
         "greedy_sent_per_s": decoded[1][0],
@@ -231,26 +283,27 @@ def run_peer(name: str, minutes: float, repeats: int) -> dict[str, Any]:
     }
 
 
-def run_ctranslate2(repeats: int) -> dict[str, Any]:
-    """CTranslate2 decoding the `nmt` entry's weights, exported by `nmt export`, with the same
-    sentences per batch and threads as ours."""
-    checkpoint = WORK / "nmt" / "run" / "last.pt"
-    if not checkpoint.is_file():
-        sys.exit(f"ctranslate2 decodes the nmt entry's model: run it first ({checkpoint})")
-    model = WORK / "ctranslate2" / "model"
+def run_ctranslate2(name: str, repeats: int) -> dict[str, Any]:
+    """CTranslate2 decoding the `nmt` entry's weights, exported by `nmt export`, in the entry's
+    compute type, with the same sentences per batch and threads as ours."""
+    checkpoint = trained_float32(name)
+    model = WORK / name / "model"
     check(run_child([*NMT, "export", checkpoint, "--out", model]), "nmt export")
-    decoded = {}
+    decoded, used = {}, set()
     for beam in (5, 1):
-        out = WORK / "ctranslate2" / f"beam{beam}.json"
+        out = WORK / name / f"beam{beam}.json"
         argv = [sys.executable, "-m", "bench.ctranslate2_decode", model, TEST_SRC, out]
         argv += ["--beam", str(beam), "--repeats", str(repeats), "--batch", str(BATCH_SENTENCES)]
+        argv += ["--compute-type", ENGINES[name]]
         check(run_child(argv), "ctranslate2 decoding")
         record = json.loads(out.read_text())
         decoded[beam] = (len(record["outputs"]) / min(record["seconds"]), record["outputs"])
+        used.add(record["compute_type"])
     return {
         "updates": None,
         "tokens_per_s": None,
         "peak_rss_gib": None,
+        "decode_precision": "/".join(sorted(used)),
         "beam5_sent_per_s": decoded[5][0],
         "greedy_sent_per_s": decoded[1][0],
         "beam5_pieces_or_text": decoded[5][1],
@@ -273,15 +326,14 @@ DECODE_FIGURES = {"beam5_sent_per_s", "greedy_sent_per_s"}
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Each of our entries over the best peer on each figure (for memory: the best peer's over
-    ours, so that above 1 means better everywhere)."""
-    peers = [r for r in results if r["toolkit"] not in NMT_VARIANTS]
+    """Each of our entries over the best PyTorch peer (JoeyNMT, OpenNMT-py) on each figure (for
+    memory: the best peer's over ours, so that above 1 means better everywhere)."""
+    peers = [r for r in results if r["toolkit"] not in OURS and r["toolkit"] not in ENGINES]
     out: dict[str, dict[str, float]] = {}
-    for ours in (r for r in results if r["toolkit"] in NMT_VARIANTS):
+    for ours in (r for r in results if r["toolkit"] in OURS):
         out[ours["toolkit"]] = {}
         for figure, more_is_better in FIGURES.items():
-            rivals = [p for p in peers if p["toolkit"] not in ENGINES or figure in DECODE_FIGURES]
-            values = [p[figure] for p in rivals if p.get(figure) is not None]
+            values = [p[figure] for p in peers if p.get(figure) is not None]
             if ours.get(figure) is None or not values:
                 continue
             best = max(values) if more_is_better else min(values)
@@ -291,13 +343,46 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def report(results: list[dict[str, Any]], ratio: dict[str, dict[str, float]]) -> None:
+def engine_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per search: our fastest decoding entry over CTranslate2's fastest, each named."""
+    out: dict[str, dict[str, Any]] = {}
+    for figure in DECODE_FIGURES:
+        ours = [r for r in results if r["toolkit"] in OURS and r.get(figure)]
+        engines = [r for r in results if r["toolkit"] in ENGINES and r.get(figure)]
+        if not ours or not engines:
+            continue
+        best = max(ours, key=lambda r: r[figure])
+        bar = max(engines, key=lambda r: r[figure])
+        out[figure] = {"nmt": best["toolkit"], "engine": bar["toolkit"],
+                       "ratio": best[figure] / bar[figure]}  # fmt: skip
+    return out
+
+
+def precision_note(result: dict[str, Any]) -> str | None:
+    """Where an entry did not train or decode in the precision its name promises, say so."""
+    promised = PROMISED.get(result["toolkit"])
+    if promised is None:
+        return None
+    notes = []
+    for what, wanted in zip(("train", "decode"), promised, strict=True):
+        got = result.get(f"{what}_precision")
+        if wanted is not None and got != wanted:
+            notes.append(f"{what}: {got} instead of {wanted}")
+    return "; ".join(notes) or None
+
+
+def report(payload: dict[str, Any]) -> None:
+    results, ratio = payload["results"], payload["ratios"]
     rows = [dict(r) for r in results]
     rows += [{"toolkit": f"{name} / best peer", **figures} for name, figures in ratio.items()]
     print()
-    # `precision`: what our training computed in; nmt-bf16 falls back to float32 on CPUs without
-    # native bf16, and the column says so.
-    print_table(rows, ["toolkit", "precision", *FIGURES])
+    print(machine_line(payload["machine"]))
+    print_table(rows, ["toolkit", "train_precision", "decode_precision", *FIGURES])
+    for figure, best in payload["decoding_vs_engine"].items():
+        print(f"{figure}: {best['nmt']} / {best['engine']} = {best['ratio']:.2f}x")
+    for r in results:
+        if r.get("precision_note"):
+            print(f"warning: {r['toolkit']} is not in its name's precision: {r['precision_note']}")
 
 
 if __name__ == "__main__":

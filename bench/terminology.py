@@ -230,18 +230,10 @@ def main() -> None:
         "terms": term_count,
         "bleu_signature": corpus_scores(lines[:1], [refs[:1]])["bleu_signature"],
         "rows": rows,
-        "machine": {**machine(), "cpu_model": cpu_model()},
+        "machine": machine(),
         "note": "speed measured on a machine shared with other jobs: loaded figures",
     }
     print(f"results: {write_results('terminology', payload)}")
-
-
-def cpu_model() -> str:
-    """The CPU's model name, as lscpu shows it."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

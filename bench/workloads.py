@@ -129,9 +129,10 @@ def timed_search(
     batch_tokens: int,
     precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Translate `lines` `repeats` times with beam `beam` (1: greedy): the seconds of each repeat
-    (the search itself: model loading and SentencePiece excluded, as the peers report it), the
-    target tokens and the detokenized outputs of the last repeat."""
+    """Translate `lines` `repeats` times with beam `beam` (1: greedy) in `precision` (fp32, bf16
+    or int8): the seconds of each repeat (the search itself: model loading and SentencePiece
+    excluded, as the peers report it), the target tokens and the detokenized outputs of the last
+    repeat."""
     import torch
 
     from nmt.decoding.beam import count_tokens
@@ -152,7 +153,7 @@ def timed_search(
         tokens = count_tokens(hyps)
         outputs = [translator.tgt_tok.decode(n[0].tokens) for n in hyps]
     return {"seconds": seconds, "tgt_tokens": tokens, "outputs": outputs,
-            "device": str(translator.device)}  # fmt: skip
+            "device": str(translator.device), "precision": translator.cfg.precision}  # fmt: skip
 
 
 def decode_speed(

@@ -274,7 +274,8 @@ class TrainConfig:
     valid_max_sentences: int = 0  # 0: the whole validation set
     patience: int = 0  # early stopping after this many validations without improvement; 0: off
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on capable GPUs
+    # auto: bf16 autocast where the GPU or CPU computes bf16 natively (AMX, AVX512-BF16), else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile the model
     max_nan_steps: int = 10  # consecutive non-finite losses before the run stops
     deterministic: bool = (
@@ -370,7 +371,9 @@ class DecodeConfig:
     seed: int = 1
     # bf16: weights and activations in bfloat16, log-probs still float32. 1.2-1.7x faster on a CPU
     # with AVX512-BF16 (bench/NOTES.md), and on GPUs; outputs can differ slightly from fp32.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # int8 (CPU only): linear layers with int8 weights and dynamically quantized inputs
+    # (nmt/models/quantized.py); the rest stays float32.
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
     # Padded source tokens per decoding batch. On a CPU 1-2k is fastest (the (B*K, V) score
     # matrices of a step stay in cache); a GPU likes more.
     batch_tokens: int = 2000

@@ -59,6 +59,7 @@ from nmt.device import resolve_device
 from nmt.errors import CheckpointError, ConfigError, DataError
 from nmt.markup.inline import Aligned
 from nmt.models import count_parameters
+from nmt.models.quantized import quantize_int8
 
 EOS_PIECE = "</s>"
 
@@ -304,10 +305,17 @@ class Translator:
         # alignments come from it, whatever layers and heads the attention export shows.
         self.aligned_head = supervised_head(first.config)
         self.models = [run.model for run in runs]
+        self.parameters = sum(count_parameters(m) for m in self.models)  # before quantizing
         if cfg.precision == "bf16":
             # oneDNN's kernel caches stay on: decoding shapes are few (rows x one position) and
             # rebuilding kernels made bf16 greedy search 2.6x slower (bench/NOTES.md).
             self.models = [model.to(torch.bfloat16) for model in self.models]
+        elif cfg.precision == "int8":
+            if device.type != "cpu":
+                raise ConfigError(
+                    "decode.precision=int8 is for CPUs (dynamic quantization); on a GPU use bf16"
+                )
+            self.models = [quantize_int8(model) for model in self.models]
         # Longest source the models accept: positions for the subwords and the EOS.
         limit = Ensemble(self.models).max_positions
         self.max_src_len = None if limit is None else limit - 1
@@ -779,7 +787,7 @@ class Translator:
             "src_lang": first.vocab.get("src_lang"),
             "tgt_lang": first.vocab.get("tgt_lang"),
             "arch": self.arch,
-            "parameters": sum(count_parameters(m) for m in self.models),
+            "parameters": self.parameters,
             "paths": [str(run.checkpoint) for run in self.runs],
             "decode": to_dict(self.cfg),
         }

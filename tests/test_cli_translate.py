@@ -86,6 +86,24 @@ def test_bf16_translation_agrees_with_float32(run_dir: Path) -> None:
     assert half.stdout == full.stdout
 
 
+def test_int8_translation_agrees_with_float32(run_dir: Path) -> None:
+    """decode.precision=int8 (dynamic quantization) on the confident tiny model: the same
+    translations, and JSONL rows still carry the attention and alignments."""
+    stdin = "\n".join(SENTENCES) + "\n"
+    full = invoke("translate", run_dir, stdin=stdin)
+    quantized = invoke("translate", run_dir, "--set", "decode.precision=int8", stdin=stdin)
+    assert full.exit_code == 0 and quantized.exit_code == 0, quantized.output
+    assert "(int8)" in quantized.stderr
+    assert quantized.stdout == full.stdout
+    rows = invoke("translate", run_dir, "--set", "decode.precision=int8", "--output-format",
+                  "jsonl", "--attention", stdin=stdin)  # fmt: skip
+    assert rows.exit_code == 0, rows.output
+    row = json.loads(rows.stdout.splitlines()[0])
+    assert row["alignment"] and len(row["attention"]["matrix"]) == len(
+        row["attention"]["tgt_words"]
+    )
+
+
 def test_translate_nbest_format(run_dir: Path) -> None:
     result = invoke("translate", run_dir, "--nbest", "3", stdin="ba ce\n\nfo go\n")
     assert result.exit_code == 0, result.output

@@ -177,7 +177,8 @@ def test_an_rnn_run_is_refused_by_name(tiny_prepared: Path, tmp_path: Path) -> N
         {
             "model": {"arch": "rnn", "rnn": {"emb_dim": 8, "hidden_size": 8, "attn_dim": 8}},
             "train": {"max_steps": 2, "batch_tokens": 300, "valid_every": 2, "save_every": 2,
-                      "valid_metric": "loss", "num_threads": 1, "device": "cpu"},
+                      "valid_metric": "loss", "num_threads": 1, "device": "cpu",
+                      "precision": "fp32"},
         },
     )  # fmt: skip
     run = tmp_path / "rnn-run"

@@ -64,6 +64,14 @@ def test_settings_come_from_the_run_then_overrides_then_keywords(run_dir: Path) 
         Translator.load(run_dir, "cpu", ["train.lr=1"])
 
 
+def test_int8_is_refused_on_a_gpu_before_quantizing(run_dir: Path) -> None:
+    from nmt.checkpoint import load_run
+
+    runs = [load_run(run_dir, torch.device("cpu"))]
+    with pytest.raises(ConfigError, match="int8 is for CPUs"):
+        Translator(runs, DecodeConfig(precision="int8"), torch.device("cuda"))
+
+
 def test_full_results_hold_scores_nbest_and_alignment(run_dir: Path) -> None:
     from nmt import Translator
 

@@ -31,7 +31,9 @@ FAST: dict[str, Any] = {
     },
     "train": {"max_steps": 8, "batch_tokens": 400, "lr": 3e-3, "warmup_steps": 5,
               "log_every": 2, "valid_every": 4, "save_every": 2, "keep_last": 3,
-              "valid_metric": "loss", "deterministic": True, "num_threads": 1},
+              "valid_metric": "loss", "deterministic": True, "num_threads": 1,
+              # The same maths on every CPU (auto is bf16 where the CPU computes it natively).
+              "precision": "fp32"},
 }  # fmt: skip
 
 
@@ -57,7 +59,7 @@ def trained(steps: int, arch: str = "transformer", *overrides: str) -> RunConfig
         },
         "train": {"max_steps": steps, "batch_tokens": 600, "lr": 3e-3, "warmup_steps": 5,
                   "valid_every": steps, "save_every": steps, "valid_metric": "loss",
-                  "num_threads": 1, "device": "cpu"},
+                  "num_threads": 1, "device": "cpu", "precision": "fp32"},
         "decode": {"beam_size": 3, "max_len_a": 1.2, "max_len_b": 4, "min_len": 1},
     }  # fmt: skip
     return tiny_config(*overrides, base=base)

@@ -204,8 +204,8 @@ class Ensemble:
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor) -> list:
         return [m.encode(src_ids, src_mask) for m in self.models]
 
-    def select(self, states: list, indices: torch.Tensor, same_sources: bool = False) -> list:
-        return [s.select(indices, same_sources) for s in states]
+    def select(self, states: list, rows: torch.Tensor, sources: torch.Tensor | None = None) -> list:
+        return [s.select(rows, sources) for s in states]
 
     def step(
         self, prev_ids: torch.Tensor, states: list, need_attention: bool
@@ -317,13 +317,13 @@ def iter_beam_search(
             yield pool.collect(alive[done], steps, src_lengths, cfg, need_attention, lexical)
             emitted[alive[done]] = True
         rows = beams + torch.arange(n, device=device)[:, None] * beam  # (n, K) parent rows
+        sources = None  # hypotheses only move within their sentence: the source side stays
         if num_done:
             keep = ~done
             rows, scores, tokens, alive = rows[keep], scores[keep], tokens[keep], alive[keep]
+            sources = keep.nonzero().view(-1)  # (n',) the sentences that go on
         rows = rows.reshape(-1)
-        # Without finished sentences, hypotheses only move within their sentence's K rows, whose
-        # source-side tensors are equal: those need no copy.
-        states = ens.select(states, rows, same_sources=num_done == 0)
+        states = ens.select(states, rows, sources)
         prev = tokens.reshape(-1)
         if history is not None:
             history = torch.cat([history.index_select(0, rows), prev[:, None]], dim=1)
@@ -373,6 +373,7 @@ def _start_beams(
     input, BOS. Only beam 0 is live at first; the others would duplicate it."""
     batch, device = src_ids.size(0), src_ids.device
     states = ens.encode(src_ids, src_mask)
+    # K hypothesis rows per sentence; the source side stays one per sentence (nmt/models).
     states = ens.select(states, torch.arange(batch, device=device).repeat_interleave(beam))
     scores = torch.full((batch, beam), NEG_INF, device=device)
     scores[:, 0] = 0.0
@@ -603,9 +604,9 @@ def greedy_search(
     shortest = int(max_lens.min())
 
     states = ens.encode(src_ids, src_mask)
-    if copies > 1:
+    if copies > 1:  # samples end at different steps: each row gets its own copy of the source
         rows = torch.arange(batch, device=src_ids.device).repeat_interleave(copies)
-        states = ens.select(states, rows)
+        states = ens.select(states, rows, rows)
     out = _Rows(rows_total, num_steps, src_ids.device)
     alive = torch.arange(rows_total, device=src_ids.device)  # (R',) original row of each live row
     prev = torch.full((rows_total,), BOS_ID, dtype=torch.long, device=src_ids.device)
@@ -627,7 +628,7 @@ def greedy_search(
         if num_finished:
             keep = (~finished).nonzero()[:, 0]
             alive, tokens = alive[keep], tokens[keep]
-            states = ens.select(states, keep)
+            states = ens.select(states, keep, keep)
             if history is not None:
                 history = history.index_select(0, keep)
         prev = tokens

@@ -16,14 +16,17 @@ Every model is an `nn.Module` with:
   the Transformer (guided-alignment training, forced decoding).
 - `encode(src_ids, src_mask) -> DecoderState`: runs the encoder once and returns the state for the
   first decoding step (it holds the encoder memory, its mask, precomputed attention keys, caches).
-- `decode_step(prev_ids (B,), state, need_attention=False) -> (log_probs (B,V), state, attn)`: one
-  incremental step; log_probs are float32. `attn` is None unless `need_attention`; then the
-  cross-attention weights of this step: (B,S) for the RNN, (B,L,H,S) for the Transformer. Rows
-  sum to 1 over real source positions and are exactly 0 on padding.
-- `state.select(indices (B',), same_sources=False) -> DecoderState`: the state for rows `indices`
-  (reorder, drop or duplicate), used by beam search; memory and caches are gathered along the
-  batch dimension. With `same_sources` the caller promises that every index points to a row of
-  the same source sentence as the row it fills, and the source-side tensors are not copied.
+- `decode_step(prev_ids (R,), state, need_attention=False) -> (log_probs (R,V), state, attn)`: one
+  incremental step for the state's R hypothesis rows; log_probs are float32. `attn` is None unless
+  `need_attention`; then the cross-attention weights of this step: (R,S) for the RNN, (R,L,H,S)
+  for the Transformer. Rows sum to 1 over real source positions and are exactly 0 on padding.
+- `state.select(rows (R',), sources (B',) | None = None) -> DecoderState`: the state for the
+  hypothesis rows `rows` (reorder, drop or duplicate), used by the searches. The source side
+  (encoder memory, its mask, attention keys/values) is kept once per source sentence and shared
+  by that sentence's hypotheses: the R rows of a state are B groups of R/B consecutive rows, group
+  b reading source b (after `encode`, R = B). `sources` names the source sentences of the new
+  state, one per group of R'/B' rows; None keeps them as they are, for a caller that only moves
+  rows within their group (beam search between steps), so the source side is never copied.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from nmt.models.transformer import TransformerModel
 
 
 class DecoderState(Protocol):
-    def select(self, indices: torch.Tensor, same_sources: bool = False) -> DecoderState: ...
+    def select(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> DecoderState: ...
 
 
 def build_model(
@@ -100,16 +103,3 @@ def check_model_fits(
             f"{16 * params / 2**30:,.0f} GiB; this {device.type} has {memory / 2**30:,.0f} GiB. "
             "Check the model sizes"
         )
-
-
-def limit_onednn_caches() -> None:
-    """Keep oneDNN from caching one bf16 matmul kernel per input shape on the CPU.
-
-    Token-budget training batches come in thousands of shapes; with the default caches
-    (1,024 entries each in oneDNN and in PyTorch's ideep layer) bf16 training on Multi30k grew to
-    a 4.2 GiB peak, against 1.2 GiB in float32, whose matmuls go through MKL. Without the caches
-    memory stays flat and a step costs about the same (bench/NOTES.md). Takes effect only
-    before the first oneDNN matmul of the process; a user's own settings win.
-    """
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
-    os.environ.setdefault("LRU_CACHE_CAPACITY", "1")  # 0 crashes torch 2.13's ideep layer

@@ -16,6 +16,7 @@ under bf16 autocast) and masked positions get -inf before it, so their weights a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -266,6 +267,30 @@ class LocalAttention(nn.Module):
         return _context(weights, memory), weights
 
 
+def attend_per_slot(
+    attend: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
+    query: torch.Tensor,
+    sources: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention of R = B*G query rows over B source sentences stored once each, G consecutive
+    rows per sentence (its hypotheses in beam search; G = 1 otherwise).
+
+    `attend(q)` attends B query rows, row b to source b, and returns (output, weights or None),
+    each with B rows. It is called once per slot g (the rows b*G + g), so every row's arithmetic
+    is exactly that of a batch holding a copy of its source per row: one matrix product over the
+    G rows of a sentence would be cheaper but rounds differently, and float32 translations are
+    kept bit for bit. Returns the outputs and weights of all R rows in row order.
+    """
+    group = query.size(0) // sources
+    if group == 1:
+        return attend(query)
+    slots = [attend(rows) for rows in query.unflatten(0, (sources, group)).unbind(1)]
+    out = torch.stack([o for o, _ in slots], dim=1).flatten(0, 1)  # (R, ...)
+    if slots[0][1] is None:
+        return out, None
+    return out, torch.stack([w for _, w in slots], dim=1).flatten(0, 1)  # type: ignore[misc]
+
+
 # --- Multi-head attention ---------------------------------------------------------------------
 
 
@@ -361,21 +386,52 @@ class MultiHeadSelfAttention(nn.Module):
     def forward_step(
         self,
         x: torch.Tensor,
-        past_k: torch.Tensor,
-        past_v: torch.Tensor,
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+        step: int,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One new position x (B,1,D) attending to itself and the cache past_k/past_v (B,H,t,dh).
-        Returns (out (B,1,D), k (B,H,t+1,dh), v (B,H,t+1,dh), weights (B,H,1,t+1) or None)."""
+        """One new position x (B,1,D), target position `step`, attending to itself and the
+        positions before it, whose keys/values are in the caches (C,B,H,dh), time-major (see
+        `step_cache`). Writes the new keys/values into the caches at `step`, in place (a cache
+        that is full is replaced by a larger one). Returns (out (B,1,D), cache_k, cache_v,
+        weights (B,H,1,step+1) or None)."""
         q, k_new, v_new = _split_heads(self.qkv_proj(x), 3, self.heads)  # (B, H, 1, dh) each
-        # `.to` is a no-op except on the empty first cache, made before autocast chose a dtype.
-        k = torch.cat([past_k.to(k_new.dtype), k_new], dim=2)  # (B, H, t+1, dh)
-        v = torch.cat([past_v.to(v_new.dtype), v_new], dim=2)
+        cache_k = step_cache(cache_k, step, k_new[:, :, 0])
+        cache_v = step_cache(cache_v, step, v_new[:, :, 0])
+        k = cache_k[: step + 1].permute(1, 2, 0, 3)  # (B, H, step+1, dh), a view
+        v = cache_v[: step + 1].permute(1, 2, 0, 3)
         # Every cached position precedes the new one, so no mask is needed.
         out, weights = scaled_dot_product(
             q, k, v, None, dropout_p=self._dropout_p(), need_weights=need_weights
         )
-        return self.out_proj(_merge_heads(out)), k, v, weights
+        return self.out_proj(_merge_heads(out)), cache_k, cache_v, weights
+
+
+def step_cache(cache: torch.Tensor, step: int, new: torch.Tensor) -> torch.Tensor:
+    """`cache` (C,B,H,dh) with `new` (B,H,dh) written at position `step`, in place when it fits.
+
+    Time-major, so that positions 0..step are one contiguous block: reordering hypotheses
+    (`select_steps`) is one gather of that block and a step one small write, where growing a
+    (B,H,t,dh) tensor by concatenation copied the whole cache at every step. A full cache (or the
+    empty one `encode` makes, or one of another dtype) is replaced by one twice as long."""
+    if step >= cache.size(0) or cache.dtype != new.dtype:
+        grown = new.new_empty(max(2 * cache.size(0), step + 1, 16), *new.shape)
+        grown[:step] = cache[:step]
+        cache = grown
+    cache[step] = new
+    return cache
+
+
+def select_steps(cache: torch.Tensor, steps: int, rows: torch.Tensor) -> torch.Tensor:
+    """Rows `rows` (B',) of the first `steps` positions of `cache` (C,B,H,dh): a new cache of the
+    same capacity, one gather."""
+    picked = cache.new_empty(cache.size(0), rows.numel(), *cache.shape[2:])
+    if cache.requires_grad:  # autograd cannot follow out=; the searches run without it
+        picked[:steps] = cache[:steps].index_select(1, rows)
+    else:
+        torch.index_select(cache[:steps], 1, rows, out=picked[:steps])
+    return picked
 
 
 class MultiHeadCrossAttention(nn.Module):
@@ -411,13 +467,18 @@ class MultiHeadCrossAttention(nn.Module):
         mask: torch.Tensor,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B,T,D), k/v from `project_memory`, mask (B,1,1,S) bool -> (B,T,D), weights
-        (B,H,T,S) or None."""
-        (q,) = _split_heads(self.q_proj(x), 1, self.heads)  # (B, H, T, dh)
+        """x (R,T,D) with R = B*G (G rows per source sentence, see `attend_per_slot`), k/v
+        (B,H,S,dh) from `project_memory`, mask (B,1,1,S) bool -> (R,T,D), weights (R,H,T,S) or
+        None."""
+        (q,) = _split_heads(self.q_proj(x), 1, self.heads)  # (R, H, T, dh)
         dropout_p = self.attn_dropout if self.training else 0.0
-        out, weights = scaled_dot_product(
-            q, k, v, mask, dropout_p=dropout_p, need_weights=need_weights
-        )
+
+        def attend(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return scaled_dot_product(
+                rows, k, v, mask, dropout_p=dropout_p, need_weights=need_weights
+            )
+
+        out, weights = attend_per_slot(attend, q, k.size(0))  # (R, H, T, dh)
         return self.out_proj(_merge_heads(out)), weights
 
 

@@ -36,6 +36,7 @@ from nmt.models.attention import (
     HardAttention,
     LocalAttention,
     LuongAttention,
+    attend_per_slot,
 )
 from nmt.models.dropout import Dropout
 from nmt.models.embeddings import make_embeddings
@@ -43,13 +44,15 @@ from nmt.models.embeddings import make_embeddings
 
 @dataclass
 class RNNState:
-    """Decoder state between steps (N = hidden_size, L = decoder layers).
+    """Decoder state between steps (N = hidden_size, L = decoder layers). B source sentences,
+    R = B*G hypothesis rows, G consecutive rows per sentence (the protocol's `select`,
+    nmt/models/__init__.py).
 
     - `memory` (B,S,N): encoder outputs, 0 on padding; `src_mask` (B,S) bool; `src_len` (B,) int64.
     - `keys`: the attention's source-only precomputation, once per sentence: U h + b (B,S,attn_dim)
       for Bahdanau, W_a h (B,S,N) for general / local, `memory` itself for dot.
-    - `hidden` (L,B,N), `cell` (L,B,N) for an LSTM else None: the decoder RNN's state.
-    - `feed` (B,N): the previous readout r_{t-1} for Luong input feeding, else None.
+    - `hidden` (L,R,N), `cell` (L,R,N) for an LSTM else None: the decoder RNN's state.
+    - `feed` (R,N): the previous readout r_{t-1} for Luong input feeding, else None.
     - `position`: target positions decoded so far (the same for every row), for local-m.
     """
 
@@ -62,25 +65,24 @@ class RNNState:
     feed: torch.Tensor | None
     position: int = 0
 
-    def select(self, indices: torch.Tensor, same_sources: bool = False) -> RNNState:
-        """Rows `indices` (B',) of every batched tensor: reorder, drop or duplicate hypotheses.
-        `same_sources`: each index points to a row of the same source sentence as the row it
-        fills, so the source-side tensors (equal across those rows) are kept as they are."""
+    def select(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> RNNState:
+        """Hypothesis rows `rows` (R',) of the recurrent state; the sentences `sources` (B',) of
+        the source side, or None to keep it (see the protocol)."""
         hyp = replace(
             self,
-            hidden=self.hidden.index_select(1, indices),
-            cell=None if self.cell is None else self.cell.index_select(1, indices),
-            feed=None if self.feed is None else self.feed.index_select(0, indices),
+            hidden=self.hidden.index_select(1, rows),
+            cell=None if self.cell is None else self.cell.index_select(1, rows),
+            feed=None if self.feed is None else self.feed.index_select(0, rows),
         )
-        if same_sources:
+        if sources is None:
             return hyp
-        memory = self.memory.index_select(0, indices)
+        memory = self.memory.index_select(0, sources)
         return replace(
             hyp,
             memory=memory,
-            src_mask=self.src_mask.index_select(0, indices),
-            src_len=self.src_len.index_select(0, indices),
-            keys=memory if self.keys is self.memory else self.keys.index_select(0, indices),
+            src_mask=self.src_mask.index_select(0, sources),
+            src_len=self.src_len.index_select(0, sources),
+            keys=memory if self.keys is self.memory else self.keys.index_select(0, sources),
         )
 
 
@@ -178,22 +180,29 @@ class RNNModel(nn.Module):
         return out, hidden, None
 
     def _attend(self, query: torch.Tensor, state: RNNState) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.attention(
-            query, state.memory, state.keys, state.src_mask, state.src_len, state.position
-        )
+        """query (R,T,N) -> context (R,T,N), weights (R,T,S) against the B sentences' memory."""
+
+        def attend(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return self.attention(
+                rows, state.memory, state.keys, state.src_mask, state.src_len, state.position
+            )
+
+        context, weights = attend_per_slot(attend, query, state.memory.size(0))
+        assert weights is not None  # the RNN's attention always returns its weights
+        return context, weights
 
     def _step(
         self, emb: torch.Tensor, state: RNNState
     ) -> tuple[torch.Tensor, RNNState, torch.Tensor]:
-        """One target position: emb (B,1,E) -> (readout (B,1,N), next state, weights (B,1,S))."""
+        """One target position: emb (R,1,E) -> (readout (R,1,N), next state, weights (R,1,S))."""
         if self.attends_first:
-            query = state.hidden[-1][:, None]  # (B, 1, N): s_{t-1} of the top layer
-            context, weights = self._attend(query, state)  # (B, 1, N), (B, 1, S)
+            query = state.hidden[-1][:, None]  # (R, 1, N): s_{t-1} of the top layer
+            context, weights = self._attend(query, state)  # (R, 1, N), (R, 1, S)
             x = torch.cat([emb, context], dim=-1) if self.input_feeding else emb
-            out, hidden, cell = self._recur(x, state)  # (B, 1, N)
+            out, hidden, cell = self._recur(x, state)  # (R, 1, N)
         else:
             x = torch.cat([emb, state.feed[:, None]], dim=-1) if state.feed is not None else emb
-            out, hidden, cell = self._recur(x, state)  # (B, 1, N)
+            out, hidden, cell = self._recur(x, state)  # (R, 1, N)
             context, weights = self._attend(out, state)
         readout = self.dropout(torch.tanh(self.readout(torch.cat([out, context, emb], dim=-1))))
         feed = readout[:, 0] if state.feed is not None else None
@@ -276,9 +285,9 @@ class RNNModel(nn.Module):
     def decode_step(
         self, prev_ids: torch.Tensor, state: RNNState, need_attention: bool = False
     ) -> tuple[torch.Tensor, RNNState, torch.Tensor | None]:
-        """prev_ids (B,) -> log-probs (B,V) float32, the next state, and with `need_attention` the
-        attention weights (B,S) float32 (else None; the RNN needs them anyway for the context)."""
-        emb = self.dropout(self.tgt_embed(prev_ids[:, None]))  # (B, 1, E)
+        """prev_ids (R,) -> log-probs (R,V) float32, the next state, and with `need_attention` the
+        attention weights (R,S) float32 (else None; the RNN needs them anyway for the context)."""
+        emb = self.dropout(self.tgt_embed(prev_ids[:, None]))  # (R, 1, E)
         readout, new_state, weights = self._step(emb, state)
-        log_probs = F.log_softmax(self._logits(readout[:, 0]).float(), dim=-1)  # (B, V)
+        log_probs = F.log_softmax(self._logits(readout[:, 0]).float(), dim=-1)  # (R, V)
         return log_probs, new_state, weights[:, 0] if need_attention else None

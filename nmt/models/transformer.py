@@ -27,6 +27,7 @@ from nmt.config import PAD_ID, ModelConfig, TransformerConfig
 from nmt.models.attention import (
     MultiHeadCrossAttention,
     MultiHeadSelfAttention,
+    select_steps,
     sinusoidal_positions,
 )
 from nmt.models.dropout import Dropout
@@ -35,15 +36,21 @@ from nmt.models.embeddings import make_embeddings
 
 @dataclass
 class TransformerState:
-    """Decoder state between steps. Per-layer tensors are tuples indexed by decoder layer.
+    """Decoder state between steps. Per-layer tensors are tuples indexed by decoder layer. B
+    source sentences, R = B*G hypothesis rows, G consecutive rows per sentence (the protocol's
+    `select`, nmt/models/__init__.py).
 
     - `src_mask` (B,S) bool, True = real source token.
     - `cross_k`, `cross_v`: (B,H,S,dh) per layer, the encoder output projected once in `encode`
-      (they are the only form of the encoder memory the decoder needs).
-    - `self_k`, `self_v`: (B,H,t,dh) per layer, the keys/values of the t target positions decoded
-      so far (t = 0 after `encode`).
+      (they are the only form of the encoder memory the decoder needs), once per sentence.
+    - `self_k`, `self_v`: (C,R,H,dh) per layer, time-major (`step_cache` in
+      nmt/models/attention.py): positions 0..t-1 hold the keys/values of the t target positions
+      decoded so far, one set per hypothesis (C >= t; C = 0 after `encode`).
     - `step`: t, the position of the next input token; the same for every row, since all rows are
       decoded in lockstep.
+
+    `decode_step` writes position t into the caches in place, so a state is advanced once (the
+    searches never branch from one state twice); `select` makes new caches.
     """
 
     src_mask: torch.Tensor
@@ -53,22 +60,23 @@ class TransformerState:
     self_v: tuple[torch.Tensor, ...]
     step: int
 
-    def select(self, indices: torch.Tensor, same_sources: bool = False) -> TransformerState:
-        """Rows `indices` (B',) of every batched tensor: reorder, drop or duplicate hypotheses.
-        `same_sources`: each index points to a row of the same source sentence as the row it
-        fills, so the source-side tensors (mask, cross-attention keys/values; equal across those
-        rows) are kept as they are: beam search's usual step copies only the self-attention
-        caches."""
+    def select(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> TransformerState:
+        """Hypothesis rows `rows` (R',) of the self-attention caches; the sentences `sources`
+        (B',) of the source side, or None to keep it (see the protocol)."""
+
+        def steps(caches: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return tuple(select_steps(cache, self.step, rows) for cache in caches)
 
         def pick(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            return tuple(t.index_select(0, indices) for t in tensors)
+            assert sources is not None
+            return tuple(t.index_select(0, sources) for t in tensors)
 
-        hyp = replace(self, self_k=pick(self.self_k), self_v=pick(self.self_v))
-        if same_sources:
+        hyp = replace(self, self_k=steps(self.self_k), self_v=steps(self.self_v))
+        if sources is None:
             return hyp
         return replace(
             hyp,
-            src_mask=self.src_mask.index_select(0, indices),
+            src_mask=self.src_mask.index_select(0, sources),
             cross_k=pick(self.cross_k),
             cross_v=pick(self.cross_v),
         )
@@ -161,20 +169,22 @@ class DecoderLayer(nn.Module):
     def forward_step(
         self,
         x: torch.Tensor,
-        past_k: torch.Tensor,
-        past_v: torch.Tensor,
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+        step: int,
         cross_k: torch.Tensor,
         cross_v: torch.Tensor,
         key_mask: torch.Tensor,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One position x (B,1,D) with the self-attention cache (B,H,t,dh) -> (B,1,D), the cache
-        grown to t+1, cross-attention weights (B,H,1,S) or None."""
+        """One position x (R,1,D), target position `step`, with the self-attention caches
+        (C,R,H,dh) -> (R,1,D), the caches with position `step` written, cross-attention weights
+        (R,H,1,S) or None; the source side (B rows) is shared by R/B consecutive rows."""
         if self.pre_norm:
-            out, k, v, _ = self.self_attn.forward_step(self.norm1(x), past_k, past_v)
+            out, k, v, _ = self.self_attn.forward_step(self.norm1(x), cache_k, cache_v, step)
             x = x + self.dropout(out)
         else:
-            out, k, v, _ = self.self_attn.forward_step(x, past_k, past_v)
+            out, k, v, _ = self.self_attn.forward_step(x, cache_k, cache_v, step)
             x = self.norm1(x + self.dropout(out))
         x, weights = self._cross_and_ffn(x, cross_k, cross_v, key_mask, need_weights)
         return x, k, v, weights
@@ -321,7 +331,7 @@ class TransformerModel(nn.Module):
         cross = [layer.cross_attn.project_memory(memory) for layer in self._decoder]
         b = src_ids.size(0)
         dh = self.d_model // self.heads
-        empty = memory.new_zeros(b, self.heads, 0, dh)  # (B, H, 0, dh): nothing decoded yet
+        empty = memory.new_zeros(0, b, self.heads, dh)  # (0, B, H, dh): nothing decoded yet
         n = len(self.decoder_layers)
         return TransformerState(
             src_mask=src_mask,
@@ -335,16 +345,17 @@ class TransformerModel(nn.Module):
     def decode_step(
         self, prev_ids: torch.Tensor, state: TransformerState, need_attention: bool = False
     ) -> tuple[torch.Tensor, TransformerState, torch.Tensor | None]:
-        """prev_ids (B,) -> log-probs (B,V) float32, the next state, and with `need_attention` the
-        cross-attention weights (B,L,H,S) float32 (else None)."""
+        """prev_ids (R,) -> log-probs (R,V) float32, the next state, and with `need_attention` the
+        cross-attention weights (R,L,H,S) float32 (else None)."""
         key_mask = state.src_mask[:, None, None, :]  # (B, 1, 1, S)
-        x = self._embed(self.tgt_embed, prev_ids[:, None], start=state.step)  # (B, 1, D)
+        x = self._embed(self.tgt_embed, prev_ids[:, None], start=state.step)  # (R, 1, D)
         new_k, new_v, all_weights = [], [], []
         for i, layer in enumerate(self._decoder):
             x, k, v, weights = layer.forward_step(
                 x,
                 state.self_k[i],
                 state.self_v[i],
+                state.step,
                 state.cross_k[i],
                 state.cross_v[i],
                 key_mask,
@@ -353,9 +364,9 @@ class TransformerModel(nn.Module):
             new_k.append(k)
             new_v.append(v)
             if weights is not None:
-                all_weights.append(weights[:, :, 0])  # (B, H, S)
-        logits = self._logits(x[:, 0])  # (B, V)
+                all_weights.append(weights[:, :, 0])  # (R, H, S)
+        logits = self._logits(x[:, 0])  # (R, V)
         log_probs = F.log_softmax(logits.float(), dim=-1)
         new_state = replace(state, self_k=tuple(new_k), self_v=tuple(new_v), step=state.step + 1)
-        attn = torch.stack(all_weights, dim=1) if need_attention else None  # (B, L, H, S)
+        attn = torch.stack(all_weights, dim=1) if need_attention else None  # (R, L, H, S)
         return log_probs, new_state, attn

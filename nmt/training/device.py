@@ -15,7 +15,6 @@ from torch import nn
 from nmt.config import RunConfig
 from nmt.device import has_native_bf16, resolve_device
 from nmt.errors import ConfigError
-from nmt.models import limit_onednn_caches
 from nmt.training.distributed import DistContext, init_distributed
 
 NO_OP = contextlib.nullcontext()
@@ -28,18 +27,18 @@ def set_up_compute(cfg: RunConfig) -> tuple[DistContext, torch.device, str]:
     dist = init_distributed(device_type)
     device = torch.device("cuda", dist.local_rank) if device_type == "cuda" else torch.device("cpu")
     precision = resolve_precision(cfg.train.precision, device)
-    if device.type == "cpu" and precision == "bf16":
-        limit_onednn_caches()
     configure_torch(cfg, device)
     return dist, device, precision
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """The autocast precision: `auto` is bf16 on GPUs that support it and fp32 elsewhere; `bf16`
-    falls back to fp32 where the device has no native bf16 (`precision_note` says so)."""
+    """The autocast precision: `auto` is bf16 where the device computes bf16 natively (Ampere or
+    newer GPUs; CPUs with AMX or AVX512-BF16) and fp32 elsewhere, the faster of the two on every
+    such machine measured (bench/NOTES.md, lever 21); `bf16` falls back to fp32 where the device
+    has no native bf16 (`precision_note` says so)."""
     native_bf16 = has_native_bf16(device)
     if precision == "auto":
-        return "bf16" if native_bf16 and device.type == "cuda" else "fp32"
+        return "bf16" if native_bf16 else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     if precision == "bf16" and not native_bf16:

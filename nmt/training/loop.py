@@ -32,6 +32,7 @@ from nmt.data.store import PreparedData, load_prepared
 from nmt.errors import Stopped, TrainingError
 from nmt.io import append_jsonl, write_json, write_text
 from nmt.models import build_model, check_model_fits
+from nmt.models.row_buckets import bucket_linear_rows
 from nmt.training import checkpoint as saving
 from nmt.training import finetune
 from nmt.training.console import (
@@ -214,6 +215,8 @@ def set_up(
         finetune.load_init_weights(model, tc)  # fine-tuning: the weights only, all else fresh
     frozen = finetune.freeze(model, tc.freeze)  # before the optimizer, which skips frozen ones
     model.to(device)
+    if device.type == "cpu" and precision == "bf16":
+        bucket_linear_rows(model)  # oneDNN builds each bf16 matmul shape once (row_buckets.py)
     optimizer = build_optimizer(model, tc, device)
     schedule = LRSchedule(tc, model_width(cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")

@@ -28,7 +28,7 @@ from nmt.config import TrainConfig
 def build_optimizer(
     model: nn.Module, cfg: TrainConfig, device: torch.device
 ) -> torch.optim.Optimizer:
-    """Adam or AdamW over the trainable parameters; fused kernels on CUDA.
+    """Adam or AdamW over the trainable parameters, with torch's fused kernels.
 
     Weight decay (AdamW only) applies to matrices, never to biases, norms' gains or other vectors,
     the usual choice since decaying a LayerNorm gain towards 0 only hurts.
@@ -47,8 +47,10 @@ def build_optimizer(
     else:
         cls = torch.optim.Adam
         groups = [{"params": params, "weight_decay": cfg.weight_decay}]
-    # The fused CUDA kernel does the whole update in a few launches instead of one per tensor.
-    if device.type == "cuda" and "fused" in inspect.signature(cls).parameters:
+    # The fused kernels do the whole update in a few passes instead of several per tensor: a few
+    # launches on CUDA; on the CPU one pass over each tensor (2-4x faster than the per-tensor loop
+    # on the Multi30k Transformer, bench/NOTES.md).
+    if device.type in ("cuda", "cpu") and "fused" in inspect.signature(cls).parameters:
         kwargs["fused"] = True
     return cls(groups, **kwargs)
 

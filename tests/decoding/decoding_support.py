@@ -18,20 +18,28 @@ from nmt.data.batching import make_src_batch
 
 @dataclass
 class TableState:
-    src_ids: torch.Tensor  # (B, S)
+    src_ids: torch.Tensor  # (B, S), one row per source sentence
     src_mask: torch.Tensor  # (B, S)
-    prefix: torch.Tensor  # (B, t): tokens after BOS fed so far
+    prefix: torch.Tensor  # (R, t): tokens after BOS fed so far, R = B*G hypothesis rows
     step: int = 0
 
-    def select(self, indices: torch.Tensor, same_sources: bool = False) -> TableState:
-        if same_sources:  # the promise is checked here, so a search that breaks it fails
-            assert torch.equal(self.src_ids.index_select(0, indices), self.src_ids)
-        return TableState(
-            self.src_ids.index_select(0, indices),
-            self.src_mask.index_select(0, indices),
-            self.prefix.index_select(0, indices),
-            self.step,
-        )
+    @property
+    def group(self) -> int:
+        return self.prefix.size(0) // self.src_ids.size(0)
+
+    def source_of(self, row: int) -> int:
+        return row // self.group
+
+    def select(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> TableState:
+        # The protocol's promises are checked here, so a search that breaks them fails: every new
+        # row comes from a row of the sentence its group reads.
+        old = rows // self.group  # the sentence each row came from
+        kept = torch.arange(self.src_ids.size(0)) if sources is None else sources
+        new_group = rows.numel() // kept.numel()
+        assert rows.numel() == new_group * kept.numel()
+        assert torch.equal(old, kept.repeat_interleave(new_group))
+        src_ids, src_mask = self.src_ids.index_select(0, kept), self.src_mask.index_select(0, kept)
+        return TableState(src_ids, src_mask, self.prefix.index_select(0, rows), self.step)
 
 
 class TableModel(nn.Module):
@@ -91,10 +99,10 @@ class TableModel(nn.Module):
         if state.step > 0:
             prefix = torch.cat([state.prefix, prev_ids[:, None]], dim=1)
         rows, attn = [], []
-        for b in range(prev_ids.size(0)):  # a test model may loop; the search may not
-            src = self._src(state.src_ids, state.src_mask, b)
-            rows.append(self.table(src, prefix[b].tolist()))
-            attn.append(self.attention_row(src, prefix[b].tolist(), state.src_ids.size(1)))
+        for r in range(prev_ids.size(0)):  # a test model may loop; the search may not
+            src = self._src(state.src_ids, state.src_mask, state.source_of(r))
+            rows.append(self.table(src, prefix[r].tolist()))
+            attn.append(self.attention_row(src, prefix[r].tolist(), state.src_ids.size(1)))
         new_state = TableState(state.src_ids, state.src_mask, prefix, state.step + 1)
         return torch.stack(rows), new_state, torch.stack(attn) if need_attention else None
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 from decoding_support import TableModel, teacher_forced, tiny_model
+from torch import nn
 
 from nmt.config import EOS_ID, UNK_ID, DecodeConfig
 from nmt.data.batching import make_src_batch
@@ -25,6 +26,7 @@ from nmt.decoding.beam import (
     max_output_lengths,
     select_top_k,
 )
+from nmt.models.quantized import quantize_int8
 
 SOURCES = [[4, 5, 6], [5], [7, 4, 4, 5, 6], [6, 6]]
 
@@ -381,6 +383,31 @@ def test_bf16_models_decode_and_score_like_float32(arch: str) -> None:
         for hyp, log_prob in zip(nbest, log_probs, strict=True):
             assert hyp.attention is not None and hyp.attention.dtype == torch.float32
             assert hyp.log_prob == pytest.approx(log_prob, rel=0.05, abs=0.05)
+
+
+@pytest.mark.parametrize("arch", ["rnn", "transformer"])
+def test_int8_models_decode_and_score_like_float32(arch: str) -> None:
+    """decode.precision=int8 quantizes every linear layer (and the RNN's GRU) dynamically and
+    leaves the float32 model as it was; the search gets float32 log-probs and attention rows
+    that sum to 1, and each hypothesis's log-prob is the float32 model's log-prob of the same
+    tokens up to int8 rounding (inputs quantized per call to 8 bits: several per cent of these
+    tiny models' very sharp logits)."""
+    from torch.ao.nn.quantized import dynamic as quantized_dynamic
+
+    reference = tiny_model(arch)
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    int8 = quantize_int8(reference)
+    assert all(torch.equal(v, before[k]) for k, v in reference.state_dict().items())
+    assert not any(type(m) is nn.Linear for m in int8.modules())
+    assert any(isinstance(m, quantized_dynamic.Linear) for m in int8.modules())
+    cfg = DecodeConfig(beam_size=3, nbest=3, max_len_a=1.0, max_len_b=3)
+    for src, nbest in zip(SOURCES, run_beam(int8, SOURCES, cfg, need_attention=True), strict=True):
+        log_probs, _ = teacher_forced(reference, src, [h.tokens for h in nbest])
+        for hyp, log_prob in zip(nbest, log_probs, strict=True):
+            assert hyp.attention is not None and hyp.attention.dtype == torch.float32
+            row_sums = hyp.attention.sum(-1)
+            torch.testing.assert_close(row_sums, torch.ones_like(row_sums))
+            assert hyp.log_prob == pytest.approx(log_prob, rel=0.1, abs=0.1)
 
 
 def test_hard_attention_rows_are_one_hot_in_every_search() -> None:

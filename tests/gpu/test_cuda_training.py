@@ -83,7 +83,7 @@ def test_adamw_on_the_device_matches_plain_adamw_on_the_cpu(device: str) -> None
     model = copy.deepcopy(reference).to(device)
     cfg = TrainConfig(lr=1e-3, weight_decay=0.1)
     optimizer = build_optimizer(model, cfg, torch.device(device))
-    assert bool(optimizer.defaults.get("fused")) == (device == "cuda")  # fused on CUDA only
+    assert optimizer.defaults.get("fused")  # torch's fused kernel, on the CPU too
     matrices = [p for p in reference.parameters() if p.dim() >= 2]
     vectors = [p for p in reference.parameters() if p.dim() < 2]
     plain = torch.optim.AdamW(

@@ -16,7 +16,9 @@ from nmt.models.attention import (
     MultiHeadCrossAttention,
     MultiHeadSelfAttention,
     scaled_dot_product,
+    select_steps,
     sinusoidal_positions,
+    step_cache,
     straight_through_gumbel,
 )
 
@@ -278,12 +280,27 @@ def test_self_attention_paths_and_steps_agree() -> None:
     assert weights.shape == (3, 4, 6, 6)
     # Causal, step by step with a growing cache, equals the whole sequence at once.
     causal, _ = att(x, causal=True)
-    k = v = x.new_zeros(3, 4, 0, 4)
+    k = v = x.new_zeros(0, 3, 4, 4)  # time-major caches, empty
     for t in range(6):
-        out, k, v, w = att.forward_step(x[:, t : t + 1], k, v, need_weights=t % 2 == 0)
+        out, k, v, w = att.forward_step(x[:, t : t + 1], k, v, t, need_weights=t % 2 == 0)
         torch.testing.assert_close(out[:, 0], causal[:, t], atol=1e-5, rtol=0)
-        assert k.shape == (3, 4, t + 1, 4)
+        assert k.size(0) >= t + 1 and k.shape[1:] == (3, 4, 4)
         assert (w is None) == (t % 2 == 1)
+
+
+def test_step_caches_grow_and_select_rows_of_the_filled_steps() -> None:
+    cache = torch.zeros(0, 3, 2, 4)
+    rows = [torch.randn(3, 2, 4) for _ in range(20)]
+    for t, new in enumerate(rows):
+        before = cache
+        cache = step_cache(cache, t, new)
+        assert (cache is before) == (0 < t < before.size(0))  # written in place while it fits
+        assert torch.equal(cache[: t + 1], torch.stack(rows[: t + 1]))
+    assert cache.size(0) == 32  # 16, then doubled once
+    picked = select_steps(cache, 20, torch.tensor([2, 0, 0]))
+    assert picked.shape == (32, 3, 2, 4)
+    assert torch.equal(picked[:20], torch.stack(rows)[:, [2, 0, 0]])
+    assert step_cache(cache, 20, rows[0].bfloat16()).dtype == torch.bfloat16  # autocast's dtype
 
 
 def test_cross_attention_paths_agree() -> None:

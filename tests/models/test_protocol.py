@@ -185,9 +185,9 @@ def test_select_equals_decoding_the_reordered_batch(name: str) -> None:
     state = model.encode(src, src_mask)
     for t in range(3):
         _, state, _ = model.decode_step(tgt[:, t], state)
-    # Reorder, duplicate and drop (row 3 goes), as beam search does.
+    # Reorder, duplicate and drop (row 3 goes), each row with its own copy of its source.
     idx = torch.tensor([2, 0, 0, 1, 2])
-    state = state.select(idx)
+    state = state.select(idx, idx)
     ref_state = model.encode(src[idx], src_mask[idx])
     for t in range(3):
         _, ref_state, _ = model.decode_step(tgt[idx, t], ref_state)
@@ -200,25 +200,34 @@ def test_select_equals_decoding_the_reordered_batch(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_select_within_same_sources_skips_no_difference(name: str) -> None:
-    # Two "beams" per sentence: rows 2i and 2i+1 share sentence i, as in beam search. Moving
-    # hypotheses only within their sentence's rows must give exactly what a full gather gives.
+def test_source_side_once_per_sentence_changes_no_bit(name: str) -> None:
+    # Beam search's layout: two hypothesis rows per sentence read one copy of its source side.
+    # It must give bit for bit what a copy per row gives, through moves within the sentences and
+    # a step after which a sentence leaves.
     model = make_model(name)
     src, src_mask, tgt = make_batch()
     tgt = tgt.masked_fill(tgt == PAD_ID, 5)
-    pairs = torch.arange(src.size(0)).repeat_interleave(2)
-    state = model.encode(src, src_mask).select(pairs)
+    b = src.size(0)
+    pairs = torch.arange(b).repeat_interleave(2)
+    shared = model.encode(src, src_mask).select(pairs)  # b source rows for 2b hypotheses
+    copied = model.encode(src, src_mask).select(pairs, pairs)  # 2b source rows
     step_ids = tgt[pairs]
     step_ids[1::2] = torch.roll(step_ids[1::2], 1, dims=1)  # the two beams of a sentence differ
-    for t in range(2):
-        _, state, _ = model.decode_step(step_ids[:, t], state)
-    within = torch.arange(pairs.numel()).view(-1, 2).flip(1).reshape(-1)  # swap each pair
-    fast, full = state.select(within, same_sources=True), state.select(within)
-    for t in range(2, 4):
-        lp, fast, attn = model.decode_step(step_ids[within, t], fast, need_attention=True)
-        ref_lp, full, ref_attn = model.decode_step(step_ids[within, t], full, True)
+    within = torch.arange(2 * b).view(-1, 2).flip(1).reshape(-1)  # swap each pair
+    later = torch.arange(1, b)  # sentence 0 leaves
+    later_rows = torch.arange(2, 2 * b)
+    for t in range(4):
+        lp, shared, attn = model.decode_step(step_ids[:, t], shared, need_attention=True)
+        ref_lp, copied, ref_attn = model.decode_step(step_ids[:, t], copied, True)
         torch.testing.assert_close(lp, ref_lp, atol=0, rtol=0)
         torch.testing.assert_close(attn, ref_attn, atol=0, rtol=0)
+        if t == 1:
+            shared, copied = shared.select(within), copied.select(within, within)
+            step_ids = step_ids[within]
+        if t == 2:
+            shared, copied = shared.select(later_rows, later), copied.select(later_rows, later_rows)
+            step_ids = step_ids[later_rows]
+    assert lp.size(0) == 2 * (b - 1)
 
 
 @pytest.mark.parametrize("name", ["rnn-bahdanau-lstm", "transformer-prenorm"])

@@ -147,15 +147,16 @@ def test_cache_grows_one_position_per_step() -> None:
     model = small_model()
     src, src_mask, tgt = padded_batch()
     state = model.encode(src, src_mask)
-    assert state.step == 0 and all(k.shape == (3, 4, 0, 4) for k in state.self_k)
+    assert state.step == 0 and all(k.shape == (0, 3, 4, 4) for k in state.self_k)
     assert all(k.shape == (3, 4, 8, 4) for k in state.cross_k)
     for t in range(3):
         _, state, _ = model.decode_step(tgt[:, t], state)
-        assert state.step == t + 1
-        assert all(k.shape == (3, 4, t + 1, 4) for k in state.self_k + state.self_v)
-    picked = state.select(torch.tensor([1, 1]))
-    assert picked.step == 3 and picked.self_k[0].shape == (2, 4, 3, 4)
-    assert torch.equal(picked.src_mask, src_mask[[1, 1]])
+        assert state.step == t + 1  # time-major caches: position t filled, room for more
+        assert all(k.size(0) > t and k.shape[1:] == (3, 4, 4) for k in state.self_k + state.self_v)
+    picked = state.select(torch.tensor([1, 1]), torch.tensor([1]))  # two hypotheses of sentence 1
+    assert picked.step == 3 and picked.self_k[0][:3].shape == (3, 2, 4, 4)
+    assert torch.equal(picked.self_k[0][:3], state.self_k[0][:3, [1, 1]])
+    assert torch.equal(picked.src_mask, src_mask[[1]]) and picked.cross_k[0].shape == (1, 4, 8, 4)
 
 
 @pytest.mark.parametrize("positions", ["sinusoidal", "learned"])

@@ -74,7 +74,7 @@ def test_other_schedules_ignore_validation_for_the_lr() -> None:
     assert s.lr_at(50) == before and not math.isnan(before)
 
 
-def test_adamw_decays_matrices_only_and_is_not_fused_on_cpu() -> None:
+def test_adamw_decays_matrices_only_and_is_fused_on_cpu() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
     opt = build_optimizer(
         model, TrainConfig(optimizer="adamw", weight_decay=0.01), torch.device("cpu")
@@ -84,6 +84,6 @@ def test_adamw_decays_matrices_only_and_is_not_fused_on_cpu() -> None:
     assert [p.shape for p in decayed["params"]] == [torch.Size([3, 4])]
     assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
     assert len(plain["params"]) == 3  # linear bias, norm weight and bias
-    assert not opt.defaults.get("fused")
+    assert opt.defaults["fused"]
     adam = build_optimizer(model, TrainConfig(optimizer="adam"), torch.device("cpu"))
     assert type(adam) is torch.optim.Adam and adam.defaults["betas"] == (0.9, 0.98)
