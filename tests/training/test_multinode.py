@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from training_support import assert_bitwise_equal, tiny_yaml, weights
+from tiny import tiny_yaml
+from training_support import assert_bitwise_equal, weights
 
 from nmt import checkpoint as ckpt
 
