@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PAIRS, VALID_PAIRS, TEST_LINES = 2000, 100, 60
 # Fields of metrics.jsonl rows and of TrainState that measure time, not computation.
 TIMING = {"train_seconds", "wall_seconds", "tgt_tokens_per_s", "tokens_per_s", "updates_per_min"}
-TIMING |= {"time_ms", "run_dir", "gpu_peak_mib"}
+TIMING |= {"time_ms", "run_dir", "gpu_peak_mib", "first_update_seconds"}
 # Left out of the metrics hash: fields that newer versions log and older ones did not (the
 # guided-alignment loss on its own, logged since the loop was split by concern).
 ADDED = {"align_loss"}

@@ -126,9 +126,9 @@ def contains_word(text: str, term: str) -> bool:
 
 
 def timed_arms(translator: Any, lines: list[str], glossaries: list[Any]) -> dict[str, Any]:
+    """Translate `lines` in each arm, chunk by chunk in rotating order: results and seconds."""
     from nmt.inference import TranslateOptions
 
-    """Translate `lines` in each arm, chunk by chunk in rotating order: results and seconds."""
     attention = TranslateOptions(attention=True)
     calls = {
         "plain": lambda a, b: translator.translate_full(lines[a:b]),

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -125,6 +126,19 @@ def lost_peer(exc: BaseException) -> bool:
     if not dist.is_available() or not dist.is_initialized():
         return False
     return isinstance(exc, dist.DistError) or "gloo" in str(exc)
+
+
+def lost_peer_message(exc: BaseException, last: Path) -> str:
+    """The one line for a job whose other process went away (torchrun then stops this one too);
+    `last` is the run's last.pt, present or not."""
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    saved = (
+        f"its last checkpoint is {last}: start the same torchrun job with "
+        f"`train --resume {last.parent}`"
+        if last.is_file()
+        else "no checkpoint was saved yet: start the job again"
+    )
+    return f"another process of this torchrun job stopped ({first}); {saved}"
 
 
 def barrier(ctx: DistContext) -> None:

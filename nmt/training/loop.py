@@ -61,6 +61,7 @@ from nmt.training.distributed import (
     barrier,
     check_same_everywhere,
     lost_peer,
+    lost_peer_message,
     shutdown,
 )
 from nmt.training.feeding import load_feed, to_device
@@ -101,7 +102,7 @@ def train(
         except RuntimeError as exc:
             if not lost_peer(exc):
                 raise
-            raise TrainingError(lost_peer_message(exc, folder.path)) from None
+            raise TrainingError(lost_peer_message(exc, folder.path / ckpt.LAST)) from None
 
 
 def _train(
@@ -395,18 +396,6 @@ def count_update(state: TrainState, sums: UpdateSums, seconds: float) -> None:
     state.tgt_tokens += int(sums.tgt_tokens)
     state.src_tokens += int(sums.src_tokens)
     state.train_seconds += seconds
-
-
-def lost_peer_message(exc: BaseException, run_dir: Path) -> str:
-    """The one line for a job whose other process went away (torchrun then stops this one too)."""
-    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-    saved = (
-        f"its last checkpoint is {run_dir / ckpt.LAST}: start the same torchrun job with "
-        f"`train --resume {run_dir}`"
-        if (run_dir / ckpt.LAST).is_file()
-        else "no checkpoint was saved yet: start the job again"
-    )
-    return f"another process of this torchrun job stopped ({first}); {saved}"
 
 
 def nan_stop_message(state: TrainState, run_dir: Path, last_save_step: int) -> str:
