@@ -181,7 +181,39 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     payload = read_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or "format_version" not in payload or "model" not in payload:
         raise CheckpointError(f"{path}: not an nmt checkpoint (no format_version / model inside)")
-    return upgrade_payload(payload, path)
+    payload = upgrade_payload(payload, path)
+    problem = payload_problem(payload)
+    if problem:
+        raise CheckpointError(f"{path}: not an nmt checkpoint ({problem})")
+    return payload
+
+
+def payload_problem(payload: dict[str, Any]) -> str:
+    """What in a checkpoint's fields is not what nmt writes there ("" when all is), so that a
+    damaged or foreign file is refused in one line before anything reads it."""
+    model = payload.get("model")
+    if not isinstance(model, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        return "'model' is not a mapping of names to tensors"
+    if not isinstance(payload.get("config"), dict):
+        return "'config' is not a mapping"
+    vocab = payload.get("vocab")
+    sizes = ("src_vocab_size", "tgt_vocab_size")
+    if not isinstance(vocab, dict) or not all(
+        type(vocab.get(key)) is int and vocab[key] > 0 for key in sizes
+    ):
+        return "'vocab' lacks positive src_vocab_size / tgt_vocab_size"
+    spm = payload.get("spm")
+    for side in ("src", "tgt"):
+        entry = spm.get(side) if isinstance(spm, dict) else None
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or not name:
+            return f"'spm' names no {side} tokenizer file in the run folder"
+        assert isinstance(entry, dict)  # a name was found in it
+        if not isinstance(entry.get("sha256"), str):
+            return f"'spm' has no sha256 of the {side} tokenizer"
+    return ""
 
 
 def read_torch_file(path: Path, what: str) -> Any:

@@ -53,7 +53,12 @@ from nmt.decoding.alignment import (
     supervised_head,
 )
 from nmt.decoding.beam import Ensemble, Hypothesis, decode_corpus, iter_decode_corpus
-from nmt.decoding.constraints import Placement, place_terms
+from nmt.decoding.constraints import (
+    MAX_SENTENCE_TERM_PIECES,
+    MAX_TERM_PIECES,
+    Placement,
+    place_terms,
+)
 from nmt.decoding.forced import force_corpus
 from nmt.device import resolve_device
 from nmt.errors import CheckpointError, ConfigError, DataError
@@ -91,6 +96,22 @@ class TranslateOptions:
 
 
 DEFAULT_OPTIONS = TranslateOptions()
+
+
+def check_term_load(
+    constraints: list[list[list[int]]], plan: SentencePlan, first_index: int, where: str
+) -> None:
+    """Refuse a sentence whose glossary terms take more subwords together than the constrained
+    search places in bounded time (MAX_SENTENCE_TERM_PIECES)."""
+    for unit, terms in enumerate(constraints):
+        pieces = sum(len(ids) for ids in terms)
+        if pieces > MAX_SENTENCE_TERM_PIECES:
+            line = first_index + plan.owners[unit][0] + 1
+            raise DataError(
+                f"{where}:{line}: the glossary terms found in this sentence take {pieces} "
+                f"subwords together; one sentence's terms may take at most "
+                f"{MAX_SENTENCE_TERM_PIECES}"
+            )
 
 
 class NonFiniteScores(CheckpointError):
@@ -461,6 +482,7 @@ class Translator:
         # Each sentence's target terms are constraints of its search, and each result says
         # where they went (the attention is computed for that).
         constraints = [[self._term_ids[m.term.tgt] for m in found or []] for found in matches]
+        check_term_load(constraints, plan, first_index, where)
         searches = iter_decode_corpus(self.models, plan.src_ids, cfg, self.device, True, early,
                                       constraints, self.word_end())  # fmt: skip
         options = dataclasses.replace(options, attention=True)
@@ -720,6 +742,11 @@ class Translator:
                 raise DataError(
                     f"{term.where}: target term {term.tgt!r} holds characters that the model's "
                     "target vocabulary lacks, so no translation can contain it"
+                )
+            if len(ids) > MAX_TERM_PIECES:
+                raise DataError(
+                    f"{term.where}: target term {term.tgt[:40]!r}... is {len(ids)} subwords long; "
+                    f"a glossary term may have at most {MAX_TERM_PIECES}"
                 )
             self._term_ids[term.tgt] = ids
 

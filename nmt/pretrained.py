@@ -178,6 +178,7 @@ class MarianFiles:
     folder: Path
     config: dict[str, Any]
     generation: dict[str, Any]  # generation_config.json, else config.json's generation keys
+    generation_file: str  # which of the two the generation settings came from
     vocab: dict[str, int]  # vocab.json: piece -> Marian id
     src_spm: bytes
     tgt_spm: bytes
@@ -228,7 +229,10 @@ def import_model(
     files = read_marian_folder(folder)
     langs = languages(source, files.tokenizer_config, src_lang, tgt_lang)
     model_cfg = model_config(files.config)
-    decode_cfg, notes = decode_config(files.generation, files.config, model_cfg.transformer)
+    try:
+        decode_cfg, notes = decode_config(files.generation, files.config, model_cfg.transformer)
+    except ConfigError as exc:
+        raise ConfigError(f"{folder / files.generation_file}: {exc}") from None
     order, pieces = vocabulary(files.vocab, files.config)
     weights = download_weights(source, revision, say) if from_hub else find_weights(folder)
     renormalize = bool(files.generation.get("renormalize_logits", False))
@@ -273,8 +277,10 @@ def read_marian_folder(folder: Path) -> MarianFiles:
         check_file(folder / name, DataError, f"missing; a MarianMT folder needs {name}")
     config = _read_json_object(folder / "config.json")
     generation = _read_optional(folder / "generation_config.json")
+    generation_file = "generation_config.json"
     if generation is None:  # older models keep their generation defaults in config.json
         generation = {k: v for k, v in config.items() if k in _GENERATION_KEYS}
+        generation_file = "config.json"
     tokenizer_config = _read_optional(folder / "tokenizer_config.json") or {}
     if tokenizer_config.get("separate_vocabs"):
         raise ConfigError(
@@ -291,6 +297,7 @@ def read_marian_folder(folder: Path) -> MarianFiles:
         folder=folder,
         config=config,
         generation=generation,
+        generation_file=generation_file,
         vocab=vocab,
         src_spm=spm_files[0].read_bytes(),
         tgt_spm=spm_files[1].read_bytes(),
@@ -441,15 +448,21 @@ def decode_config(
         if generation.get(key) not in (None, expected, [expected]):
             why = f"nmt needs {expected}, the id config.json gives it"
             raise _refused(key, generation[key], why, "generation")
-    beam = _int(generation, "num_beams", 1)
+    beam = _int(generation, "num_beams", 1, "generation")
+    if beam < 1:
+        raise _refused("num_beams", beam, "expected 1 or more", "generation")
+    nbest = _int(generation, "num_return_sequences", 1, "generation")
+    if not 1 <= nbest <= beam:
+        raise _refused("num_return_sequences", nbest, f"expected 1 to num_beams ({beam})",
+                       "generation")  # fmt: skip
     # `generate` counts the start token in max_length and min_length; nmt counts output tokens,
     # EOS left out, and always ends a hypothesis at its maximum length with EOS.
     if generation.get("max_new_tokens") is not None:
         longest = "max_new_tokens"
-        most = _int(generation, "max_new_tokens") - 1
+        most = _int(generation, "max_new_tokens", where="generation") - 1
     else:
         longest = "max_length"
-        most = _int(generation, "max_length", HF_DEFAULT_MAX_LENGTH) - 2
+        most = _int(generation, "max_length", HF_DEFAULT_MAX_LENGTH, "generation") - 2
     if most < 1:  # every translation would be empty
         counted = "the start token and </s>" if longest == "max_length" else "</s>"
         why = f"leaves no room for a word: generate counts {counted} in it"
@@ -457,22 +470,22 @@ def decode_config(
     most = min(most, model.max_positions - 1)
     if generation.get("min_new_tokens") is not None:
         shortest = "min_new_tokens"
-        least = _int(generation, "min_new_tokens")
+        least = _int(generation, "min_new_tokens", where="generation")
     else:
         shortest = "min_length"
-        least = max(0, _int(generation, "min_length", 0) - 1)
+        least = max(0, _int(generation, "min_length", 0, "generation") - 1)
     if least > most:
         why = f"asks for more tokens than the {most} at most that {longest} and the model allow"
         raise _refused(shortest, generation.get(shortest), why, "generation")
     settings = {
         "beam_size": beam,
-        "nbest": _int(generation, "num_return_sequences", 1),
+        "nbest": nbest,
         "length_norm": "power",
         "len_penalty": generation.get("length_penalty", 1.0),
         "max_len_a": 0.0,
         "max_len_b": most,
         "min_len": least,
-        "no_repeat_ngram": _int(generation, "no_repeat_ngram_size", 0),
+        "no_repeat_ngram": _int(generation, "no_repeat_ngram_size", 0, "generation"),
     }
     try:
         cfg: DecodeConfig = from_dict(DecodeConfig, settings, "decode")
@@ -495,13 +508,15 @@ def decode_config(
 _GENERATION_KEYS = MAPPED_GENERATION | set(NEUTRAL_GENERATION) | SAMPLING_ONLY
 
 
-def _int(fields: dict[str, Any], key: str, default: int | None = None) -> int:
+def _int(
+    fields: dict[str, Any], key: str, default: int | None = None, where: str = "config"
+) -> int:
     """An integer field, MarianConfig's default (or `default`) when absent or null."""
     value = fields.get(key)
     if value is None:
         value = MARIAN_DEFAULTS[key] if default is None else default
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _refused(key, value, "expected an integer")
+        raise _refused(key, value, "expected an integer", where)
     return value
 
 

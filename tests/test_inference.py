@@ -364,6 +364,23 @@ def test_glossaries_the_search_cannot_follow_are_refused(run_dir: Path, tmp_path
         Translator.load(run_dir, "cpu", ["decode.sample=true"], glossary=alien)
 
 
+def test_glossaries_too_long_to_place_in_bounded_time_are_refused(run_dir: Path) -> None:
+    long_term = Glossary.from_pairs([("ce", " ".join(["KE"] * 40))], "long.tsv:1")
+    said = r"long.tsv:1: target term 'KE KE .*'\.\.\. is \d+ subwords long; a glossary term may"
+    with pytest.raises(DataError, match=said + " have at most 32"):
+        Translator.load(run_dir, "cpu", glossary=long_term)
+    pairs = [(word, " ".join(["KE"] * 20)) for word in ("ba", "ce", "do", "fo")]
+    many = Glossary.from_pairs(pairs, "many.tsv")  # each term fits, four together do not
+    translator = Translator.load(run_dir, "cpu")
+    translator.translate_full(["ba"], glossary=many)  # one sentence's single term is taken
+    with pytest.raises(
+        DataError,
+        match=r"<input>:2: the glossary terms found in this sentence "
+        r"take \d+ subwords together; one sentence's terms may take at most 64",
+    ):
+        translator.translate_full(["ba", "ba ce do fo"], glossary=many)
+
+
 def test_translate_command_writes_terms_and_fails_cleanly(
     run_dir: Path, glossary_file: Path, tmp_path: Path
 ) -> None:

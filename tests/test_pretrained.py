@@ -590,6 +590,9 @@ def test_weights_that_are_not_finite_are_refused(
         # Scores beyond float32 would be ranked as infinities (and written as such).
         ({"length_penalty": -1e308}, "settings: decode.len_penalty must be in [-10, 10], got "
          "-1e+308"),
+        ({"max_length": 1e400}, "field 'max_length' = Infinity: expected an integer"),
+        ({"num_beams": 0}, "field 'num_beams' = 0: expected 1 or more"),
+        ({"num_return_sequences": 5}, "field 'num_return_sequences' = 5: expected 1 to num_beams"),
     ],
 )  # fmt: skip
 def test_impossible_generation_limits_are_refused(
@@ -598,7 +601,8 @@ def test_impossible_generation_limits_are_refused(
     copy = edited_copy(marian[0], tmp_path, "generation_config.json", change)
     result = invoke("import", copy, "--out", tmp_path / "run")
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"error: generation {message}")
+    where = copy / "generation_config.json"
+    assert result.stderr.startswith(f"error: {where}: generation {message}"), result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
 
 

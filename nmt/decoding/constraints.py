@@ -55,6 +55,12 @@ NEG_INF = float("-inf")
 # gets a warning: the search may have put it where another word belonged.
 FAR_WORDS = 2
 
+# The search's time grows much faster than the length of what it must place (one sentence whose
+# term was a word repeated 100, 200 and 400 times took 1.2 s, 16 s and over 90 s), so a target
+# term and one sentence's terms together are bounded; terms are words and short phrases.
+MAX_TERM_PIECES = 32
+MAX_SENTENCE_TERM_PIECES = 64
+
 
 class _HasTokens(Protocol):
     tokens: list[int]

@@ -122,7 +122,8 @@ def translate(
     seconds = time.perf_counter() - started
     done = "read" if forced is not None else "translated"
     split = f" ({writer.sentences:,} sentences)" if writer.sentences != writer.count else ""
-    log(f"{done} {writer.count:,} lines{split} in {seconds:.1f} s")
+    noun = "line" if writer.count == 1 else "lines"
+    log(f"{done} {writer.count:,} {noun}{split} in {seconds:.1f} s")
     log_too_long(translator, log)
     return {"lines": writer.count, "sentences": writer.sentences, "tokens": writer.tokens,
             "seconds": seconds}  # fmt: skip
@@ -239,6 +240,8 @@ def check_outputs(
     if plot_dir is not None and Path(plot_dir).exists() and not Path(plot_dir).is_dir():
         raise ConfigError(f"--plot-dir {plot_dir}: is a file; give a folder")
     outputs = [Output(flag, path) for flag, path in files]
+    if output_path is None:  # translations go to stdout, which may be redirected onto an input
+        outputs.append(Output("the standard output", Path("/dev/stdout")))
     if plot_dir is not None:
         outputs.append(Output("--plot-dir", Path(plot_dir), "files", "attention_*.png"))
     read = given(("-i", input_path), ("--force", force_path), ("--glossary", glossary_path))

@@ -129,6 +129,33 @@ def test_a_checkpoint_with_python_objects_gets_no_hint_to_unpickle_it(tmp_path: 
     assert snapshot(tmp_path) == before
 
 
+# A field of a real checkpoint replaced by something nmt never writes there.
+DAMAGED_FIELDS = {
+    "spm_bytes": ("spm", b"garbage", "'spm' names no src tokenizer file"),
+    "spm_path": ("spm", {"src": {"file": "../x.model", "sha256": "0"}}, "'spm' names no src"),
+    "vocab_empty": ("vocab", {}, "'vocab' lacks positive src_vocab_size"),
+    "vocab_text": ("vocab", {"src_vocab_size": "60", "tgt_vocab_size": 60}, "'vocab' lacks"),
+    "model_list": ("model", [1, 2], "'model' is not a mapping of names to tensors"),
+    "config_text": ("config", "transformer", "'config' is not a mapping"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGED_FIELDS))
+def test_a_checkpoint_with_a_foreign_field_is_refused_in_one_line(
+    run_copy: Path, tmp_path: Path, kind: str
+) -> None:
+    field, value, said = DAMAGED_FIELDS[kind]
+    payload = torch.load(run_copy / "best.pt", weights_only=True)
+    payload[field] = value
+    path = run_copy / "damaged.pt"
+    torch.save(payload, path)
+    (tmp_path / "src.de").write_text("ba\n", encoding="utf-8")
+    before = snapshot(tmp_path)
+    result = nmt("translate", path, "-i", tmp_path / "src.de", "-o", tmp_path / "out.en")
+    assert_refused(result, 1, f"{path}: not an nmt checkpoint", said)
+    assert snapshot(tmp_path) == before
+
+
 # ---- text inputs ---------------------------------------------------------------------------------
 
 

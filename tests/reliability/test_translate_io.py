@@ -212,6 +212,20 @@ def test_an_output_that_is_the_file_on_stdin_is_refused(
     assert src.read_bytes() == before and sorted(tmp_path.iterdir()) == [src]
 
 
+def test_stdout_opened_onto_the_input_is_refused(
+    tiny_transformer_run: Path, tmp_path: Path, src: Path
+) -> None:
+    """`nmt translate RUN -i x 1<>x`: without -o the translations go to stdout, here the input."""
+    before = src.read_bytes()
+    cmd = [sys.executable, "-m", "nmt.cli", "translate", str(tiny_transformer_run), "-i", str(src)]
+    with open(src, "r+b") as stdout:
+        done = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"error: the standard output /dev/stdout: is {src} (-i) through a "
+                           "link; write the output to another file\n")  # fmt: skip
+    assert src.read_bytes() == before and sorted(tmp_path.iterdir()) == [src]
+
+
 @pytest.mark.parametrize("command", ["evaluate", "align-eval"])
 def test_a_report_through_an_open_descriptor_keeps_the_link(tmp_path: Path, command: str) -> None:
     """--report LINK, LINK -> /proc/self/fd/N of a file this process holds open for appending:

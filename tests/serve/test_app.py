@@ -270,6 +270,11 @@ BAD_BODIES = [
         "glossary: target term",
         "holds characters",
     ),
+    (
+        b'{"text": "ba", "glossary": {"ba": "' + b" ".join([b"KE"] * 40) + b'"}}',
+        422,
+        "subwords long; a glossary term may have at most 32",
+    ),
     (b'{"text": "ba", "split": 1}', 422, "'split' must be true or false"),
     (b'{"text": "ba", "format": "pdf"}', 422, "'format' is 'pdf'; expected one of text"),
     (b'{"text": ["ba"], "format": "html"}', 422, "takes the document as one string"),
