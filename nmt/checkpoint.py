@@ -181,16 +181,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     payload = read_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or "format_version" not in payload or "model" not in payload:
         raise CheckpointError(f"{path}: not an nmt checkpoint (no format_version / model inside)")
-    payload = upgrade_payload(payload, path)
-    problem = payload_problem(payload)
-    if problem:
-        raise CheckpointError(f"{path}: not an nmt checkpoint ({problem})")
+    return upgrade_payload(payload, path)
+
+
+def load_run_checkpoint(path: str | Path) -> dict[str, Any]:
+    """`load_checkpoint` of a checkpoint a run is rebuilt from (to translate, resume or fine-tune),
+    with its fields checked (`check_run_payload`)."""
+    payload = load_checkpoint(path)
+    check_run_payload(payload, path)
     return payload
 
 
-def payload_problem(payload: dict[str, Any]) -> str:
-    """What in a checkpoint's fields is not what nmt writes there ("" when all is), so that a
-    damaged or foreign file is refused in one line before anything reads it."""
+def check_run_payload(payload: dict[str, Any], path: str | Path) -> None:
+    """CheckpointError "PATH: not an nmt checkpoint (...)" when a field that rebuilding the run
+    reads is not what nmt writes there, so that a damaged or foreign file is refused in one line
+    before anything uses it."""
+    problem = _run_payload_problem(payload)
+    if problem:
+        raise CheckpointError(f"{path}: not an nmt checkpoint ({problem})")
+
+
+def _run_payload_problem(payload: dict[str, Any]) -> str:
     model = payload.get("model")
     if not isinstance(model, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
@@ -481,7 +492,7 @@ def load_run(
     files, or a config / weights that this version of nmt cannot build.
     """
     ckpt = resolve_checkpoint(path)
-    payload = load_checkpoint(ckpt)
+    payload = load_run_checkpoint(ckpt)
     cfg = config_from_payload(payload, ckpt)
     src_tok, tgt_tok = load_tokenizers(payload, ckpt.parent)
     model = build_model_from_payload(payload, cfg, ckpt)

@@ -141,7 +141,7 @@ def _finetune_config(
     model section describes another architecture than the checkpoint's.
     """
     path, why = finetune.resolve_init(init)
-    payload = ckpt.load_checkpoint(path)
+    payload = ckpt.load_run_checkpoint(path)
     stored = ckpt.config_from_payload(payload, path)
     if config is not None:
         base = load_yaml(config)

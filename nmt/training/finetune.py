@@ -113,7 +113,7 @@ def load_init_weights(model: nn.Module, cfg: TrainConfig) -> None:
             f"train.init {path}: file changed since the run was configured (sha256 "
             f"{actual[:12]}..., expected {cfg.init_sha256[:12]}...)"
         )
-    ckpt.load_model_state(model, ckpt.load_checkpoint(path)["model"], path)
+    ckpt.load_model_state(model, ckpt.load_run_checkpoint(path)["model"], path)
 
 
 def freeze(model: nn.Module, parts: tuple[str, ...] | list[str]) -> int:

@@ -205,7 +205,7 @@ def set_up(
     data = load_prepared(data_dir)
     check_same_everywhere(dist, **{"prepared data": data.hash, "settings": to_dict(cfg)})
     feed, guided = load_feed(data, cfg, dist, console.print)
-    payload = ckpt.load_checkpoint(folder.path / ckpt.LAST) if resume else None
+    payload = ckpt.load_run_checkpoint(folder.path / ckpt.LAST) if resume else None
 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     check_model_fits(cfg.model, data.src_vocab_size, data.tgt_vocab_size, device)
