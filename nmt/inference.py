@@ -744,9 +744,10 @@ class Translator:
                     "target vocabulary lacks, so no translation can contain it"
                 )
             if len(ids) > MAX_TERM_PIECES:
+                shown = term.tgt if len(term.tgt) <= 40 else term.tgt[:40] + "..."
                 raise DataError(
-                    f"{term.where}: target term {term.tgt[:40]!r}... is {len(ids)} subwords long; "
-                    f"a glossary term may have at most {MAX_TERM_PIECES}"
+                    f"{term.where}: target term {shown!r} is {len(ids)} subwords long; a glossary "
+                    f"term may have at most {MAX_TERM_PIECES}"
                 )
             self._term_ids[term.tgt] = ids
 

@@ -366,7 +366,7 @@ def test_glossaries_the_search_cannot_follow_are_refused(run_dir: Path, tmp_path
 
 def test_glossaries_too_long_to_place_in_bounded_time_are_refused(run_dir: Path) -> None:
     long_term = Glossary.from_pairs([("ce", " ".join(["KE"] * 40))], "long.tsv:1")
-    said = r"long.tsv:1: target term 'KE KE .*'\.\.\. is \d+ subwords long; a glossary term may"
+    said = r"long.tsv:1: target term 'KE KE .*\.\.\.' is \d+ subwords long; a glossary term may"
     with pytest.raises(DataError, match=said + " have at most 32"):
         Translator.load(run_dir, "cpu", glossary=long_term)
     pairs = [(word, " ".join(["KE"] * 20)) for word in ("ba", "ce", "do", "fo")]
