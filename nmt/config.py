@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from nmt.errors import ConfigError
-from nmt.io import check_file
+from nmt.io import check_file, decode_utf8
 
 # Special token ids. `nmt prepare` trains SentencePiece with exactly these ids, so models, batching
 # and decoding can rely on them without carrying a vocabulary object around.
@@ -667,10 +667,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict (an empty file is an empty dict)."""
     path = Path(path)
     check_file(path, ConfigError, "config file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    text = decode_utf8(path.read_bytes(), path, ConfigError)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

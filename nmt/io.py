@@ -57,6 +57,18 @@ def open_binary(path: str | os.PathLike) -> IO[bytes]:
     return cast(IO[bytes], handle)
 
 
+def decode_utf8(data: bytes, path: str | os.PathLike, error: type[Exception]) -> str:
+    """`data` as text; `error("PATH:LINE: not UTF-8 text (byte B of the line: why)")` when it is
+    not, so that the user finds the bad byte without a hex editor."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        why = f"byte {column} of the line: {exc.reason}"
+        raise error(f"{path}:{line}: not UTF-8 text ({why})") from None
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nmt.errors import ConfigError, DataError
-from nmt.io import check_file, open_binary
+from nmt.io import check_file, decode_utf8, open_binary
 
 
 def corpus_scores(
@@ -94,9 +94,7 @@ def read_lines(path: str | Path) -> list[str]:
     check_file(path, DataError)
     try:
         with open_binary(path) as handle:
-            text = handle.read().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+            text = decode_utf8(handle.read(), path, DataError)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     lines = text.split("\n")

@@ -454,6 +454,8 @@ def test_jsonl_input_gives_each_line_its_own_terms(
         ('{"txt": "lo"}', 'expected an object with a string "text"'),
         ('{"text": "lo", "terms": {}}', "unknown field 'terms'"),
         ('{"text": "lo", "glossary": ["lo", "LO"]}', '"glossary" must map source terms'),
+        ('{"text": "l\\ud800o"}', "a string holds a lone surrogate"),
+        ('{"text": "lo", "glossary": {"lo": "\\udfffLO"}}', "a string holds a lone surrogate"),
     ]:
         src.write_text('{"text": "ba"}\n' + bad + "\n", encoding="utf-8")
         failed = cli("translate", run_dir, "-i", src, "-o", out, "--input-format", "jsonl")

@@ -82,5 +82,5 @@ def test_perfect_and_mismatched_input(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="missing.txt: file not found"):
         read_lines(tmp_path / "missing.txt")
     (tmp_path / "latin1.txt").write_bytes("Gr\xfc\xdfe\n".encode("latin-1"))
-    with pytest.raises(DataError, match="latin1.txt: not UTF-8"):
+    with pytest.raises(DataError, match=r"latin1.txt:1: not UTF-8 text \(byte 3 of the line"):
         read_lines(tmp_path / "latin1.txt")

@@ -56,11 +56,23 @@ def parse_jsonl_line(line: str, where: str) -> tuple[str, list[tuple[str, str]] 
     text, terms = data["text"], data.get("glossary")
     if "\n" in text or "\r" in text:
         raise DataError(f"{where}: the text holds a line break; give one sentence per line")
-    if terms is None:
-        return text, None
-    if not isinstance(terms, dict) or not all(isinstance(t, str) for t in terms.values()):
+    if terms is not None and (
+        not isinstance(terms, dict) or not all(isinstance(t, str) for t in terms.values())
+    ):
         raise DataError(f'{where}: "glossary" must map source terms to target terms (strings)')
-    return text, list(terms.items())
+    pairs = None if terms is None else list(terms.items())
+    for string in [text, *(s for pair in pairs or [] for s in pair)]:
+        if not _is_unicode(string):  # "\ud800": a lone surrogate, which JSON escapes allow
+            raise DataError(f"{where}: a string holds a lone surrogate (\\uD800-\\uDFFF), not text")
+    return text, pairs
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def file_chunks(path: Path, size: int = CHUNK_LINES) -> Iterator[list[str]]:

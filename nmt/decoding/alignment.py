@@ -33,7 +33,7 @@ import torch
 from nmt.config import GUIDED_ALIGNMENT_HEAD, RunConfig
 from nmt.data.spm import WORD_START, word_groups
 from nmt.errors import ConfigError, DataError
-from nmt.io import atomic_open, check_file, parse_json
+from nmt.io import atomic_open, check_file, decode_utf8, parse_json
 
 Link = tuple[int, int]  # (source word, target word)
 
@@ -161,10 +161,7 @@ def read_pharaoh(path: str | Path) -> list[tuple[set[Link], set[Link]]]:
     """(sure, possible) links per line of a Pharaoh file; an empty line has no links."""
     path = Path(path)
     check_file(path, DataError)
-    try:
-        lines = path.read_bytes().decode("utf-8").split("\n")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    lines = decode_utf8(path.read_bytes(), path, DataError).split("\n")
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line does not start another
     return [parse_pharaoh(line, f"{path}:{n}") for n, line in enumerate(lines, 1)]
@@ -406,10 +403,7 @@ def read_attention(path: str | Path) -> tuple[dict[str, Any], Iterator[Attention
         return meta, _npz_records(data, meta["sentences"], path)
     if path.suffix.lower() == ".jsonl":
         rows = []
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        text = decode_utf8(path.read_bytes(), path, DataError)
         for n, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:

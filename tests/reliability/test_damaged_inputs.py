@@ -167,10 +167,11 @@ def test_evaluate_of_empty_files(tmp_path: Path) -> None:
 
 
 def test_evaluate_of_a_non_utf8_reference(tmp_path: Path) -> None:
-    (tmp_path / "hyp.en").write_text("A B\n", encoding="utf-8")
-    (tmp_path / "ref.en").write_bytes(b"A \xff B\n")
+    (tmp_path / "hyp.en").write_text("A B\nA B\n", encoding="utf-8")
+    (tmp_path / "ref.en").write_bytes(b"A B\nA \xff B\n")
     result = nmt("evaluate", "--hyp", tmp_path / "hyp.en", "--ref", tmp_path / "ref.en")
-    assert_refused(result, 1, f"{tmp_path / 'ref.en'}: not UTF-8")
+    said = f"{tmp_path / 'ref.en'}:2: not UTF-8 text (byte 3 of the line: invalid start byte)"
+    assert_refused(result, 1, said)
 
 
 GOLD = {
@@ -267,5 +268,5 @@ def test_plot_refuses_a_non_utf8_jsonl_attention_file(tmp_path: Path) -> None:
     path = tmp_path / "attn.jsonl"
     path.write_bytes(b'{"index": 0, "src": ["\xff"]}\n')
     result = nmt("plot", path, "--out", tmp_path / "p.png")
-    assert_refused(result, 1, f"{path}: not UTF-8")
+    assert_refused(result, 1, f"{path}:1: not UTF-8 text (byte 23 of the line")
     assert not (tmp_path / "p.png").exists()
