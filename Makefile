@@ -50,7 +50,7 @@ bench-peers: $(STAMP)
 bench-serve: $(STAMP)
 	$(PY) -m bench.serve $(SERVE_ARGS)
 
-# The CPU speed report on a quiet machine, ~35 minutes: peers (nmt float32/bf16/int8, OpenNMT-py,
+# The CPU speed report on a quiet machine, ~20 minutes: peers (nmt float32/bf16/int8, OpenNMT-py,
 # CTranslate2 float32/int8), the beam cache A/B, int8 vs float32 BLEU, serve at 1-128 clients
 # (scripts/bench-cpu.sh; CHECKPOINT=... MINUTES=4, QUICK=1 for a 10-minute dry run)
 bench-cpu: $(STAMP)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CPU speed report, in one go, on a machine with nothing else running (about 35 minutes, plus
-# a few for OpenNMT-py's first install into /tmp/peer-onmt):
+# The CPU speed report, in one go, on a machine with nothing else running (19 minutes on a 2-core
+# Intel Xeon on 2026-12-05, OpenNMT-py's first install into /tmp/peer-onmt included):
 #   1 peers   bench.peers: nmt (float32), nmt-bf16, nmt-int8 (the float32 weights in int8),
 #             OpenNMT-py 3.5.1, CTranslate2 float32 and int8 on our float32 weights;
 #             MINUTES of training each, decoding best of REPEATS; training ratio to the best
