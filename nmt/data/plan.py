@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -38,7 +36,7 @@ from nmt.data.batching import EpochBatches, arrange, epoch_order, pack_bounds, s
 from nmt.data.mapped import IdColumn, Mappings
 from nmt.data.store import PreparedData
 from nmt.errors import DataError
-from nmt.io import add_output_entry, write_json
+from nmt.io import add_output_entry, atomic_open, write_json
 
 CACHE_DIR = "cache"
 PLAN_FORMAT = 1
@@ -218,15 +216,8 @@ class BatchPlan:
             if not (self.data_path / CACHE_DIR).is_dir():
                 (self.data_path / CACHE_DIR).mkdir(exist_ok=True)
                 add_output_entry(self.data_path, CACHE_DIR)  # so --overwrite may replace it
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    np.save(out, array)
-                os.replace(temp, path)
-            except BaseException:
-                Path(temp).unlink(missing_ok=True)
-                raise
+            with atomic_open(path, "wb", encoding=None) as out:
+                np.save(out, array)
         except OSError as exc:
             self.writable = False
             self.note(

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import errno
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nmt.data import plan as plan_module
 from nmt.data.batching import TokenBatchSampler
 from nmt.data.mapped import Mappings
 from nmt.data.plan import BatchPlan, PlanSettings, cache_folder
@@ -94,7 +94,7 @@ def test_an_unwritable_folder_trains_from_memory(
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(plan_module.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # where every atomic write starts
     notes: list[str] = []
     settings = PlanSettings(batch_tokens=300, seed=1, max_positions=1024)
     plan = open_plan(data, settings, note=notes.append)
