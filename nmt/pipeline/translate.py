@@ -120,13 +120,19 @@ def translate(
             writer.flush(out)
             advance(len(lines))
     seconds = time.perf_counter() - started
-    done = "read" if forced is not None else "translated"
-    split = f" ({writer.sentences:,} sentences)" if writer.sentences != writer.count else ""
-    noun = "line" if writer.count == 1 else "lines"
-    log(f"{done} {writer.count:,} {noun}{split} in {seconds:.1f} s")
+    log(summary_line(writer, forced is not None, seconds))
     log_too_long(translator, log)
     return {"lines": writer.count, "sentences": writer.sentences, "tokens": writer.tokens,
             "seconds": seconds}  # fmt: skip
+
+
+def summary_line(writer: TranslationWriter, forced: bool, seconds: float) -> str:
+    """The closing log line: lines read (--force) or translated, their sentences where lines
+    were split, and the time."""
+    done = "read" if forced else "translated"
+    noun = "line" if writer.count == 1 else "lines"
+    split = f" ({writer.sentences:,} sentences)" if writer.sentences != writer.count else ""
+    return f"{done} {writer.count:,} {noun}{split} in {seconds:.1f} s"
 
 
 def note_guided_alignment(translator: Translator, log: Callable[[str], None]) -> None:

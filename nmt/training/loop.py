@@ -134,11 +134,7 @@ def _train(
             update_tokens, ranks_late, ranks_stopping = agree(run, batches, out_of_time, stop)
             if ranks_stopping > 0:
                 stopped = True
-                stop_reason = (
-                    f"stopped by {stop.name}"
-                    if stop.signum
-                    else "stopped by a signal to another process of the job"
-                )
+                stop_reason = stop.reason
                 break
             if ranks_late > 0:
                 stop_reason = f"train.max_minutes={tc.max_minutes:g} ran out ({minutes:.1f} used)"

@@ -55,6 +55,14 @@ class StopSignals:
     def name(self) -> str:
         return signal.Signals(self.signum).name
 
+    @property
+    def reason(self) -> str:
+        """Why the run stopped, for its summary: this process's signal, or (under torchrun) one
+        that another process of the job received."""
+        if self.signum:
+            return f"stopped by {self.name}"
+        return "stopped by a signal to another process of the job"
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum and time.monotonic() - self._first_at < SAME_REQUEST_SECONDS:
             return
