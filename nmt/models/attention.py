@@ -291,6 +291,31 @@ def attend_per_slot(
     return out, torch.stack([w for _, w in slots], dim=1).flatten(0, 1)  # type: ignore[misc]
 
 
+def attend_grouped(
+    attend: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
+    query: torch.Tensor,
+    sources: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`attend_per_slot` for multi-head queries (R,H,T,dh) in one call: the G rows of a sentence
+    become G*T query positions of one row, which see the same keys, and no query sees another.
+    One product per sentence instead of G: 2.5x faster for 64 sentences of 5 hypotheses (bench/
+    NOTES.md lever 29), but it rounds differently from a batch with a copy of the source per row,
+    so float32 keeps `attend_per_slot`. Returns (out (R,H,T,dh), weights (R,H,T,S) or None)."""
+    rows, heads, length, dh = query.shape
+    group = rows // sources
+    if group == 1:
+        return attend(query)
+
+    def grouped(x: torch.Tensor) -> torch.Tensor:  # (R, H, T, d) -> (B, H, G*T, d)
+        return x.unflatten(0, (sources, group)).transpose(1, 2).flatten(2, 3)
+
+    def ungrouped(x: torch.Tensor) -> torch.Tensor:  # (B, H, G*T, d) -> (R, H, T, d)
+        return x.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
+
+    out, weights = attend(grouped(query))
+    return ungrouped(out), None if weights is None else ungrouped(weights)
+
+
 # --- Multi-head attention ---------------------------------------------------------------------
 
 
@@ -478,7 +503,10 @@ class MultiHeadCrossAttention(nn.Module):
                 rows, k, v, mask, dropout_p=dropout_p, need_weights=need_weights
             )
 
-        out, weights = attend_per_slot(attend, q, k.size(0))  # (R, H, T, dh)
+        if q.dtype == torch.float32:
+            out, weights = attend_per_slot(attend, q, k.size(0))  # (R, H, T, dh)
+        else:
+            out, weights = attend_grouped(attend, q, k.size(0))
         return self.out_proj(_merge_heads(out)), weights
 
 

@@ -7,6 +7,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 from nmt.config import EOS_ID, UNK_ID, DecodeConfig
 from nmt.data.batching import make_src_batch
 from nmt.decoding.beam import (
+    NEG_INF,
     Hypothesis,
     beam_search,
     decode_corpus,
@@ -24,6 +26,7 @@ from nmt.decoding.beam import (
     iter_decode_corpus,
     length_penalty,
     max_output_lengths,
+    row_top_k,
     select_top_k,
 )
 from nmt.models.quantized import quantize_int8
@@ -84,19 +87,53 @@ def assert_same(a: list[list[Hypothesis]], b: list[list[Hypothesis]], atol: floa
 
 
 def test_select_top_k_on_hand_written_numbers() -> None:
-    scores = torch.tensor(
+    log_probs = torch.tensor(
         [
             [[-1.0, -0.5, -3.0], [-0.2, -2.0, -0.7]],  # sentence 0: beams 0 and 1, vocabulary 3
             [[-4.0, -0.1, -0.3], [-9.0, -8.0, -0.2]],
         ]
     )
-    values, beams, tokens = select_top_k(scores, 3)
-    torch.testing.assert_close(values, torch.tensor([[-0.2, -0.5, -0.7], [-0.1, -0.2, -0.3]]))
-    assert beams.tolist() == [[1, 0, 1], [0, 1, 0]]
-    assert tokens.tolist() == [[0, 1, 2], [1, 2, 2]]
-    values, _, _ = select_top_k(scores, 100)  # capped at K*V
+    beam_scores = torch.tensor([[0.0, -0.25], [-1.0, 0.0]])
+    values, beams, tokens = select_top_k(beam_scores, log_probs, 3)
+    torch.testing.assert_close(values, torch.tensor([[-0.45, -0.5, -0.95], [-0.2, -1.1, -1.3]]))
+    assert beams.tolist() == [[1, 0, 1], [1, 0, 0]]
+    assert tokens.tolist() == [[0, 1, 2], [2, 1, 2]]
+    values, _, _ = select_top_k(beam_scores, log_probs, 100)  # capped at K*V
     assert values.shape == (2, 6)
-    assert values[0].tolist() == sorted(scores[0].flatten().tolist(), reverse=True)
+    every = (beam_scores[:, :, None] + log_probs).flatten(1)
+    assert values[0].tolist() == sorted(every[0].tolist(), reverse=True)
+
+
+@pytest.mark.parametrize("vocab", [8000, 5000 + 37])
+def test_row_top_k_equals_topk(vocab: int) -> None:
+    """The blockwise top-k (whole blocks of 64 columns, and a ragged tail) returns what
+    torch.topk does, -inf entries included."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(40, vocab, generator=generator)
+    values[3, :] = NEG_INF  # a dead hypothesis
+    values[4, 100:] = NEG_INF  # fewer finite entries than blocks
+    values[5, -7:] = 50.0 + torch.arange(7.0)  # the best ones in the tail
+    for k in (1, 10):
+        top, columns = row_top_k(values, k)
+        want, want_columns = values.topk(k, dim=1)
+        assert torch.equal(top, want)
+        finite = torch.isfinite(want)
+        assert torch.equal(columns[finite], want_columns[finite])
+        assert torch.equal(values.gather(1, columns), top)
+
+
+def test_row_top_k_in_a_search_changes_no_output() -> None:
+    """Beam search with the blockwise top-k gives the hypotheses and scores of the plain one."""
+    model = tiny_model("transformer", vocab=3000)  # 46 blocks: the blockwise path for 2K = 10
+    generator = torch.Generator().manual_seed(1)
+    sources = [torch.randint(4, 3000, (n,), generator=generator).tolist() for n in (3, 9, 1, 6)]
+    src_ids, src_mask = make_src_batch(sources)
+    cfg = DecodeConfig(beam_size=5, nbest=5, max_len_b=12)
+    blockwise = beam_search(model, src_ids, src_mask, cfg)
+    with patch("nmt.decoding.beam.TOP_K_BLOCK", 10**6):  # every row goes to topk directly
+        plain = beam_search(model, src_ids, src_mask, cfg)
+    for got, want in zip(blockwise, plain, strict=True):
+        assert [(h.tokens, h.log_prob) for h in got] == [(h.tokens, h.log_prob) for h in want]
 
 
 def test_length_penalty_and_max_length() -> None:

@@ -323,3 +323,27 @@ def test_sinusoidal_positions() -> None:
         freq = 10000 ** (-i / 4)
         torch.testing.assert_close(table[:, i], torch.sin(p * freq).float())
         torch.testing.assert_close(table[:, 4 + i], torch.cos(p * freq).float())
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_cross_attention_of_hypotheses_sharing_a_source(need_weights: bool) -> None:
+    """G rows per sentence against one copy of its source equal the rows of a batch that holds a
+    copy per row: bit for bit in float32 (one product per slot), to float64 rounding where the G
+    rows go as one product (other dtypes)."""
+    torch.manual_seed(0)
+    sentences, group, length = 3, 4, 2
+    mask = (torch.arange(7)[None, :] < torch.tensor([7, 3, 1])[:, None])[:, None, None, :]
+    for dtype in (torch.float32, torch.float64):
+        att = MultiHeadCrossAttention(16, 4).eval().to(dtype)
+        x = torch.randn(sentences * group, length, 16, dtype=dtype)
+        k, v = att.project_memory(torch.randn(sentences, 7, 16, dtype=dtype))
+        shared = att(x, k, v, mask, need_weights)
+        copies = [t.repeat_interleave(group, dim=0) for t in (k, v, mask)]
+        per_row = att(x, *copies, need_weights)
+        for got, want in zip(shared, per_row, strict=True):
+            if want is None:
+                assert got is None
+            elif dtype == torch.float32:
+                assert torch.equal(got, want)
+            else:
+                torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
