@@ -101,6 +101,45 @@ def translate_file(
     }
 
 
+def in_flight_bound(
+    run: Path, sentences: list[str], clients: int, device: str
+) -> list[dict[str, Any]]:
+    """Decoding alone with at most `clients` sentences in flight, the most that `clients` clients
+    of one sentence each can give the server: the Translator (model loading and SentencePiece
+    excluded) on chunks of `clients` sentences, in arrival order (the server's batches at best)
+    and sorted by length (the best such chunks can be), with the attention that the server's
+    alignments need. Run after the server has stopped, in this process."""
+    from nmt.inference import Translator
+
+    translator = Translator.load(run, device)
+    src_ids = translator.encode(sentences, 0, "benchmark input")
+    translator.decode(src_ids[:clients], attention=True)  # warm-up
+    arrival = list(range(len(src_ids)))
+    by_length = sorted(arrival, key=lambda i: len(src_ids[i]))
+    rows = []
+    for name, order in (("arrival order", arrival), ("sorted by length", by_length)):
+        texts: dict[int, str] = {}
+        start = time.perf_counter()
+        for first in range(0, len(order), clients):
+            chunk = order[first : first + clients]
+            hyps = translator.decode([src_ids[i] for i in chunk], attention=True)
+            texts.update(
+                zip(chunk, (translator.tgt_tok.decode(n[0].tokens) for n in hyps), strict=True)
+            )
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "what": f"decoding alone, {clients} at a time, {name}",
+                "clients": None,
+                "sentences": len(src_ids),
+                "seconds": seconds,
+                "sentences_per_s": len(src_ids) / seconds,
+                "translations": texts,
+            }
+        )
+    return rows
+
+
 class ServerChild:
     """`nmt serve RUN --port 0` on 127.0.0.1, its address read from its log."""
 
@@ -161,10 +200,25 @@ def decoding_calls(address: tuple[str, int]) -> tuple[float, float]:
     return totals["nmt_sentences_total"], totals["nmt_batches_total"]
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def load_level(
-    address: tuple[str, int], sentences: list[str], clients: int, time_limit: float
+    address: tuple[str, int],
+    sentences: list[str],
+    clients: int,
+    time_limit: float,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """`clients` threads, each sending the next unsent sentence until all are sent or time is up."""
+    """`clients` threads, each sending the next unsent sentence until all are sent or time is up.
+    Also the CPU seconds the clients (this process) and the server used meanwhile: on a small
+    machine the load generator takes cores from the server it measures."""
     lock = threading.Lock()
     next_index = 0
     latencies: list[float] = []
@@ -193,12 +247,16 @@ def load_level(
         connection.close()
 
     started = time.perf_counter()
+    client_cpu = time.process_time()
+    server_cpu = None if server_pid is None else cpu_seconds(server_pid)
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - started
+    client_cpu = time.process_time() - client_cpu
+    server_after = None if server_pid is None else cpu_seconds(server_pid)
     if failures or not latencies:
         sys.exit(f"{clients} client(s): {len(failures)} requests failed, e.g. {failures[:1]}")
     latencies.sort()
@@ -210,6 +268,8 @@ def load_level(
         "sentences_per_s": len(latencies) / seconds,
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "client_cpu_s": client_cpu,
+        "server_cpu_s": None if server_after is None else server_after - (server_cpu or 0.0),
         "translations": translations,
     }
 
@@ -234,7 +294,9 @@ def main() -> None:
         for clients in levels:
             print(f"serve: {clients} client(s)", flush=True)
             sentences_before, calls_before = decoding_calls(server.address)
-            row = load_level(server.address, sentences, clients, args.time_limit)
+            row = load_level(
+                server.address, sentences, clients, args.time_limit, server.process.pid
+            )
             sentences_after, calls_after = decoding_calls(server.address)
             calls = max(calls_after - calls_before, 1.0)
             row["sentences_per_call"] = (sentences_after - sentences_before) / calls
@@ -245,6 +307,8 @@ def main() -> None:
     # The same work as the server (attention for the alignments), for comparison only: the
     # target is judged against the plain file runs above.
     rows.append(translate_file(args.run, sentences, args.device, jsonl=True))
+    judged = TARGET_CLIENTS if TARGET_CLIENTS in levels else max(levels)
+    rows += in_flight_bound(args.run, sentences, judged, args.device)
     report(rows, levels, vars(args))
 
 
@@ -259,7 +323,7 @@ def report(rows: list[dict[str, Any]], levels: list[int], settings: dict[str, An
     best_file = max(r["sentences_per_s"] for r in plain)
     summary: dict[str, Any] = {"translate_sentences_per_s": best_file}
     for row in rows:
-        if row["clients"] is not None:
+        if row["clients"] is not None or row["what"].startswith("decoding alone"):
             row["ratio_to_translate"] = row["sentences_per_s"] / best_file
     judged = TARGET_CLIENTS if TARGET_CLIENTS in levels else max(levels)
     top = [r for r in rows if r["clients"] == judged]
@@ -274,7 +338,8 @@ def report(rows: list[dict[str, Any]], levels: list[int], settings: dict[str, An
     payload = {"machine": machine(), "settings": settings, "rows": rows, **summary}
     path = write_results("serve", payload)
     columns = ["what", "clients", "sentences", "seconds", "sentences_per_s", "p50_ms", "p99_ms",
-               "sentences_per_call", "ratio_to_translate"]  # fmt: skip
+               "sentences_per_call", "client_cpu_s", "server_cpu_s",
+               "ratio_to_translate"]  # fmt: skip
     print(machine_line(payload["machine"]))
     print_table(rows, [*columns, "same_as_translate"])
     if top:
@@ -287,6 +352,10 @@ def report(rows: list[dict[str, Any]], levels: list[int], settings: dict[str, An
         if "ratio_to_jsonl_translate" in summary:
             print(f"serve / translate to JSONL (attention computed, as in the server): "
                   f"{summary['ratio_to_jsonl_translate']:.2f}")  # fmt: skip
+    for row in rows:
+        if row["what"].startswith("decoding alone"):
+            print(f"{row['what']} / translate: {row['ratio_to_translate']:.2f} (no server: "
+                  f"the most {judged} clients could get)")  # fmt: skip
     print(f"written: {path.relative_to(ROOT)}")
 
 

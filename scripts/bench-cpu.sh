@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CPU speed report, in one go, on a machine with nothing else running (19 minutes on a 2-core
 # Intel Xeon on 2026-12-05, OpenNMT-py's first install into /tmp/peer-onmt included):
-#   1 peers   bench.peers: nmt (float32), nmt-bf16, nmt-int8 (the float32 weights in int8),
-#             OpenNMT-py 3.5.1, CTranslate2 float32 and int8 on our float32 weights;
+#   1 peers   bench.peers: nmt (float32), nmt-bf16, nmt-int8 and nmt-bf16-decode (the float32
+#             weights in int8 and bf16), OpenNMT-py 3.5.1, CTranslate2 float32 and int8 on our
+#             float32 weights;
 #             MINUTES of training each, decoding best of REPEATS; training ratio to the best
 #             PyTorch peer, our best decoding entry over CTranslate2's best
 #   2 cache   bench.cache_ab: decoding speed of the version before beam search kept the source
@@ -42,7 +43,8 @@ echo "bench-cpu on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(npro
   "MINUTES=$MINUTES REPEATS=$REPEATS ROUNDS=$ROUNDS CHECKPOINT=$CHECKPOINT; log $LOG"
 
 stage "1 peers: training and decoding, nmt vs OpenNMT-py vs CTranslate2"
-"$PY" -m bench.peers --toolkits nmt,nmt-bf16,nmt-int8,opennmt,ctranslate2,ctranslate2-int8 \
+"$PY" -m bench.peers \
+  --toolkits nmt,nmt-bf16,nmt-int8,nmt-bf16-decode,opennmt,ctranslate2,ctranslate2-int8 \
   --minutes "$MINUTES" --repeats "$REPEATS"
 
 stage "2 cache: decoding speed before and after the source side once per sentence"

@@ -1,4 +1,5 @@
-"""The benchmark harness's own pieces: the synthetic corpus and the per-child peak memory."""
+"""The benchmark harness's own pieces: the synthetic corpus, the per-child peak memory and the
+ratios to CTranslate2."""
 
 import sys
 
@@ -45,3 +46,28 @@ def test_term_pairs_keep_one_to_one_content_word_links():
     assert len(found) == 2
     assert set(found) < {("fährt", "rides"), ("Fahrrad", "bicycle"), ("lacht", "laughs")}
     assert term_pairs(src, tgt, {(0, 0), (5, 5)}, "de", "en", random.Random(0)) == []
+
+
+def test_engine_ratios_name_the_fastest_entries_and_the_same_weights_ones():
+    from bench.peers import engine_ratios
+
+    def entry(name, beam5, greedy):
+        return {"toolkit": name, "beam5_sent_per_s": beam5, "greedy_sent_per_s": greedy}
+
+    results = [
+        entry("nmt", 200.0, 700.0),
+        entry("nmt-bf16", 380.0, 1000.0),  # its own weights
+        entry("nmt-bf16-decode", 360.0, 900.0),
+        entry("opennmt", 100.0, 400.0),  # a peer, not an engine
+        entry("ctranslate2", 280.0, 710.0),
+        entry("ctranslate2-int8", 375.0, 890.0),
+    ]
+    ratios = engine_ratios(results)
+    assert ratios["beam5_sent_per_s"] == {
+        "nmt": "nmt-bf16",
+        "engine": "ctranslate2-int8",
+        "ratio": 380.0 / 375.0,
+    }
+    assert ratios["beam5_sent_per_s same weights"]["nmt"] == "nmt-bf16-decode"
+    assert ratios["beam5_sent_per_s same weights"]["ratio"] == 360.0 / 375.0
+    assert ratios["greedy_sent_per_s same weights"]["ratio"] == 900.0 / 890.0
