@@ -167,14 +167,16 @@ def row_top_k(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     """The k largest entries of each row of values (R,V) and their columns, best first, as
     `values.topk(k, dim=1)` (only the order among equal values may differ).
 
-    torch.topk keeps a sorted heap over every entry. Cut into blocks of TOP_K_BLOCK columns, a
-    row's k largest entries lie in the k blocks with the largest maxima, so one pass of `amax`
-    over the blocks leaves k*TOP_K_BLOCK candidates (plus the columns past the last whole block)
-    for topk: about half its time at V = 8,000. Small vocabularies go to topk directly.
+    On the CPU torch.topk partially sorts all V entries of a row. Cut into blocks of
+    TOP_K_BLOCK columns, a row's k largest entries lie in the k blocks with the largest maxima,
+    so one pass of `amax` over the blocks leaves k*TOP_K_BLOCK candidates (plus the columns past
+    the last whole block) for topk: about half its time at V = 8,000 on a 2-core CPU. Small
+    vocabularies go to topk directly, and so do tensors on a GPU, where the blockwise path was
+    never measured and one kernel launch replaces several.
     """
     rows, vocab = values.shape
     blocks = vocab // TOP_K_BLOCK
-    if blocks < 4 * k:
+    if blocks < 4 * k or values.device.type != "cpu":
         return values.topk(k, dim=1)
     tiles = values.unfold(1, TOP_K_BLOCK, TOP_K_BLOCK)  # (R, blocks, TOP_K_BLOCK), a view
     best_blocks = tiles.amax(dim=2).topk(k, dim=1, sorted=False).indices  # (R, k)
