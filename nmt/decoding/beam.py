@@ -619,7 +619,32 @@ TokenChooser = Callable[[torch.Tensor], torch.Tensor]
 
 def argmax_tokens(log_probs: torch.Tensor) -> torch.Tensor:
     """The most probable token of each row (the first maximum on ties)."""
-    return log_probs.argmax(dim=1)
+    return row_argmax(log_probs)
+
+
+def row_argmax(values: torch.Tensor) -> torch.Tensor:
+    """`values.argmax(dim=1)` for values (R,V), the first maximum on ties, by blocks on the CPU.
+
+    There torch's argmax ran at 1.5 ms for 130 rows of 8,000, `amax` at 0.1 ms: the maximum of
+    each block of TOP_K_BLOCK columns, then argmax over the block maxima (the first block that
+    holds the row's maximum) and within that block (its first column with it). Columns past the
+    last whole block win only with a strictly larger value, as they come last.
+    """
+    rows, vocab = values.shape
+    blocks = vocab // TOP_K_BLOCK
+    if blocks < 2 or values.device.type != "cpu":
+        return values.argmax(dim=1)
+    tiles = values.unfold(1, TOP_K_BLOCK, TOP_K_BLOCK)  # (R, blocks, TOP_K_BLOCK), a view
+    block_max = tiles.amax(dim=2)  # (R, blocks)
+    best_block = block_max.argmax(dim=1)  # (R,)
+    index = torch.arange(rows, device=values.device)
+    column = best_block * TOP_K_BLOCK + tiles[index, best_block].argmax(dim=1)
+    whole = blocks * TOP_K_BLOCK
+    if whole < vocab:
+        tail = values[:, whole:]
+        in_tail = tail.amax(dim=1) > block_max[index, best_block]
+        column = torch.where(in_tail, whole + tail.argmax(dim=1), column)
+    return column
 
 
 def sampler(cfg: DecodeConfig, generator: torch.Generator | None) -> TokenChooser:
@@ -913,6 +938,7 @@ __all__ = [
     "length_batches",
     "length_penalty",
     "max_output_lengths",
+    "row_argmax",
     "row_top_k",
     "sample_search",
     "sampler",

@@ -26,6 +26,7 @@ from nmt.decoding.beam import (
     iter_decode_corpus,
     length_penalty,
     max_output_lengths,
+    row_argmax,
     row_top_k,
     select_top_k,
 )
@@ -120,6 +121,21 @@ def test_row_top_k_equals_topk(vocab: int) -> None:
         finite = torch.isfinite(want)
         assert torch.equal(columns[finite], want_columns[finite])
         assert torch.equal(values.gather(1, columns), top)
+
+
+@pytest.mark.parametrize("vocab", [8000, 5000 + 37, 100])
+def test_row_argmax_equals_argmax_with_ties(vocab: int) -> None:
+    """The blockwise argmax returns torch's: the first maximum, in a block, across blocks and in
+    the ragged tail, and column 0 for a row of -inf."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(12, vocab, generator=generator)
+    values[0, :] = NEG_INF
+    values[1, [5, 70, vocab - 1]] = 9.0  # ties in two blocks and (for 5,037) the tail
+    values[2, [vocab - 1, vocab - 2]] = 9.0  # ties at the end only
+    values[3, :] = 1.0  # every column ties
+    values[4, 64:128] = 9.0  # a whole block of ties
+    values = torch.cat([values, values.round()])  # many ties everywhere
+    assert torch.equal(row_argmax(values), values.argmax(dim=1))
 
 
 def test_row_top_k_in_a_search_changes_no_output() -> None:
