@@ -298,9 +298,10 @@ def attend_grouped(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`attend_per_slot` for multi-head queries (R,H,T,dh) in one call: the G rows of a sentence
     become G*T query positions of one row, which see the same keys, and no query sees another.
-    One product per sentence instead of G: 2.5x faster for 64 sentences of 5 hypotheses (bench/
-    NOTES.md lever 29), but it rounds differently from a batch with a copy of the source per row,
-    so float32 keeps `attend_per_slot`. Returns (out (R,H,T,dh), weights (R,H,T,S) or None)."""
+    One product per sentence instead of G (2.5x faster for 64 sentences of 5 hypotheses in a
+    float32 single-operation test, bench/NOTES.md lever 29), but it rounds differently from a
+    batch with a copy of the source per row, so float32 keeps `attend_per_slot`.
+    Returns (out (R,H,T,dh), weights (R,H,T,S) or None)."""
     rows, heads, length, dh = query.shape
     group = rows // sources
     if group == 1:
