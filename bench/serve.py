@@ -307,9 +307,13 @@ def main() -> None:
     # The same work as the server (attention for the alignments), for comparison only: the
     # target is judged against the plain file runs above.
     rows.append(translate_file(args.run, sentences, args.device, jsonl=True))
-    judged = TARGET_CLIENTS if TARGET_CLIENTS in levels else max(levels)
-    rows += in_flight_bound(args.run, sentences, judged, args.device)
+    rows += in_flight_bound(args.run, sentences, judged_level(levels), args.device)
     report(rows, levels, vars(args))
+
+
+def judged_level(levels: list[int]) -> int:
+    """The client count the target is judged at: TARGET_CLIENTS, else the most measured."""
+    return TARGET_CLIENTS if TARGET_CLIENTS in levels else max(levels)
 
 
 def report(rows: list[dict[str, Any]], levels: list[int], settings: dict[str, Any]) -> None:
@@ -325,7 +329,7 @@ def report(rows: list[dict[str, Any]], levels: list[int], settings: dict[str, An
     for row in rows:
         if row["clients"] is not None or row["what"].startswith("decoding alone"):
             row["ratio_to_translate"] = row["sentences_per_s"] / best_file
-    judged = TARGET_CLIENTS if TARGET_CLIENTS in levels else max(levels)
+    judged = judged_level(levels)
     top = [r for r in rows if r["clients"] == judged]
     if top:
         summary["judged_clients"] = judged

@@ -340,13 +340,8 @@ def iter_beam_search(
         log_probs = ban_tokens(log_probs, t, force_eos, cfg, history)
         if lexical is not None:
             log_probs = lexical.ban_eos(log_probs, alive, force_eos)
-        log_probs = log_probs.view(n, beam, -1)  # (n, K, V)
-        top_scores, top_beams, top_tokens = select_top_k(scores, log_probs, 2 * beam)  # (n, 2K)
-        going = None  # with constraints, dynamic beam allocation picks both sets (n, K)
-        if lexical is not None:
-            cand = scores[:, :, None] + log_probs  # (n, K, V)
-            top, going = lexical.select(cand, alive, (top_scores, top_beams, top_tokens))
-            top_scores, top_beams, top_tokens = top
+        top, going = _extensions(scores, log_probs.view(n, beam, -1), beam, lexical, alive)
+        top_scores, top_beams, top_tokens = top
         is_eos = top_tokens == EOS_ID
         pool.finish(alive, t, top_scores, top_beams, is_eos)
 
@@ -397,6 +392,22 @@ def _empty_history(cfg: DecodeConfig, rows: int, device: torch.device) -> torch.
     if not cfg.no_repeat_ngram:
         return None
     return torch.zeros(rows, 0, dtype=torch.long, device=device)
+
+
+def _extensions(
+    scores: torch.Tensor,
+    log_probs: torch.Tensor,
+    beam: int,
+    lexical: Constraints | None,
+    alive: torch.Tensor,
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+    """One step's candidates from the cumulative scores (n,K) and next log-probs (n,K,V): the
+    2K best extensions (scores, beams, tokens) and None; with constraints, dynamic beam
+    allocation picks both the K candidates that may finish and the K that go on."""
+    top = select_top_k(scores, log_probs, 2 * beam)  # (n, 2K) each
+    if lexical is None:
+        return top, None
+    return lexical.select(scores[:, :, None] + log_probs, alive, top)
 
 
 def _go_on(
