@@ -60,7 +60,7 @@ from nmt.decoding.constraints import (
     place_terms,
 )
 from nmt.decoding.forced import force_corpus
-from nmt.device import resolve_device
+from nmt.device import resolve_device, reuse_freed_memory
 from nmt.errors import CheckpointError, ConfigError, DataError
 from nmt.markup.inline import Aligned
 from nmt.models import count_parameters
@@ -69,13 +69,15 @@ from nmt.models.quantized import quantize_int8
 EOS_PIECE = "</s>"
 
 
-def set_threads(threads: int) -> None:
-    """torch's CPU threads for this process; 0 leaves torch's default (one per core). On a small
-    shared machine fewer threads than cores answer single sentences faster (README "Threads")."""
+def set_up_process(threads: int) -> None:
+    """A decoding command's process: torch's CPU threads (0 leaves torch's default, one per core;
+    on a small shared machine fewer threads than cores answer single sentences faster, README
+    "Threads"), and large tensors served from freed memory (`reuse_freed_memory`)."""
     if threads < 0:
         raise ConfigError(f"--threads {threads}: expected a count >= 1, or 0 for torch's default")
     if threads:
         torch.set_num_threads(threads)
+    reuse_freed_memory()
 
 
 @dataclass(frozen=True)
@@ -1006,5 +1008,5 @@ __all__ = [
     "TranslationResult",
     "Translator",
     "decode_overrides",
-    "set_threads",
+    "set_up_process",
 ]

@@ -17,7 +17,7 @@ from nmt.data.corpus import check_test_name
 from nmt.data.glossary import Glossary
 from nmt.decoding.alignment import alignment_error_rate, read_pharaoh
 from nmt.errors import ConfigError, DataError
-from nmt.inference import EOS_PIECE, Translator, set_threads
+from nmt.inference import EOS_PIECE, Translator, set_up_process
 from nmt.io import Input, Output, check_output_file, write_json, write_text
 from nmt.metrics import check_tokenize, corpus_scores, read_lines
 from nmt.outputs import log_stderr, log_too_long, model_inputs, progress_bar
@@ -87,7 +87,7 @@ def evaluate(
     texts = {name: _read_test_set(files) for name, files in sets.items()}
     translator = None
     if uses_model:
-        set_threads(threads)
+        set_up_process(threads)
         translator = Translator.load(
             checkpoints, device, overrides or [], log, glossary=glossary, **(flags or {})
         )

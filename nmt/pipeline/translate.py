@@ -22,7 +22,7 @@ from nmt.inference import (
     TranslationResult,
     Translator,
     decode_overrides,
-    set_threads,
+    set_up_process,
 )
 from nmt.io import Input, Output, atomic_open, is_stream, write_text
 from nmt.markup.document import document_format
@@ -157,7 +157,7 @@ def load_translator(
 ) -> Translator:
     """The models and decode settings, loaded once every input is checked; with --force the
     run's own settings may not ask for an n-best list or sampling either."""
-    set_threads(threads)
+    set_up_process(threads)
     translator = Translator.load(checkpoints, device, log=log, glossary=glossary, **settings)
     if force_path is not None and (translator.cfg.nbest > 1 or translator.cfg.sample):
         raise ConfigError(FORCE_ONE_TRANSLATION)  # the run's own decode settings ask for them
@@ -357,7 +357,7 @@ def translate_document(
             source = sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DataError(f"<stdin>: not valid UTF-8 (byte {exc.start})") from None
-    set_threads(threads)
+    set_up_process(threads)
     translator = Translator.load(
         checkpoints, device, overrides or [], log, glossary=glossary, **(flags or {})
     )

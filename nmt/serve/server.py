@@ -25,7 +25,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from nmt.config import ServeConfig
 from nmt.errors import ConfigError
-from nmt.inference import set_threads
+from nmt.inference import set_up_process
 from nmt.serve.access import read_api_key
 from nmt.serve.app import ServerState, create_app, load_translators
 from nmt.serve.metrics import Metrics
@@ -219,7 +219,7 @@ def serve(
             f"warning: listening on {cfg.host} without an API key: anyone who reaches this port "
             "can use the models (see --api-key-file)"
         )
-    set_threads(cfg.threads)
+    set_up_process(cfg.threads)
     translators = load_translators(list(runs), cfg.device, say)
     for name, translator in translators.items():
         info = translator.info()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from nmt.config import RunConfig
-from nmt.device import has_native_bf16, resolve_device
+from nmt.device import has_native_bf16, resolve_device, reuse_freed_memory
 from nmt.errors import ConfigError
 from nmt.training.distributed import DistContext, init_distributed
 
@@ -55,8 +55,11 @@ def precision_note(requested: str, resolved: str, device: torch.device) -> str |
 
 
 def configure_torch(cfg: RunConfig, device: torch.device) -> None:
-    """Threads, determinism and TF32, all decided by the config."""
+    """Threads, determinism and TF32, all decided by the config; on the CPU, large tensors
+    reuse freed memory."""
     tc = cfg.train
+    if device.type == "cpu":
+        reuse_freed_memory()
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     if tc.deterministic:
