@@ -109,8 +109,9 @@ def in_flight_bound(
     excluded) on chunks of `clients` sentences, in arrival order (the server's batches at best)
     and sorted by length (the best such chunks can be), with the attention that the server's
     alignments need. Run after the server has stopped, in this process."""
-    from nmt.inference import Translator
+    from nmt.inference import Translator, set_up_process
 
+    set_up_process(0)  # as `nmt serve` and `nmt translate` set up theirs
     translator = Translator.load(run, device)
     src_ids = translator.encode(sentences, 0, "benchmark input")
     translator.decode(src_ids[:clients], attention=True)  # warm-up

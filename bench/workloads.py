@@ -136,8 +136,9 @@ def timed_search(
     import torch
 
     from nmt.decoding.beam import count_tokens
-    from nmt.inference import Translator
+    from nmt.inference import Translator, set_up_process
 
+    set_up_process(0)  # as `nmt translate` sets up its process (threads as torch has them)
     translator = Translator.load(
         checkpoint, device, beam_size=beam, batch_tokens=batch_tokens, precision=precision
     )
