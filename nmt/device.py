@@ -56,10 +56,11 @@ def reuse_freed_memory() -> bool:
     from the kernel and unmaps it when freed. A CPU training step frees and allocates its largest
     tensors again every step (a 4,096-token batch's logits, log-probabilities and their gradient:
     2,000 x 8,000 float32, 64 MiB each), so each step took ~60,000 page faults and the kernel
-    zeroed every page: 10-15 % of a float32 step on 2 cores (bench/NOTES.md, lever 32). With both
-    thresholds raised, freed blocks stay in the heap for the next step; the heap's size is the
-    step's peak either way. Left as it is when the user set glibc's malloc variables, or on
-    another C library. Returns whether the settings were applied."""
+    zeroed every page: 8-17 % of a float32 step on 2 cores (bench/NOTES.md, lever 32). With both
+    thresholds raised, freed blocks stay in the heap for the next step, for 10-20 % more peak
+    memory (small allocations split freed blocks, so the heap holds some holes). Left as it is
+    when the user set glibc's malloc variables, or on another C library. Returns whether the
+    settings were applied."""
     if platform.libc_ver()[0] != "glibc" or _user_set_malloc():
         return False
     libc = ctypes.CDLL(None)  # the C library this process already uses
