@@ -15,6 +15,8 @@ How the figures come about:
   "SRC/TGT tok/s" per window and the two are summed. JoeyNMT logs target tokens only ("Tokens
   per Sec", target pieces + </s>), so its figure is scaled by the training corpus's
   (source + target) / target ratio, counting the </s> JoeyNMT appends on both sides.
+* tokens_per_update: source + target non-pad tokens per update, the mean of OpenNMT-py's
+  "bsz: SRC/TGT/SENTENCES" over its logging windows; JoeyNMT does not log it (None).
 * peak_rss_mib: the training process's own peak resident set, from `bench.common.run_child`
   (wait4 on `timeout`, whose reaped child is the training process).
 * decode seconds: JoeyNMT's own "Generation took X[sec]" (its prediction loop, model loading
@@ -32,6 +34,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -59,6 +62,8 @@ class PeerTrainResult:
     updates: int  # optimizer updates done within the budget (see the module docstring)
     tokens_per_s: float  # source + target non-pad tokens per second of training
     peak_rss_mib: float  # peak resident memory of the training process
+    # Source + target non-pad tokens per update, where the toolkit logs them (None: it does not)
+    tokens_per_update: float | None
     checkpoint: Path  # weights to decode with
 
 
@@ -202,6 +207,7 @@ def joey_train(venv: Path, data: Path, workdir: Path, minutes: float) -> PeerTra
         updates=int(checkpoint.stem),
         tokens_per_s=_after_first_mean(target_rates) * _joey_both_sides_ratio(data),
         peak_rss_mib=run.peak_rss_mib,
+        tokens_per_update=None,
         checkpoint=checkpoint,
     )
 
@@ -290,10 +296,13 @@ def onmt_train(venv: Path, data: Path, workdir: Path, minutes: float) -> PeerTra
     run = _timed([venv / "bin" / "onmt_train", "-config", path], minutes, "TERM", workdir / "log")
     step, checkpoint = _onmt_newest_checkpoint(model_dir)
     rates = re.findall(r"([\d.]+)/\s*([\d.]+) tok/s", run.stdout)
+    # "bsz: SRC/TGT/SENTS": the window's mean non-pad tokens and sentences per update
+    sizes = re.findall(r"bsz:\s*(\d+)/(\d+)/(\d+)", run.stdout)
     return PeerTrainResult(
         updates=step,
         tokens_per_s=_after_first_mean([float(src) + float(tgt) for src, tgt in rates]),
         peak_rss_mib=run.peak_rss_mib,
+        tokens_per_update=statistics.mean(int(s) + int(t) for s, t, _ in sizes) if sizes else None,
         checkpoint=checkpoint,
     )
 

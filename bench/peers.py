@@ -7,7 +7,8 @@ CTranslate2 as the decoding bar.
     python -m bench.peers --reuse                  # report finished toolkits' saved results
 
 Every toolkit trains the same Transformer (3+3 layers, d_model 256, 4 heads, FFN 1024, dropout
-0.1, label smoothing 0.1, tied embeddings, ~4,096-token batches, inverse-sqrt schedule with 300
+0.1, label smoothing 0.1, tied embeddings, ~3,900 non-pad source+target tokens per update (the
+`tokens_per_update` column), inverse-sqrt schedule with 300
 warmup updates to a peak learning rate of 1e-3) on the same SentencePiece pieces (our joint 8k
 model, fed to the peers as pre-tokenized text) for the same wall-clock budget, one toolkit after
 the other. Each then translates test_2016_flickr (1,000 sentences) with beam 5 and greedily,
@@ -255,7 +256,9 @@ def _summary_of(run_dir: Path) -> dict[str, Any]:
     run directory (only `train_nmt` measures it), so it stays unknown here."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = [r for r in rows if r["kind"] == "summary"][-1]
+    tokens = summary["tokens_per_s"] * summary["train_seconds"]
     return {"updates": summary["step"], "tokens_per_s": summary["tokens_per_s"],
+            "tokens_per_update": tokens / max(1, summary["step"]),
             "train_precision": summary.get("precision"), "peak_rss_gib": None}  # fmt: skip
 
 
@@ -281,6 +284,7 @@ def run_peer(name: str, minutes: float, repeats: int) -> dict[str, Any]:
     return {
         "updates": trained.updates,
         "tokens_per_s": trained.tokens_per_s,
+        "tokens_per_update": trained.tokens_per_update,
         "train_precision": "fp32",  # bench/peers/*.yaml
         "decode_precision": "fp32",
         "peak_rss_gib": trained.peak_rss_mib / 1024,
@@ -391,7 +395,8 @@ def report(payload: dict[str, Any]) -> None:
     rows += [{"toolkit": f"{name} / best peer", **figures} for name, figures in ratio.items()]
     print()
     print(machine_line(payload["machine"]))
-    print_table(rows, ["toolkit", "train_precision", "decode_precision", *FIGURES])
+    columns = ["toolkit", "train_precision", "decode_precision", "tokens_per_update", *FIGURES]
+    print_table(rows, columns)
     for figure, best in payload["decoding_vs_engine"].items():
         print(f"{figure}: {best['nmt']} / {best['engine']} = {best['ratio']:.2f}x")
     for r in results:
