@@ -295,16 +295,24 @@ def onmt_train(venv: Path, data: Path, workdir: Path, minutes: float) -> PeerTra
     # SIGTERM: OpenNMT-py would not save on any signal, so it may as well end at once.
     run = _timed([venv / "bin" / "onmt_train", "-config", path], minutes, "TERM", workdir / "log")
     step, checkpoint = _onmt_newest_checkpoint(model_dir)
-    rates = re.findall(r"([\d.]+)/\s*([\d.]+) tok/s", run.stdout)
-    # "bsz: SRC/TGT/SENTS": the window's mean non-pad tokens and sentences per update
-    sizes = re.findall(r"bsz:\s*(\d+)/(\d+)/(\d+)", run.stdout)
+    tokens_per_s, tokens_per_update = onmt_log_figures(run.stdout)
     return PeerTrainResult(
         updates=step,
-        tokens_per_s=_after_first_mean([float(src) + float(tgt) for src, tgt in rates]),
+        tokens_per_s=tokens_per_s,
         peak_rss_mib=run.peak_rss_mib,
-        tokens_per_update=statistics.mean(int(s) + int(t) for s, t, _ in sizes) if sizes else None,
+        tokens_per_update=tokens_per_update,
         checkpoint=checkpoint,
     )
+
+
+def onmt_log_figures(log: str) -> tuple[float, float | None]:
+    """Source+target tokens/s (windows after the first) and non-pad tokens per update (all
+    windows) from OpenNMT-py's training log, whose window lines say "bsz: SRC/TGT/SENTENCES;
+    SRC/TGT tok/s"."""
+    rates = re.findall(r"([\d.]+)/\s*([\d.]+) tok/s", log)
+    sizes = re.findall(r"bsz:\s*(\d+)/(\d+)/(\d+)", log)
+    per_update = statistics.mean(int(s) + int(t) for s, t, _ in sizes) if sizes else None
+    return _after_first_mean([float(src) + float(tgt) for src, tgt in rates]), per_update
 
 
 def _onmt_newest_checkpoint(model_dir: Path) -> tuple[int, Path]:

@@ -71,3 +71,22 @@ def test_engine_ratios_name_the_fastest_entries_and_the_same_weights_ones():
     assert ratios["beam5_sent_per_s same weights"]["nmt"] == "nmt-bf16-decode"
     assert ratios["beam5_sent_per_s same weights"]["ratio"] == 360.0 / 375.0
     assert ratios["greedy_sent_per_s same weights"]["ratio"] == 900.0 / 890.0
+
+
+def test_opennmt_log_gives_tokens_per_second_and_per_update():
+    from bench.peer_toolkits import onmt_log_figures
+
+    # Window lines as OpenNMT-py 3.5.1 writes them (trimmed); the first window carries start-up.
+    log = "\n".join(
+        f"[2026-12-05 11:18:00,086 INFO] Step {step}/100000000; acc: 0.2; ppl: 7650.3; xent: 8.9; "
+        f"lr: 0.00004; sents:    2005; bsz: {src}/{tgt}/200; {rs}/{rt} tok/s;     16 sec;"
+        for step, src, tgt, rs, rt in [
+            (10, 2000, 2100, 1000, 1100),
+            (20, 1900, 2000, 2000, 2100),
+            (30, 2100, 2200, 2200, 2300),
+        ]
+    )
+    tokens_per_s, tokens_per_update = onmt_log_figures(log)
+    assert tokens_per_s == (4100 + 4500) / 2
+    assert tokens_per_update == (4100 + 3900 + 4300) / 3
+    assert onmt_log_figures("no windows")[1] is None
