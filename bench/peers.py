@@ -9,11 +9,11 @@ CTranslate2 as the decoding bar.
 Every toolkit trains the same Transformer (3+3 layers, d_model 256, 4 heads, FFN 1024, dropout
 0.1, label smoothing 0.1, tied embeddings, ~3,900 non-pad source+target tokens per update (the
 `tokens_per_update` column), inverse-sqrt schedule with 300 warmup updates to a peak learning
-rate of 1e-3) on the same SentencePiece pieces (our joint 8k
-model, fed to the peers as pre-tokenized text) for the same wall-clock budget, one toolkit after
-the other. Each then translates test_2016_flickr (1,000 sentences) with beam 5 and greedily,
-about 128 sentences per batch, best of `--repeats`; BLEU and chrF are scored by sacrebleu on
-detokenized output for all of them alike.
+rate of 1e-3) on the same SentencePiece pieces (our joint 8k model, fed to the peers as
+pre-tokenized text) for the same wall-clock budget, one toolkit after the other. Each then
+translates test_2016_flickr (1,000 sentences) with beam 5 and greedily, about 128 sentences per
+batch, best of `--repeats`; BLEU and chrF are scored by sacrebleu on detokenized output for all
+of them alike.
 
 Our entries: `nmt` trains and decodes in float32 like the peers, `nmt-bf16` in bfloat16 (autocast
 training, bf16 decoding), `nmt-int8` and `nmt-bf16-decode` decode the `nmt` entry's float32

@@ -64,9 +64,9 @@ def reuse_freed_memory() -> bool:
     if platform.libc_ver()[0] != "glibc" or _user_set_malloc():
         return False
     libc = ctypes.CDLL(None)  # the C library this process already uses
-    applied = [libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_LIMIT)]
-    applied.append(libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_LIMIT))
-    return applied == [1, 1]
+    mmap_set = libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_LIMIT) == 1  # mallopt: 1 on success
+    trim_set = libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_LIMIT) == 1
+    return mmap_set and trim_set
 
 
 def _user_set_malloc() -> bool:
