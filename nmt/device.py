@@ -10,12 +10,17 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from nmt.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+
+T = TypeVar("T")
 
 
 def resolve_device(name: str, setting: str = "--device") -> torch.device:
@@ -74,3 +79,33 @@ def _user_set_malloc() -> bool:
     variables = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     return any(name in os.environ for name in variables) or "glibc.malloc." in tunables
+
+
+def on_passing_thread(work: Callable[[], T]) -> T:
+    """`work()` run on a thread of its own that ends when it returns: its result returned here,
+    its exception raised here.
+
+    For a process whose torch work then runs on one long-lived thread (the server's decoding
+    thread). GNU OpenMP, on which torch's CPU operators run, gives every thread that starts a
+    parallel operation a team of its own worker threads, kept until that thread ends; while the
+    process holds more such threads than there are cores, every team's threads sleep at each
+    barrier instead of spinning a moment. Loading the models on the main thread left its team
+    alive beside the decoding thread's, and on 2 cores the decoding thread then slept ~25,000
+    times per 400 sentences and decoded 1.1-1.5x slower (bench/NOTES.md, lever 33); loaded here,
+    the process keeps one team. Interrupted (Ctrl-C), the caller stops waiting, but the process
+    ends only once `work` has returned: the thread is not a daemon, because the interpreter must
+    not shut down under a thread inside torch (see nmt/serve/server.py, exit_now)."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:  # raised again on the calling thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="nmt-load")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]  # type: ignore[return-value]

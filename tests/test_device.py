@@ -1,4 +1,5 @@
-"""nmt.device: large freed blocks served again from the heap (glibc only)."""
+"""nmt.device: large freed blocks served again from the heap (glibc only); work on a passing
+thread leaves no OpenMP team behind."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from nmt.device import reuse_freed_memory
+from nmt.device import on_passing_thread, reuse_freed_memory
 
-pytestmark = pytest.mark.skipif(
+glibc_only = pytest.mark.skipif(
     platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's"
 )
 
@@ -42,6 +44,7 @@ def repeated_allocations(mode: str) -> tuple[str, int]:
     return applied, int(faults)
 
 
+@glibc_only
 def test_freed_large_tensors_are_reused_instead_of_fresh_pages():
     applied, reused = repeated_allocations("reuse")
     assert applied == "True"
@@ -53,9 +56,60 @@ def test_freed_large_tensors_are_reused_instead_of_fresh_pages():
     assert reused < fresh / 2
 
 
+@glibc_only
 def test_the_users_own_malloc_settings_are_left_alone(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert reuse_freed_memory() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
     assert reuse_freed_memory() is False
+
+
+# Threads of a fresh process (2 torch threads) before and after a parallel torch operation, run
+# on the main thread or on a passing thread: OpenMP's worker threads belong to the thread that
+# started them and stay until it ends (then they leave within a moment).
+OPENMP_TEAM = """
+import os, sys, time, torch
+from nmt.device import on_passing_thread
+torch.set_num_threads(2)
+def threads():
+    return len(os.listdir("/proc/self/task"))
+before = threads()
+work = lambda: (torch.ones(2**22) * 2).sum().item()
+result = work() if sys.argv[1] == "main" else on_passing_thread(work)
+for _ in range(50):  # ended threads leave /proc a moment after the join returns
+    if sys.argv[1] == "main" or threads() <= before:
+        break
+    time.sleep(0.1)
+print(before, threads(), result)
+"""
+
+
+def threads_around_parallel_work(where: str) -> tuple[int, int]:
+    result = subprocess.run(
+        [sys.executable, "-c", OPENMP_TEAM, where],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    before, after, value = result.stdout.split()
+    assert float(value) == 2.0 * 2**22
+    return int(before), int(after)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+@pytest.mark.skipif(
+    "OpenMP" not in torch.__config__.parallel_info(), reason="torch is built without OpenMP"
+)
+def test_work_on_a_passing_thread_leaves_no_openmp_team_behind():
+    before, after = threads_around_parallel_work("main")
+    assert after > before  # the main thread's team stays: a second one would make both sleep
+    before, after = threads_around_parallel_work("passing")
+    assert after == before
+
+
+def test_a_passing_thread_returns_the_result_and_raises_the_error():
+    assert on_passing_thread(lambda: 42) == 42
+    with pytest.raises(KeyError, match="missing"):
+        on_passing_thread(lambda: {}["missing"])

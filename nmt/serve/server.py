@@ -24,6 +24,7 @@ import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from nmt.config import ServeConfig
+from nmt.device import on_passing_thread
 from nmt.errors import ConfigError
 from nmt.inference import set_up_process
 from nmt.serve.access import read_api_key
@@ -220,7 +221,8 @@ def serve(
             "can use the models (see --api-key-file)"
         )
     set_up_process(cfg.threads)
-    translators = load_translators(list(runs), cfg.device, say)
+    # Loaded on a thread that ends, so that the decoding thread's OpenMP team is the only one.
+    translators = on_passing_thread(lambda: load_translators(list(runs), cfg.device, say))
     for name, translator in translators.items():
         info = translator.info()
         say(
