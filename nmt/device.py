@@ -90,11 +90,12 @@ def on_passing_thread(work: Callable[[], T]) -> T:
     parallel operation a team of its own worker threads, kept until that thread ends; while the
     process holds more such threads than there are cores, every team's threads sleep at each
     barrier instead of spinning a moment. Loading the models on the main thread left its team
-    alive beside the decoding thread's, and on 2 cores the decoding thread then slept ~25,000
-    times per 400 sentences and decoded 1.1-1.5x slower (bench/NOTES.md, lever 33); loaded here,
-    the process keeps one team. Interrupted (Ctrl-C), the caller stops waiting, but the process
-    ends only once `work` has returned: the thread is not a daemon, because the interpreter must
-    not shut down under a thread inside torch (see nmt/serve/server.py, exit_now)."""
+    alive beside the decoding thread's, and on 2 cores the decoding thread then slept 22,700 to
+    30,900 times per 400 sentences and decoded up to 1.4x slower (bench/NOTES.md, lever 33);
+    loaded here, the process keeps one team. Interrupted (Ctrl-C), the caller stops waiting,
+    but the process ends only once `work` has returned: the thread is not a daemon, because the
+    interpreter must not shut down under a thread inside torch (see nmt/serve/server.py,
+    exit_now)."""
     outcome: dict[str, object] = {}
 
     def run() -> None:
