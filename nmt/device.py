@@ -7,11 +7,13 @@ user mistake, stopped before any work (STYLE.md section 7).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
@@ -92,10 +94,10 @@ def on_passing_thread(work: Callable[[], T]) -> T:
     barrier instead of spinning a moment. Loading the models on the main thread left its team
     alive beside the decoding thread's, and on 2 cores the decoding thread then slept 22,700 to
     30,900 times per 400 sentences and decoded up to 1.4x slower (bench/NOTES.md, lever 33);
-    loaded here, the process keeps one team. Interrupted (Ctrl-C), the caller stops waiting,
-    but the process ends only once `work` has returned: the thread is not a daemon, because the
-    interpreter must not shut down under a thread inside torch (see nmt/serve/server.py,
-    exit_now)."""
+    loaded here, the process keeps one team.
+
+    A Ctrl-C meanwhile takes effect once `work` has returned: a process that shuts down while a
+    thread of it is inside torch can abort (see nmt/serve/server.py, exit_now)."""
     outcome: dict[str, object] = {}
 
     def run() -> None:
@@ -105,8 +107,27 @@ def on_passing_thread(work: Callable[[], T]) -> T:
             outcome["error"] = exc
 
     thread = threading.Thread(target=run, name="nmt-load")
-    thread.start()
-    thread.join()
+    with _interrupts_held():
+        thread.start()
+        thread.join()
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["result"]  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT (Ctrl-C) noted inside the block and delivered again when it ends, to whatever
+    handled it before. Only the main thread may change signal handlers; elsewhere (where Python
+    raises no KeyboardInterrupt anyway) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)

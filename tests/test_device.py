@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import subprocess
 import sys
 
@@ -119,3 +120,28 @@ def test_a_passing_thread_returns_the_result_and_raises_the_error():
     assert on_passing_thread(lambda: 42) == 42
     with pytest.raises(KeyError, match="missing"):
         on_passing_thread(lambda: {}["missing"])
+
+
+# Ctrl-C while a passing thread works: the caller waits for the work, then is interrupted (a
+# process that shuts down under a thread inside torch can abort).
+INTERRUPTED = """
+import time
+from nmt.device import on_passing_thread
+def work():
+    print("working", flush=True)
+    time.sleep(1.0)
+    print("work done", flush=True)
+try:
+    on_passing_thread(work)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_an_interrupted_caller_waits_for_the_work_then_stops():
+    child = subprocess.Popen([sys.executable, "-c", INTERRUPTED], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "working\n"
+    child.send_signal(signal.SIGINT)  # to the process: its main thread is the one waiting
+    rest, _ = child.communicate(timeout=60)
+    assert rest.splitlines() == ["work done", "interrupted"]
