@@ -4,8 +4,9 @@
 
 Builds the recipe's model, feeds it random sentence pairs with Multi30k's length profile (about 13
 source and 14 target subwords, 8k vocabulary), runs forward, the label-smoothed loss, backward and
-the AdamW step, and prints the operators with the most self time. Used to pick what to optimise
-next (bench/NOTES.md); not part of `make bench`.
+the recipe's optimizer step (built as `nmt train` builds it: fused AdamW), and prints the
+operators with the most self time. Used to pick what to optimise next (bench/NOTES.md); not part
+of `make bench`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bench.common import ROOT
 from nmt.config import RunConfig, from_dict, load_yaml
 from nmt.models import build_model
 from nmt.training.loss import label_smoothed_nll
+from nmt.training.schedule import build_optimizer
 
 CONFIGS = {"transformer": "transformer.yaml", "rnn": "rnn-bahdanau.yaml"}
 
@@ -44,7 +46,7 @@ def main() -> None:
     cfg = from_dict(RunConfig, load_yaml(ROOT / "configs" / "multi30k" / CONFIGS[args.arch]), "")
     torch.manual_seed(0)
     model = build_model(cfg.model, 8000, 8000, True).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model, cfg.train, torch.device("cpu"))  # as `nmt train` builds it
     generator = torch.Generator().manual_seed(0)
     batches = [random_batch(args.batch_tokens, 8000, generator) for _ in range(args.steps + 2)]
 
