@@ -33,15 +33,21 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def repeated_allocations(mode: str) -> tuple[str, int]:
+def fresh_process(script: str, argument: str, env: dict[str, str]) -> list[str]:
+    """The words `script` prints, run with `argument` in a new Python process."""
     result = subprocess.run(
-        [sys.executable, "-c", REPEATED_ALLOCATION_FAULTS, mode],
+        [sys.executable, "-c", script, argument],
         capture_output=True,
         text=True,
         check=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))},
+        env=env,
     )
-    applied, faults = result.stdout.split()
+    return result.stdout.split()
+
+
+def repeated_allocations(mode: str) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
+    applied, faults = fresh_process(REPEATED_ALLOCATION_FAULTS, mode, env)
     return applied, int(faults)
 
 
@@ -87,14 +93,7 @@ print(before, threads(), result)
 
 
 def threads_around_parallel_work(where: str) -> tuple[int, int]:
-    result = subprocess.run(
-        [sys.executable, "-c", OPENMP_TEAM, where],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
-    )
-    before, after, value = result.stdout.split()
+    before, after, value = fresh_process(OPENMP_TEAM, where, {**os.environ, "OMP_NUM_THREADS": "2"})
     assert float(value) == 2.0 * 2**22
     return int(before), int(after)
 
