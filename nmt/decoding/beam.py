@@ -329,6 +329,9 @@ def iter_beam_search(
     # Back-pointers of every step: live sentences, tokens (n,K), parent beams (n,K), attention,
     # and the cumulative log-prob of each continuing hypothesis (n,K), for the per-token scores.
     steps: list[Step] = []
+    # Sentences handed back while others go on are walked in Python (`_StepLists`); the coverage
+    # penalty ranks by whole attention matrices and constraints filter, so those keep `collect`.
+    listed = _StepLists() if early and lexical is None and cfg.coverage_penalty == 0 else None
     emitted = torch.zeros(batch, dtype=torch.bool, device=device)  # sentences already yielded
 
     for t in range(num_steps):
@@ -349,14 +352,20 @@ def iter_beam_search(
         scores, beams, tokens = going or _go_on(top_scores, top_beams, top_tokens, is_eos, beam)
         attn = None if attn is None else attn.view(n, beam, *attn.shape[1:])
         steps.append((alive, tokens, beams, attn, scores))
+        if listed is not None:
+            listed.record(steps[-1])
 
         done = pool.is_full(alive) | ~torch.isfinite(scores[:, 0])  # (n,)
         num_done = int(done.sum())  # the one host sync of the step
         if num_done == n:
             break
         if early and num_done:
-            yield pool.collect(alive[done], steps, src_lengths, cfg, need_attention, lexical)
-            emitted[alive[done]] = True
+            ended = alive[done]
+            if listed is None:
+                yield pool.collect(ended, steps, src_lengths, cfg, need_attention, lexical)
+            else:
+                yield listed.collect(pool, ended, src_lengths, cfg, need_attention)
+            emitted[ended] = True
         rows = beams + torch.arange(n, device=device)[:, None] * beam  # (n, K) parent rows
         sources = None  # hypotheses only move within their sentence: the source side stays
         if num_done:
@@ -571,6 +580,84 @@ def _collect(
         src_lengths,
         cfg.nbest,
     )
+
+
+class _StepLists:
+    """The back-pointers of every step of a search as Python lists, for the sentences that a
+    streaming search hands back while the others go on. `_collect` walks the steps with a dozen
+    small tensor operations each, whatever the number of sentences: right for a batch at its end,
+    dear for the one or two sentences a step of a server's search ends. Here a sentence costs a
+    few list lookups per step and hypothesis; the results are `_collect`'s (same tensors read,
+    same arithmetic)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[int, int]] = []  # per step: sentence -> its row in that step
+        self.tokens: list[list[list[int]]] = []  # per step: (n, K) tokens
+        self.beams: list[list[list[int]]] = []  # per step: (n, K) parent beams
+        self.cum: list[list[list[float]]] = []  # per step: (n, K) cumulative log-probs
+        self.attn: list[torch.Tensor | None] = []  # per step: (n, K, *A) or None
+
+    def record(self, step: Step) -> None:
+        alive, tokens, beams, attn, cum = step
+        self.rows.append({s: r for r, s in enumerate(alive.tolist())})
+        self.tokens.append(tokens.tolist())
+        self.beams.append(beams.tolist())
+        self.cum.append(cum.tolist())
+        self.attn.append(attn)
+
+    def collect(
+        self,
+        pool: _FinishedPool,
+        sentences: torch.Tensor,
+        src_lengths: torch.Tensor,
+        cfg: DecodeConfig,
+        need_attention: bool,
+    ) -> list[tuple[int, list[Hypothesis]]]:
+        """`_FinishedPool.collect` for `sentences` (n,) without constraints or coverage penalty:
+        the finished hypotheses ranked as `_collect` ranks them, the best `cfg.nbest` walked."""
+        k = pool.size
+        fin_logp, fin_step, fin_beam = (
+            x[:, :k].index_select(0, sentences) for x in (pool.logp, pool.step, pool.beam)
+        )
+        valid = torch.isfinite(fin_logp)
+        norm = torch.where(valid, fin_logp / length_penalty(fin_step + 1, cfg), fin_logp)
+        order = norm.argsort(dim=1, descending=True, stable=True).tolist()
+        logp, steps, beams = fin_logp.tolist(), fin_step.tolist(), fin_beam.tolist()
+        scores, valid_l, lengths = norm.tolist(), valid.tolist(), src_lengths.tolist()
+        out = []
+        for i, sentence in enumerate(sentences.tolist()):
+            picks = [j for j in order[i] if valid_l[i][j]][: cfg.nbest]
+            hyps = []
+            for j in picks:
+                tokens, token_scores, attention = self._walk(
+                    sentence, steps[i][j], beams[i][j], logp[i][j], need_attention
+                )
+                if attention is not None:
+                    attention = attention[..., : lengths[sentence]].float().clone()
+                hyps.append(Hypothesis(tokens, logp[i][j], scores[i][j], attention, token_scores))
+            out.append((sentence, hyps))
+        return out
+
+    def _walk(
+        self, sentence: int, end: int, beam: int, log_prob: float, need_attention: bool
+    ) -> tuple[list[int], list[float], torch.Tensor | None]:
+        """The hypothesis of `sentence` that ended (EOS) at step `end` from `beam`: its tokens
+        (EOS left out), the log-prob of each token and the EOS, its attention rows (T, *A)."""
+        tokens, cum, rows = [EOS_ID], [log_prob], []
+        cur = beam  # the beam that the token of step u extends
+        for u in range(end, -1, -1):
+            row = self.rows[u][sentence]
+            if u < end:
+                tokens.append(self.tokens[u][row][cur])
+                cum.append(self.cum[u][row][cur])
+                cur = self.beams[u][row][cur]
+            attn = self.attn[u]
+            if need_attention and attn is not None:
+                rows.append(attn[row, cur])
+        cumulative = torch.tensor(cum[::-1], dtype=torch.float32)
+        token_scores = cumulative - F.pad(cumulative[:-1], (1, 0))
+        attention = torch.stack(rows[::-1]) if rows else None
+        return tokens[:0:-1], token_scores.tolist(), attention
 
 
 def _gather_rows(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

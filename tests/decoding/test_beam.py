@@ -292,6 +292,34 @@ def test_early_results_equal_the_batch_results(arch: str, coverage: float) -> No
                 decode_corpus(model, [[], *SOURCES], cfg, "cpu", True))  # fmt: skip
 
 
+@pytest.mark.parametrize("arch", ["rnn", "transformer"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sentences_handed_back_early_equal_the_batch_walk_exactly(
+    arch: str, dtype: torch.dtype
+) -> None:
+    """Sentences handed back while the others go on are walked in Python, the batch at its end
+    by tensors: both read the same steps, so every field is equal to the last bit."""
+    model = tiny_model(arch).to(dtype)
+    cfg = DecodeConfig(beam_size=3, nbest=3, max_len_a=2.0, max_len_b=2, len_penalty=0.6)
+    src_ids, src_mask = make_src_batch(SOURCES)
+    chunks = list(iter_beam_search(model, src_ids, src_mask, cfg, True, early=True))
+    walked = [pair for chunk in chunks[:-1] for pair in chunk]
+    assert walked  # some sentence ended before the others
+    batch = beam_search(model, src_ids, src_mask, cfg, True)
+    for index, nbest in walked:
+        assert len(nbest) == len(batch[index]) > 1
+        for ours, theirs in zip(nbest, batch[index], strict=True):
+            assert (ours.tokens, ours.log_prob, ours.score, ours.token_scores) == (
+                theirs.tokens,
+                theirs.log_prob,
+                theirs.score,
+                theirs.token_scores,
+            )
+            assert ours.attention is not None and theirs.attention is not None
+            assert ours.attention.dtype == torch.float32
+            assert torch.equal(ours.attention, theirs.attention)
+
+
 # ---- scores and attention equal teacher forcing ----------------------------------------------
 
 
