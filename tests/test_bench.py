@@ -3,6 +3,9 @@ ratios to CTranslate2."""
 
 import sys
 
+import pytest
+import torch
+
 from bench.common import run_child
 from bench.workloads import synthetic_corpus
 
@@ -90,3 +93,30 @@ def test_opennmt_log_gives_tokens_per_second_and_per_update():
     assert tokens_per_s == (4100 + 4500) / 2
     assert tokens_per_update == (4100 + 3900 + 4300) / 3
     assert onmt_log_figures("no windows")[1] is None
+
+
+def test_continuous_search_finds_what_the_batch_search_finds():
+    """bench.continuous's search, with sentences joining while others run, finds each sentence's
+    n-best list as nmt's batch search does (lever 35 compares their speed)."""
+    from dataclasses import replace
+
+    from tiny import random_model
+
+    from bench.continuous import calls_schedule, continuous_schedule, file_schedule
+    from nmt.config import DecodeConfig
+
+    model = random_model("transformer", 12, seed=1, sharpen=3.0)
+    sources = [[4, 5, 6], [5], [7, 4, 4, 5, 6, 9], [6, 6], [10, 11, 4], [8], [9, 9, 5, 4]]
+    cfg = DecodeConfig(beam_size=3, nbest=2, max_len_a=1.5, max_len_b=2, len_penalty=0.6)
+    batch = file_schedule(model, replace(cfg, batch_tokens=10_000), sources)
+    joined, search = continuous_schedule(model, cfg, sources, clients=3)
+    assert max(search.rows_per_step) == 3 and len(search.rows_per_step) > 4
+    for found in (joined, calls_schedule(model, cfg, sources, clients=3)):
+        assert sorted(found) == list(range(len(sources)))
+        for i, nbest in found.items():
+            assert [h.tokens for h in nbest] == [h.tokens for h in batch[i]]
+            for ours, theirs in zip(nbest, batch[i], strict=True):
+                assert abs(ours.score - theirs.score) < 1e-5
+                assert ours.token_scores == pytest.approx(theirs.token_scores, abs=1e-5)
+                assert ours.attention is not None and theirs.attention is not None
+                torch.testing.assert_close(ours.attention, theirs.attention, atol=1e-5, rtol=1e-4)
