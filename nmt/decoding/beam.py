@@ -10,7 +10,9 @@ hypothesis is left, or at its own maximum length a * S + b (EOS is forced there)
 sentence finishes on its own, and a translation never depends on the other sentences in its
 batch. Finished hypotheses are ranked by their length-normalised score (`length_penalty`), plus
 GNMT's coverage penalty when `decode.coverage_penalty` > 0 (`coverage_penalty`). Tokens
-and cross-attention rows are recovered at the end by walking the back-pointers of every step.
+and cross-attention rows are recovered by walking the back-pointers of every step: for the whole
+batch at its end, or, in a search that hands sentences back as they end, for those sentences
+then.
 Lexical constraints (a glossary's target terms) hand the choice of each step's hypotheses to
 dynamic beam allocation (nmt/decoding/constraints.py); without them that code never runs.
 
@@ -26,7 +28,8 @@ Conventions:
   mean of probabilities. Attention comes from the first member.
 - Host-device syncs: one `int(...)` per step (are sentences finished?), which also lets finished
   sentences leave the batch; two at the start (shortest and longest allowed output) and the
-  copy of the results at the end.
+  copy of the results at the end. A search that hands sentences back early also copies each
+  step's back-pointers to the host (`_StepLists`).
 """
 
 from __future__ import annotations
@@ -632,8 +635,9 @@ class _StepLists:
                 tokens, token_scores, attention = self._walk(
                     sentence, steps[i][j], beams[i][j], logp[i][j], need_attention
                 )
-                if attention is not None:
-                    attention = attention[..., : lengths[sentence]].float().clone()
+                if attention is not None:  # a copy on the CPU, as `_to_hypotheses` makes
+                    attention = attention[..., : lengths[sentence]]
+                    attention = attention.to("cpu", torch.float32, copy=True)
                 hyps.append(Hypothesis(tokens, logp[i][j], scores[i][j], attention, token_scores))
             out.append((sentence, hyps))
         return out
