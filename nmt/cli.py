@@ -672,7 +672,9 @@ def serve(
         None, "--max-batch-tokens", help="Source tokens decoded together (decode.batch_tokens)."
     ),
     max_wait_ms: float | None = typer.Option(
-        None, "--max-wait-ms", help="Once free, how long the decoder waits for more requests (5)."
+        None,
+        "--max-wait-ms",
+        help="Once free, how long at most the decoder waits for more requests (5).",
     ),
     max_sentences: int | None = typer.Option(
         None, "--max-sentences", help="Sentences per request (64)."

@@ -467,7 +467,8 @@ class ServeConfig:
     # Source subwords (+1 EOS per sentence) queued requests may add up to before they are decoded
     # together; 0: the first model's decode.batch_tokens.
     max_batch_tokens: int = 0
-    # Once the decoder is free and a request waits, how long it waits for more to join the batch.
+    # Once the decoder is free and a request waits, how long at most it waits for more to join
+    # the batch (less once as many sentences as its last batch are back).
     max_wait_ms: float = 5.0
     max_sentences: int = 64  # per request
     max_chars: int = 20000  # per request, all sentences together

@@ -3,7 +3,9 @@
 The event loop only queues a request and awaits its future; one worker thread owns the
 `Translator`s (they are not thread-safe) and does all the decoding, so the loop never blocks.
 Whenever it is free and a request is queued, the worker takes queued requests in arrival order
-until their source tokens fill the budget or `max_wait` seconds have passed; each request is
+until their source tokens fill the budget, `max_wait` seconds have passed, or it holds as many
+sentences as its last call did (those clients are back; a lone client is not kept waiting for
+no one); each request is
 planned and encoded once, as it is taken (its ids weigh it against the budget and are what is
 decoded). Requests asking for the same model, search settings and glossary then go through one
 `Translator.stream_planned` call, which answers each request as soon as the searches of its
@@ -73,6 +75,9 @@ class Batcher:
         self.metrics = metrics
         self._jobs: collections.deque[Job] = collections.deque()
         self._queued = 0  # sentences in _jobs
+        # Sentences of the last call: once as many are taken again, its clients are back and
+        # waiting longer gathers no one (0 before the first call: wait).
+        self._last_call = 0
         self._wake = threading.Condition()
         self._stopping = False
         self.failure: BaseException | None = None  # why the worker thread died, if it did
@@ -172,6 +177,7 @@ class Batcher:
             if not jobs:
                 return
             jobs = [job for job in jobs if not job.cancelled]  # left while the batch gathered
+            self._last_call = sum(len(job.lines) for job in jobs)
             groups: dict[tuple[str, TranslateOptions, Pairs], list[Job]] = {}
             for job in jobs:
                 # Attention is left out of the key: a shared call computes it if anyone asked.
@@ -213,7 +219,8 @@ class Batcher:
                 jobs.append(self._jobs.popleft())
                 tokens += cost
             left = deadline - time.monotonic()
-            if left <= 0 or self._stopping:
+            back = 0 < self._last_call <= sum(len(job.lines) for job in jobs)
+            if left <= 0 or self._stopping or back:
                 return self._taken(jobs)
             self._wake.wait(left)
 

@@ -4,6 +4,7 @@ their search settings, each answered with exactly what a direct `translate_full`
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,28 @@ def test_the_token_budget_splits_the_queue(translator: Translator) -> None:
     results, batches, _ = run_batcher(translator, budget, [([line], PLAIN) for line in LINES])
     assert 3 <= batches < len(LINES)
     assert [r[0]["translation"] for r in results] == translator.translate(LINES)
+
+
+def test_the_wait_ends_once_the_last_calls_sentences_are_back(translator: Translator) -> None:
+    """The worker waits up to max_wait for more requests, but once it holds as many sentences
+    as its last call did, those clients are back: a lone client's next request is decoded at
+    once instead of after max_wait."""
+    batcher = Batcher({"m": translator}, 10_000, max_wait=3.0, max_queue=100)
+
+    async def answer_time(line: str) -> float:
+        start = time.monotonic()
+        await batcher.translate("m", [line], PLAIN)
+        return time.monotonic() - start
+
+    async def main() -> tuple[float, float]:
+        batcher.start()
+        try:
+            return await answer_time(LINES[0]), await answer_time(LINES[1])
+        finally:
+            batcher.stop()
+
+    first, second = asyncio.run(main())
+    assert first >= 3.0 > 1.5 > second  # the first call has no last call: it waits
 
 
 def test_different_settings_are_decoded_apart(translator: Translator) -> None:
