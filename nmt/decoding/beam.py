@@ -332,8 +332,6 @@ def iter_beam_search(
     # Back-pointers of every step: live sentences, tokens (n,K), parent beams (n,K), attention,
     # and the cumulative log-prob of each continuing hypothesis (n,K), for the per-token scores.
     steps: list[Step] = []
-    # Sentences handed back while others go on are walked in Python (`_StepLists`); the coverage
-    # penalty ranks by whole attention matrices and constraints filter, so those keep `collect`.
     listed = _StepLists() if early and lexical is None and cfg.coverage_penalty == 0 else None
     emitted = torch.zeros(batch, dtype=torch.bool, device=device)  # sentences already yielded
 
@@ -364,10 +362,7 @@ def iter_beam_search(
             break
         if early and num_done:
             ended = alive[done]
-            if listed is None:
-                yield pool.collect(ended, steps, src_lengths, cfg, need_attention, lexical)
-            else:
-                yield listed.collect(pool, ended, src_lengths, cfg, need_attention)
+            yield pool.collect(ended, steps, src_lengths, cfg, need_attention, lexical, listed)
             emitted[ended] = True
         rows = beams + torch.arange(n, device=device)[:, None] * beam  # (n, K) parent rows
         sources = None  # hypotheses only move within their sentence: the source side stays
@@ -498,9 +493,14 @@ class _FinishedPool:
         cfg: DecodeConfig,
         need_attention: bool,
         lexical: Constraints | None = None,
+        listed: _StepLists | None = None,
     ) -> list[tuple[int, list[Hypothesis]]]:
         """(batch index, n-best list) of each of `sentences`, whose searches have ended; with
-        `lexical` (constraints), the n-best of the hypotheses that meet them."""
+        `lexical` (constraints), the n-best of the hypotheses that meet them. `listed`, the
+        steps as lists of a search without constraints or coverage penalty, walks a few
+        sentences more cheaply than `steps` (`_StepLists`)."""
+        if listed is not None:
+            return listed.collect(self, sentences, src_lengths, cfg, need_attention)
         k = self.size
         pool_cfg = cfg if lexical is None else replace(cfg, nbest=k)  # filtered below
         hyps = _collect(self.logp[:, :k], self.step[:, :k], self.beam[:, :k], steps,
@@ -591,7 +591,8 @@ class _StepLists:
     small tensor operations each, whatever the number of sentences: right for a batch at its end,
     dear for the one or two sentences a step of a server's search ends. Here a sentence costs a
     few list lookups per step and hypothesis; the results are `_collect`'s (same tensors read,
-    same arithmetic)."""
+    same arithmetic). Not for constraints (their n-best is filtered) or the coverage penalty (it
+    ranks by whole attention matrices)."""
 
     def __init__(self) -> None:
         self.rows: list[dict[int, int]] = []  # per step: sentence -> its row in that step
